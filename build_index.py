@@ -1,0 +1,155 @@
+"""Turn a collection of photos into searchable indexes, one per backbone.
+
+    python build_index.py --dataset oxford5k --backbones xception
+    python build_index.py --images ~/photos --name holiday --backbones all --weights none
+
+Everything here is argument parsing; the work is done by `cbir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Extract descriptors for a collection with pretrained Keras backbones and build "
+        "Annoy indexes (cosine and euclidean) that app.py searches.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_argument_group("what to index (one of)")
+    source.add_argument(
+        "--dataset",
+        choices=["oxford5k", "paris6k"],
+        help="a standard collection; downloaded into --data-dir unless already there (default: oxford5k "
+        "when --images is not given)",
+    )
+    source.add_argument("--images", type=Path, help="any folder of images, scanned recursively")
+    source.add_argument("--name", help="the collection name for --images (default: the folder's name)")
+    parser.add_argument(
+        "--backbones",
+        default=DEFAULT_BACKBONE,
+        help="comma-separated backbones, or 'all'. Known: " + ", ".join(BACKBONES),
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (Keras downloads and caches them under KERAS_HOME), a path to a local weights "
+        "file, or 'none' (random init: a smoke test only; every result is marked untrained)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--n-trees", type=int, default=100, help="Annoy trees per index (more: better recall, bigger files)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("CBIR_DATA_DIR", "data")),
+        help="where datasets are downloaded and extracted (env CBIR_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--index-dir",
+        type=Path,
+        default=Path(os.environ.get("CBIR_INDEX_DIR", "indexes")),
+        help="where index folders are written (env CBIR_INDEX_DIR)",
+    )
+    parser.add_argument(
+        "--mirror",
+        default=os.environ.get("CBIR_MIRROR"),
+        help="fetch every dataset archive as MIRROR/<archive file name> instead of the official place (env CBIR_MIRROR)",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild indexes that are already up to date")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        help="build the networks at this input size instead of their own (smaller is faster; for smoke tests)",
+    )
+    parser.add_argument("--workers", type=int, help="image decoding threads (default: a few per core)")
+    parser.add_argument("--evaluate", action="store_true", help="after building, run the mAP evaluation (datasets only)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    arguments = parser.parse_args(argv)
+    if arguments.images is not None and arguments.dataset is not None:
+        parser.error("give either --dataset or --images, not both")
+    if arguments.images is None and arguments.dataset is None:
+        arguments.dataset = "oxford5k"
+    if arguments.name and arguments.images is None:
+        parser.error("--name goes with --images")
+    if arguments.batch_size < 1 or arguments.n_trees < 1:
+        parser.error("--batch-size and --n-trees must be at least 1")
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if arguments.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Imported after parsing so that --help answers at once.
+    from cbir.backbones import Weights, parse_backbones
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.collections import DatasetError, DownloadSettings, folder_collection, prepare_dataset
+    from cbir.index import IndexLoadError
+
+    try:
+        backbones = parse_backbones(arguments.backbones)
+        weights = Weights.parse(arguments.weights)
+        if arguments.images is not None:
+            name = arguments.name or arguments.images.resolve().name
+            collection = folder_collection(arguments.images, name)
+        else:
+            download = DownloadSettings.from_env(
+                data_dir=arguments.data_dir, mirror=arguments.mirror, progress=not arguments.no_progress
+            )
+            collection = prepare_dataset(arguments.dataset, download)
+        logging.info("collection %s: %d images in %s", collection.name, len(collection.images), collection.root)
+        settings = BuildSettings(
+            index_root=arguments.index_dir,
+            weights=weights,
+            batch_size=arguments.batch_size,
+            n_trees=arguments.n_trees,
+            input_size=arguments.input_size,
+            force=arguments.force,
+            progress=not arguments.no_progress,
+            workers=arguments.workers,
+        )
+        outcomes = build_indexes(collection, backbones, settings)
+        print_summary(outcomes, weights.untrained)
+        if arguments.evaluate:
+            from cbir.evaluate import EvaluationSettings, evaluate_collection, format_summary
+
+            results = evaluate_collection(
+                EvaluationSettings(index_root=arguments.index_dir, collection=collection.name,
+                                   backbones=[b.name for b in backbones]),
+            )
+            print(format_summary(results))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (DatasetError, IndexLoadError, ValueError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_summary(outcomes, untrained: bool) -> None:
+    if all(outcome.status == "up to date" for outcome in outcomes):
+        print("Everything is already built; nothing to do (use --force to rebuild).")
+    print(f"{'backbone':<22}{'status':<12}{'images':>8}{'skipped':>9}{'images/s':>10}  folder")
+    for outcome in outcomes:
+        rate = f"{outcome.images_per_second:.1f}" if outcome.status == "built" else "-"
+        print(
+            f"{outcome.backbone:<22}{outcome.status:<12}{outcome.n_images:>8}{outcome.n_skipped:>9}{rate:>10}  {outcome.folder}"
+        )
+    if untrained:
+        print("NOTE: built with untrained (random) weights; rankings are meaningless beyond smoke tests.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

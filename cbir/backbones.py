@@ -1,0 +1,260 @@
+"""The six backbone networks, as data, and the one function that turns a row into a model.
+
+Adding a seventh backbone means adding one `Backbone(...)` row to `BACKBONES`; nothing else in the
+project names a network.
+
+Keras/TensorFlow are imported inside functions so that `import cbir` stays cheap (the app starts
+answering before any network is built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Random-init networks must give the same descriptors in the build process and in the app process,
+# otherwise an untrained index could never be searched. Keras initialisers are deterministic for a
+# given global seed (checked across processes), so every untrained build uses this seed.
+UNTRAINED_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One row of the registry: everything needed to build the network and read a descriptor."""
+
+    name: str
+    constructor: str  # attribute of keras.applications
+    module: str  # keras.applications.<module>.preprocess_input is this network's own preprocessing
+    input_size: int  # the size its ImageNet weights were trained at
+    dim: int
+    # Layer whose output is the descriptor, taken from the full classifier (include_top=True).
+    # None: the network without its top, global-average-pooled (pooling="avg").
+    feature_layer: str | None = None
+    # Smallest input the architecture accepts: tests and smoke runs use small inputs to stay fast.
+    min_input_size: int = 32
+    # A fully connected feature layer fixes the input size (fc1 of VGG16 expects 7x7x512).
+    fixed_input_size: bool = False
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone("vgg16", "VGG16", "vgg16", 224, 4096, feature_layer="fc1", fixed_input_size=True),
+        Backbone("xception", "Xception", "xception", 299, 2048, min_input_size=71),
+        Backbone("inception_v3", "InceptionV3", "inception_v3", 299, 2048, min_input_size=75),
+        Backbone(
+            "inception_resnet_v2",
+            "InceptionResNetV2",
+            "inception_resnet_v2",
+            299,
+            1536,
+            min_input_size=75,
+        ),
+        Backbone("resnet152_v2", "ResNet152V2", "resnet_v2", 224, 2048),
+        Backbone("efficientnet_v2_l", "EfficientNetV2L", "efficientnet_v2", 480, 1280),
+    )
+}
+
+DEFAULT_BACKBONE = "xception"
+
+
+def get_backbone(name: str) -> Backbone:
+    """Look a backbone up by name; an unknown name raises ValueError listing the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        known = ", ".join(BACKBONES)
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {known}") from None
+
+
+def parse_backbones(text: str) -> list[Backbone]:
+    """'all' or a comma-separated list of names, as the command line gives them."""
+    if text.strip().lower() == "all":
+        return list(BACKBONES.values())
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("no backbone given; use 'all' or names such as " + ", ".join(BACKBONES))
+    return [get_backbone(name) for name in names]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights a network carries: 'imagenet', a local weights file, or none (random init)."""
+
+    kind: str  # "imagenet" | "file" | "none"
+    path: Path | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Weights":
+        value = (text or "imagenet").strip()
+        if value.lower() == "imagenet":
+            return cls("imagenet")
+        if value.lower() in {"none", "untrained", "random"}:
+            return cls("none")
+        path = Path(value).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(
+                f"weights must be 'imagenet', 'none' or a path to a weights file; {value!r} is none of these"
+            )
+        return cls("file", path=path, sha256=_sha256_of(path))
+
+    @property
+    def untrained(self) -> bool:
+        return self.kind == "none"
+
+    @property
+    def identity(self) -> str:
+        """A short string recorded in every manifest and result file."""
+        if self.kind == "imagenet":
+            return "imagenet"
+        if self.kind == "none":
+            return f"untrained (random init, seed {UNTRAINED_SEED})"
+        return f"file {self.path.name} sha256:{self.sha256[:16]}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": str(self.path) if self.path else None,
+            "sha256": self.sha256,
+            "identity": self.identity,
+            "untrained": self.untrained,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Weights":
+        path = Path(data["path"]) if data.get("path") else None
+        return cls(data["kind"], path=path, sha256=data.get("sha256"))
+
+    def to_keras_argument(self) -> str | None:
+        if self.kind == "imagenet":
+            return "imagenet"
+        if self.kind == "file":
+            return str(self.path)
+        return None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_input_size(backbone: Backbone, requested: int | None) -> int:
+    """The input size to build at: the backbone's own unless a smaller one is asked for and allowed."""
+    if requested is None or requested == backbone.input_size:
+        return backbone.input_size
+    if backbone.fixed_input_size:
+        raise ValueError(
+            f"{backbone.name} takes only {backbone.input_size} px inputs "
+            f"(its {backbone.feature_layer} layer fixes the size)"
+        )
+    if requested < backbone.min_input_size:
+        raise ValueError(
+            f"{backbone.name} needs inputs of at least {backbone.min_input_size} px, not {requested}"
+        )
+    return requested
+
+
+@dataclass
+class FeatureExtractor:
+    """A built network and its preprocessing: uint8 RGB batches in, float32 descriptors out."""
+
+    backbone: Backbone
+    weights: Weights
+    input_size: int
+    model: Any = field(repr=False)
+    preprocess: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    # One forward pass at a time: the app serves requests from several threads.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def describe(self, batch: np.ndarray) -> np.ndarray:
+        """Descriptors for a (n, size, size, 3) uint8 batch, one row per image."""
+        if batch.ndim == 3:
+            batch = batch[None]
+        expected = (self.input_size, self.input_size, 3)
+        if batch.shape[1:] != expected:
+            raise ValueError(f"{self.backbone.name} expects images of shape {expected}, got {batch.shape[1:]}")
+        # preprocess_input may write into its argument, and works on float input.
+        pixels = self.preprocess(batch.astype(np.float32, copy=True))
+        with self._lock:
+            output = self.model.predict_on_batch(pixels)
+        descriptors = np.asarray(output, dtype=np.float32).reshape(len(batch), -1)
+        if descriptors.shape[1] != self.backbone.dim:
+            raise RuntimeError(
+                f"{self.backbone.name} produced {descriptors.shape[1]}-d descriptors, expected {self.backbone.dim}"
+            )
+        return descriptors
+
+
+def keras_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+def build_extractor(backbone: Backbone, weights: Weights, input_size: int | None = None) -> FeatureExtractor:
+    """Build the network for a registry row. ImageNet weights come from Keras' own download and
+    cache (under KERAS_HOME); a weights file is loaded as given; 'none' is random init."""
+    import keras
+
+    size = resolve_input_size(backbone, input_size)
+    application = getattr(keras.applications, backbone.constructor)
+    preprocess = getattr(keras.applications, backbone.module).preprocess_input
+    if weights.untrained:
+        keras.utils.set_random_seed(UNTRAINED_SEED)
+        logger.warning("building %s with UNTRAINED (random) weights: results mean nothing", backbone.name)
+    shape = (size, size, 3)
+    try:
+        if backbone.feature_layer:
+            full = application(include_top=True, weights=weights.to_keras_argument(), input_shape=shape)
+            model = keras.Model(full.input, full.get_layer(backbone.feature_layer).output, name=backbone.name)
+        else:
+            model = application(
+                include_top=False, weights=weights.to_keras_argument(), input_shape=shape, pooling="avg"
+            )
+    except Exception as error:  # Keras raises plain Exceptions for downloads and mismatched files
+        hint = ""
+        if weights.kind == "imagenet":
+            cache = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
+            hint = (
+                f" Keras downloads ImageNet weights into {cache}/models; on a machine without internet, "
+                "copy the weights file there or pass --weights PATH."
+            )
+        raise RuntimeError(f"could not build {backbone.name} with weights {weights.identity}: {error}.{hint}") from error
+    return FeatureExtractor(backbone, weights, size, model, preprocess)
+
+
+class ExtractorCache:
+    """Built networks, kept for the life of the process: a second query never rebuilds a model.
+
+    Thread-safe, so that two simultaneous first requests build the network once.
+    """
+
+    def __init__(self) -> None:
+        self._extractors: dict[tuple[str, str, int], FeatureExtractor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, backbone: Backbone, weights: Weights, input_size: int | None = None) -> FeatureExtractor:
+        size = resolve_input_size(backbone, input_size)
+        key = (backbone.name, weights.identity, size)
+        with self._lock:
+            if key not in self._extractors:
+                logger.info("building %s (%s, %d px)", backbone.name, weights.identity, size)
+                self._extractors[key] = build_extractor(backbone, weights, size)
+            return self._extractors[key]
+
+    def __len__(self) -> int:
+        return len(self._extractors)

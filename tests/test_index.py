@@ -1,0 +1,201 @@
+"""Index folders: atomic writes, safe loading, and searches whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cbir import index as index_module
+from cbir.index import (
+    IndexLoadError,
+    Manifest,
+    cosine_similarity,
+    exact_distances,
+    list_indexes,
+    load_index,
+    write_index,
+)
+
+
+def make_manifest(n: int, dim: int, backbone: str = "xception", collection: str = "demo") -> Manifest:
+    return Manifest(
+        collection=collection,
+        collection_root="/photos",
+        backbone=backbone,
+        weights={"kind": "none", "identity": "untrained (random init, seed 1234)", "untrained": True},
+        input_size=96,
+        dim=dim,
+        images=[f"img_{i:03d}.jpg" for i in range(n)],
+        versions={"keras": "3.0.0", "tensorflow": "2.0.0"},
+    )
+
+
+def clustered(n: int, dim: int, seed: int = 0, centres: int = 10) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    middle = rng.normal(size=(centres, dim))
+    rows = middle[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (rows * rng.uniform(0.5, 3.0, size=(n, 1))).astype(np.float32)
+
+
+def test_exact_search_returns_the_hand_computed_order(tmp_path):
+    descriptors = np.array([[1, 0], [0, 1], [1, 1], [-1, 0]], dtype=np.float32)
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, descriptors, make_manifest(4, 2), n_trees=5)
+    loaded = load_index(folder)
+    rows, distances = loaded.search_exact(np.array([1.0, 0.2]), "cosine")
+    # cos to [1,0] = 0.981, to [1,1] = 0.832, to [0,1] = 0.196, to [-1,0] = -0.981
+    assert rows.tolist() == [0, 2, 1, 3]
+    assert cosine_similarity(distances[0]) == pytest.approx(1 / np.sqrt(1.04), abs=1e-6)
+    rows, distances = loaded.search_exact(np.array([1.0, 0.2]), "euclidean", k=2)
+    # |q-[1,0]| = 0.2, |q-[1,1]| = 0.8
+    assert rows.tolist() == [0, 2]
+    assert distances.tolist() == pytest.approx([0.2, 0.8], abs=1e-6)
+
+
+def test_annoy_and_exact_agree_on_top10(tmp_path):
+    descriptors = clustered(400, 32)
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, descriptors, make_manifest(400, 32), n_trees=20)
+    loaded = load_index(folder)
+    queries = clustered(20, 32, seed=7)
+    for metric in ("cosine", "euclidean"):
+        for query in queries:
+            exact_rows, exact_distances_ = loaded.search_exact(query, metric, 10)
+            annoy_rows, annoy_distances = loaded.search_annoy(query, metric, 10)
+            assert annoy_rows.tolist() == exact_rows.tolist()
+            assert annoy_distances == pytest.approx(exact_distances_, rel=1e-4, abs=1e-4)
+
+
+def test_annoy_distances_without_rerank_are_in_the_same_units(tmp_path):
+    descriptors = clustered(50, 8)
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, descriptors, make_manifest(50, 8), n_trees=10)
+    loaded = load_index(folder)
+    for metric in ("cosine", "euclidean"):
+        rows, distances = loaded.search_annoy(descriptors[3], metric, 5, rerank=False)
+        assert rows[0] == 3
+        expected = exact_distances(descriptors[rows], descriptors[3], metric)
+        assert distances == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+def test_cosine_and_euclidean_rank_differently_on_raw_descriptors(tmp_path):
+    # a points the query's way but is long; b is short and close but at an angle.
+    descriptors = np.array([[10.0, 1.0], [0.8, 0.6]], dtype=np.float32)
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, descriptors, make_manifest(2, 2), n_trees=2)
+    loaded = load_index(folder)
+    query = np.array([1.0, 0.0])
+    assert loaded.search_exact(query, "cosine")[0].tolist() == [0, 1]
+    assert loaded.search_exact(query, "euclidean")[0].tolist() == [1, 0]
+    assert loaded.search_annoy(query, "cosine", 2)[0].tolist() == [0, 1]
+    assert loaded.search_annoy(query, "euclidean", 2)[0].tolist() == [1, 0]
+
+
+def test_single_item_index_round_trips(tmp_path):
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, np.ones((1, 3), np.float32), make_manifest(1, 3), n_trees=1)
+    loaded = load_index(folder)
+    assert loaded.search_annoy(np.ones(3), "cosine", 10)[0].tolist() == [0]
+    assert json.loads((folder / "manifest.json").read_text())["images"] == ["img_000.jpg"]
+
+
+def test_manifest_from_another_backbone_is_refused_with_the_rebuild_command(tmp_path):
+    folder = tmp_path / "demo" / "vgg16"
+    write_index(folder, clustered(5, 4), make_manifest(5, 4, backbone="xception"), n_trees=2)
+    with pytest.raises(IndexLoadError) as raised:
+        load_index(folder, expected_backbone="vgg16")
+    message = str(raised.value)
+    assert "built by xception, not vgg16" in message
+    assert "python build_index.py --images <folder> --name demo --backbones vgg16 --force" in message
+
+
+def test_wrong_dimension_unknown_schema_and_missing_file_are_refused(tmp_path):
+    folder = tmp_path / "oxford5k" / "xception"
+    write_index(folder, clustered(5, 4), make_manifest(5, 4, collection="oxford5k"), n_trees=2)
+    with pytest.raises(IndexLoadError, match="holds 4-d descriptors, expected 2048-d"):
+        load_index(folder, expected_dim=2048)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexLoadError, match="schema version 99.*--dataset oxford5k --backbones xception"):
+        load_index(folder)
+
+    manifest["schema_version"] = index_module.SCHEMA_VERSION
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "euclidean.ann").unlink()
+    with pytest.raises(IndexLoadError, match="missing euclidean.ann"):
+        load_index(folder)
+    with pytest.raises(IndexLoadError, match="no index at"):
+        load_index(tmp_path / "oxford5k" / "vgg16")
+
+
+def test_descriptor_rows_that_disagree_with_the_manifest_are_refused(tmp_path):
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, clustered(5, 4), make_manifest(5, 4), n_trees=2)
+    np.save(folder / "descriptors.npy", clustered(3, 4))
+    with pytest.raises(IndexLoadError, match=r"shape \(3, 4\).*5 x 4"):
+        load_index(folder)
+
+
+def test_a_build_killed_while_writing_leaves_nothing_loadable_and_keeps_the_old_index(tmp_path, monkeypatch):
+    folder = tmp_path / "demo" / "xception"
+    old = clustered(6, 4)
+    write_index(folder, old, make_manifest(6, 4), n_trees=2)
+
+    import annoy
+
+    class DyingIndex(annoy.AnnoyIndex):
+        def build(self, *args, **kwargs):
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C half way
+
+    monkeypatch.setattr(annoy, "AnnoyIndex", DyingIndex)
+    with pytest.raises(KeyboardInterrupt):
+        write_index(folder, clustered(9, 4, seed=3), make_manifest(9, 4), n_trees=2)
+    monkeypatch.undo()
+
+    # The old index is untouched and no temporary folder is left to be mistaken for an index.
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["xception"]
+    loaded = load_index(folder)
+    assert len(loaded) == 6
+    assert np.array_equal(loaded.descriptors, old)
+
+    new_folder = tmp_path / "demo" / "vgg16"
+    monkeypatch.setattr(annoy, "AnnoyIndex", DyingIndex)
+    with pytest.raises(KeyboardInterrupt):
+        write_index(new_folder, clustered(9, 4), make_manifest(9, 4, backbone="vgg16"), n_trees=2)
+    assert not new_folder.exists()
+    assert [info.backbone for info in list_indexes(tmp_path)] == ["xception"]
+
+
+def test_list_indexes_skips_temporary_and_broken_folders(tmp_path):
+    write_index(tmp_path / "demo" / "xception", clustered(5, 4), make_manifest(5, 4), n_trees=2)
+    half = tmp_path / "demo" / "vgg16.partial-1234abcd"
+    half.mkdir()
+    (half / "manifest.json").write_text(make_manifest(5, 4, backbone="vgg16").to_json())
+    broken = tmp_path / "demo" / "inception_v3"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    infos = list_indexes(tmp_path)
+    assert [(info.collection, info.backbone, info.n_images, info.untrained) for info in infos] == [
+        ("demo", "xception", 5, True)
+    ]
+
+
+def test_annoy_file_that_disagrees_with_the_manifest_is_refused(tmp_path):
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, clustered(5, 4), make_manifest(5, 4), n_trees=2)
+    other = tmp_path / "other" / "xception"
+    write_index(other, clustered(8, 4), make_manifest(8, 4), n_trees=2)
+    (folder / "cosine.ann").write_bytes((other / "cosine.ann").read_bytes())
+    loaded = load_index(folder)
+    with pytest.raises(IndexLoadError, match="holds 8 items but the manifest lists 5"):
+        loaded.annoy("cosine")
+
+
+def test_version_drift_is_reported(tmp_path):
+    manifest = make_manifest(1, 2)
+    warnings = index_module.version_warnings(manifest, {"keras": "3.15.1", "tensorflow": "2.0.0"})
+    assert len(warnings) == 1 and "keras 3.0.0" in warnings[0] and "3.15.1" in warnings[0]
