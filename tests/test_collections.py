@@ -1,0 +1,456 @@
+"""Collections: ground truth in the official formats, getting Oxford5k / Paris6k from a local server
+(mirror, resume, auth, refusals), archives and folders placed by hand, and safe extraction."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cbir.collections import (
+    DATASETS,
+    Collection,
+    DatasetError,
+    DownloadSettings,
+    dataset_dir,
+    download,
+    folder_collection,
+    load_collection_dir,
+    parse_ground_truth,
+    prepare_dataset,
+    safe_extract,
+)
+from fake_datasets import (
+    ServerBehaviour,
+    draw_landmark_image,
+    make_oxford_layout,
+    make_paris_layout,
+    place_extracted,
+    serve_directory,
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No developer ~/.netrc, CBIR_* setting or proxy leaks into these tests."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for variable in list(os.environ):
+        if variable.startswith("CBIR_") or variable.lower() in ("http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.delenv(variable)
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A local URL nothing listens on, so a download attempt fails at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("this test must not touch the network")
+
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", refuse)
+
+
+@pytest.fixture(scope="module")
+def oxford(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return make_oxford_layout(tmp_path_factory.mktemp("oxford"))
+
+
+@pytest.fixture(scope="module")
+def paris(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return make_paris_layout(tmp_path_factory.mktemp("paris"))
+
+
+def quiet_settings(data_dir: Path, **overrides: object) -> DownloadSettings:
+    return DownloadSettings(data_dir=data_dir, progress=False, timeout=5.0, **overrides)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth and layouts
+
+
+def test_oxford_ground_truth_strips_prefix_and_reads_boxes_and_lists(oxford: dict) -> None:
+    queries = parse_ground_truth(oxford["gt_dir"], "oxc1_")
+
+    assert queries == oxford["queries"]
+    assert [q.name for q in queries] == ["all_souls_1", "all_souls_2", "ashmolean_1", "ashmolean_2"]
+    first = queries[0]
+    assert first.image == "all_souls_000000"
+    assert first.box == (3.5, 1.5, 41.7, 30.1)
+    assert first.good == {"all_souls_000000", "all_souls_000001"}
+    assert first.ok == {"all_souls_000002"}
+    assert first.junk == {"all_souls_000003"}
+    assert first.positives == first.good | first.ok
+
+
+def test_ground_truth_with_a_malformed_query_line_names_the_file(tmp_path: Path, oxford: dict) -> None:
+    gt_dir = tmp_path / "gt"
+    shutil.copytree(oxford["gt_dir"], gt_dir)
+    (gt_dir / "ashmolean_2_query.txt").write_text("oxc1_ashmolean_000001 12.0 not-a-number 40.0 30.0\n")
+
+    with pytest.raises(DatasetError, match="ashmolean_2_query.txt"):
+        parse_ground_truth(gt_dir, "oxc1_")
+
+
+def test_paris_nested_layout_finds_query_images_by_id(paris: dict) -> None:
+    collection = load_collection_dir("paris6k", paris["images_dir"], paris["gt_dir"])
+
+    assert collection.images == tuple(paris["images"])
+    assert paris["corrupt"][0] in collection.images  # listing never decodes
+    assert collection.queries == paris["queries"]
+    query = collection.queries[0]
+    assert query.image == "paris_defense_000000"
+    expected = paris["images_dir"].absolute() / "paris/defense/paris_defense_000000.jpg"
+    assert collection.path_of(query.image) == expected
+    assert collection.path_of("paris/defense/paris_defense_000000.jpg") == expected
+    assert collection.image_id("paris/defense/paris_defense_000000.jpg") == "paris_defense_000000"
+    with pytest.raises(KeyError):
+        collection.path_of("paris_louvre_999999")
+
+
+def test_an_id_shared_by_two_files_must_be_asked_for_by_path(tmp_path: Path) -> None:
+    collection = Collection("mine", tmp_path, ("b/x.jpg", "a/x.png", "a/y.jpg"))
+
+    assert collection.images == ("a/x.png", "a/y.jpg", "b/x.jpg")
+    assert collection.path_of("y") == tmp_path / "a/y.jpg"
+    assert collection.path_of("b/x.jpg") == tmp_path / "b/x.jpg"
+    with pytest.raises(KeyError, match="several"):
+        collection.path_of("x")
+
+
+# --------------------------------------------------------------------------------------------
+# prepare_dataset
+
+
+@pytest.mark.parametrize("dataset", ["oxford5k", "paris6k"])
+def test_prepare_dataset_downloads_from_the_mirror_once(
+    tmp_path: Path, dataset: str, oxford: dict, paris: dict
+) -> None:
+    layout = oxford if dataset == "oxford5k" else paris
+    behaviour = ServerBehaviour()
+    with serve_directory(layout["archive_dir"], behaviour) as base_url:
+        settings = quiet_settings(tmp_path / "data", mirror=base_url + "/")
+        collection = prepare_dataset(dataset, settings)
+        requests_after_first_call = len(behaviour.requests)
+        again = prepare_dataset(dataset, settings)
+
+    assert sorted(request.path for request in behaviour.requests) == sorted(layout["archives"])
+    assert requests_after_first_call == len(DATASETS[dataset].archives)
+    assert collection.name == dataset
+    assert collection.root == (tmp_path / "data" / dataset / "images").absolute()
+    assert collection.images == tuple(layout["images"])
+    assert collection.queries == layout["queries"]
+    assert all(collection.path_of(q.image).is_file() for q in collection.queries)
+    assert again == collection
+    assert (dataset_dir(dataset, settings) / ".complete").is_file()
+    assert not list(dataset_dir(dataset, settings).glob(".extracting-*"))
+
+
+def test_extracted_images_and_ground_truth_are_used_without_network(
+    tmp_path: Path, oxford: dict, no_network: None
+) -> None:
+    settings = quiet_settings(tmp_path / "data")
+    place_extracted(oxford, dataset_dir("oxford5k", settings))
+
+    collection = prepare_dataset("oxford5k", settings)
+
+    assert collection.images == tuple(oxford["images"])
+    assert collection.queries == oxford["queries"]
+
+
+def test_archives_placed_by_hand_are_extracted_without_download(tmp_path: Path, oxford: dict, no_network: None) -> None:
+    settings = quiet_settings(tmp_path / "data")
+    root = dataset_dir("oxford5k", settings)
+    (root / "archives").mkdir(parents=True)
+    shutil.copy(oxford["archives"]["oxbuild_images-v1.tgz"], root)  # beside images/ ...
+    shutil.copy(oxford["archives"]["gt_files_170407.tgz"], root / "archives")  # ... or in archives/
+
+    collection = prepare_dataset("oxford5k", settings)
+
+    assert collection.images == tuple(oxford["images"])
+    assert collection.queries == oxford["queries"]
+
+
+def test_a_local_folder_works_as_a_mirror(tmp_path: Path, paris: dict) -> None:
+    collection = prepare_dataset("paris6k", quiet_settings(tmp_path / "data", mirror=str(paris["archive_dir"])))
+
+    assert collection.images == tuple(paris["images"])
+    assert collection.queries == paris["queries"]
+
+
+def test_a_half_extracted_dataset_is_extracted_again(tmp_path: Path, oxford: dict, no_network: None) -> None:
+    settings = quiet_settings(tmp_path / "data")
+    root = dataset_dir("oxford5k", settings)
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "all_souls_000000.jpg").write_bytes(b"half written")
+    (root / "gt").mkdir()
+    (root / "gt" / "all_souls_1_query.txt").write_text("oxc1_all_souls_000000 1.0 2.0 3.0 4.0\n")
+    for archive in oxford["archives"].values():
+        shutil.copy(archive, root)
+
+    collection = prepare_dataset("oxford5k", settings)
+
+    assert collection.images == tuple(oxford["images"])
+    assert collection.queries == oxford["queries"]
+    assert collection.path_of("all_souls_000000").read_bytes() != b"half written"
+
+
+def test_an_interrupted_download_resumes_with_a_range_request(tmp_path: Path, oxford: dict) -> None:
+    name = "oxbuild_images-v1.tgz"
+    original = oxford["archives"][name].read_bytes()
+    half = len(original) // 2
+    behaviour = ServerBehaviour(cut_after={name: half})
+    archives = tmp_path / "data" / "oxford5k" / "archives"
+    partial = archives / (name + ".part")
+
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        settings = DownloadSettings(data_dir=tmp_path / "data", mirror=base_url, timeout=5.0)  # with progress bars
+        with pytest.raises(DatasetError, match="run again to resume"):
+            prepare_dataset("oxford5k", settings)
+        assert partial.stat().st_size == half
+        behaviour.cut_after.clear()
+        collection = prepare_dataset("oxford5k", settings)
+
+    ranges = [request.range for request in behaviour.requests_for(name)]
+    assert ranges == [None, f"bytes={half}-"]
+    assert behaviour.requests_for(name)[-1].status == 206
+    assert (archives / name).read_bytes() == original
+    assert not partial.exists()
+    assert collection.images == tuple(oxford["images"])
+
+
+def test_a_server_that_ignores_ranges_makes_the_download_start_over(tmp_path: Path, oxford: dict) -> None:
+    source = oxford["archives"]["gt_files_170407.tgz"]
+    dest = tmp_path / "gt.tgz"
+    (tmp_path / "gt.tgz.part").write_bytes(b"stale bytes from another file")
+    behaviour = ServerBehaviour(ignore_range=True)
+
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path))
+
+    assert behaviour.requests[0].range == "bytes=29-" and behaviour.requests[0].status == 200
+    assert dest.read_bytes() == source.read_bytes()
+
+
+def test_a_complete_part_file_is_finished_without_downloading_again(tmp_path: Path, oxford: dict) -> None:
+    source = oxford["archives"]["gt_files_170407.tgz"]
+    dest = tmp_path / "gt.tgz"
+    shutil.copy(source, tmp_path / "gt.tgz.part")  # e.g. a crash right before the rename
+    behaviour = ServerBehaviour()
+
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path))
+
+    assert [request.status for request in behaviour.requests] == [416]
+    assert dest.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "advice"),
+    [
+        ("forbidden", "HTTP 403", "request access at https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"),
+        ("missing", "HTTP 404", "CBIR_MIRROR"),
+        ("html_page", "web page", "request access at https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"),
+    ],
+)
+def test_refused_downloads_say_where_to_get_and_put_the_archives(
+    tmp_path: Path, oxford: dict, refusal: str, status: str, advice: str
+) -> None:
+    behaviour = ServerBehaviour(**{refusal: {"gt_files_170407.tgz"}})  # asked for first: both still missing
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        settings = quiet_settings(tmp_path / "data", mirror=base_url)
+        with pytest.raises(DatasetError) as raised:
+            prepare_dataset("oxford5k", settings)
+
+    message = str(raised.value)
+    assert status in message
+    assert advice in message
+    assert "oxbuild_images-v1.tgz" in message and "gt_files_170407.tgz" in message
+    assert str(dataset_dir("oxford5k", settings)) in message
+    assert not (dataset_dir("oxford5k", settings) / "images").exists()
+
+
+def test_an_unreachable_server_says_how_to_work_offline(tmp_path: Path, closed_port_url: str) -> None:
+    settings = quiet_settings(tmp_path / "data", mirror=closed_port_url)
+
+    with pytest.raises(DatasetError, match="could not reach .* place them in"):
+        prepare_dataset("paris6k", settings)
+
+
+def test_basic_auth_from_settings_is_accepted_and_missing_credentials_refused(tmp_path: Path, oxford: dict) -> None:
+    behaviour = ServerBehaviour(credentials=("alice", "s3cret"))
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        with pytest.raises(DatasetError, match="HTTP 401.*CBIR_DATA_USER"):
+            prepare_dataset("oxford5k", quiet_settings(tmp_path / "refused", mirror=base_url))
+        collection = prepare_dataset(
+            "oxford5k", quiet_settings(tmp_path / "data", mirror=base_url, user="alice", password="s3cret")
+        )
+
+    assert collection.images == tuple(oxford["images"])
+    assert any(request.authorized and request.status == 200 for request in behaviour.requests)
+
+
+def test_basic_auth_falls_back_to_netrc(tmp_path: Path, oxford: dict) -> None:
+    netrc_file = Path(os.environ["HOME"]) / ".netrc"
+    netrc_file.write_text("machine 127.0.0.1 login alice password s3cret\n")
+    netrc_file.chmod(0o600)
+    behaviour = ServerBehaviour(credentials=("alice", "s3cret"))
+
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        download(f"{base_url}/gt_files_170407.tgz", tmp_path / "gt.tgz", quiet_settings(tmp_path))
+
+    assert (tmp_path / "gt.tgz").read_bytes() == oxford["archives"]["gt_files_170407.tgz"].read_bytes()
+
+
+def test_unknown_dataset_name_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="oxford5k, paris6k"):
+        prepare_dataset("holidays", quiet_settings(tmp_path))
+
+
+def test_settings_come_from_the_environment_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CBIR_DATA_DIR", "/srv/datasets")
+    monkeypatch.setenv("CBIR_MIRROR", "http://mirror.example/cbir")
+    monkeypatch.setenv("CBIR_DATA_USER", "alice")
+
+    settings = DownloadSettings.from_env(mirror=None, progress=False)
+
+    assert settings.data_dir == Path("/srv/datasets")
+    assert settings.mirror == "http://mirror.example/cbir"  # an unset CLI option keeps the environment's
+    assert settings.user == "alice" and settings.password is None
+    assert settings.progress is False
+    assert DownloadSettings.from_env(data_dir="elsewhere").data_dir == Path("elsewhere")
+
+
+# --------------------------------------------------------------------------------------------
+# safe_extract
+
+
+def make_tar(path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return path
+
+
+def file_member(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), b"payload"
+
+
+def link_member(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, b""
+
+
+@pytest.mark.parametrize("evil_name", ["../evil.txt", "sub/../../evil.txt"])
+def test_extract_refuses_members_that_climb_out(tmp_path: Path, evil_name: str) -> None:
+    archive = make_tar(tmp_path / "evil.tgz", file_member("fine.txt"), file_member(evil_name))
+    dest = tmp_path / "out"
+
+    with pytest.raises(DatasetError, match="evil.txt"):
+        safe_extract(archive, dest)
+
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_extract_refuses_absolute_member_paths(tmp_path: Path) -> None:
+    target = tmp_path / "absolute.txt"
+    archive = make_tar(tmp_path / "evil.tgz", file_member(str(target)))
+
+    with pytest.raises(DatasetError, match="absolute"):
+        safe_extract(archive, tmp_path / "out")
+
+    assert not target.exists()
+    assert not list((tmp_path / "out").rglob("absolute.txt"))
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [link_member("escape", "../../outside")],
+        [link_member("escape", "/etc/passwd")],
+        [link_member("hard", "../outside", tarfile.LNKTYPE)],
+        [link_member("inner", "."), file_member("inner/../../outside.txt")],
+        [link_member("jump", "sub/.."), file_member("jump/x.txt")],
+    ],
+    ids=["relative-symlink", "absolute-symlink", "hardlink", "through-dot", "through-link"],
+)
+def test_extract_refuses_links_leaving_the_folder(tmp_path: Path, members: list) -> None:
+    archive = make_tar(tmp_path / "evil.tgz", *members)
+
+    with pytest.raises(DatasetError, match="refusing"):
+        safe_extract(archive, tmp_path / "out")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tgz", "home", "out"]
+
+
+def test_extract_keeps_inner_links_and_skips_device_files(tmp_path: Path) -> None:
+    device = tarfile.TarInfo("dev/null-ish")
+    device.type = tarfile.CHRTYPE
+    archive = make_tar(
+        tmp_path / "ok.tgz", file_member("a/real.txt"), link_member("a/alias.txt", "real.txt"), (device, b"")
+    )
+
+    safe_extract(archive, tmp_path / "out")
+
+    assert (tmp_path / "out/a/alias.txt").read_bytes() == b"payload"
+    assert not (tmp_path / "out/dev/null-ish").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_archive_says_to_delete_it(tmp_path: Path, oxford: dict, damage: str) -> None:
+    archive = tmp_path / "oxbuild_images-v1.tgz"
+    good = oxford["archives"]["oxbuild_images-v1.tgz"].read_bytes()
+    archive.write_bytes(b"\x1f\x8b not really gzip" * 50 if damage == "garbage" else good[: len(good) // 2])
+
+    with pytest.raises(DatasetError, match="corrupt.*delete it"):
+        safe_extract(archive, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------
+# Plain folders
+
+
+def test_folder_collection_scans_recursively_and_skips_hidden_and_foreign_files(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    (folder / "trip" / "day1").mkdir(parents=True)
+    (folder / ".thumbnails").mkdir()
+    outside = tmp_path / "elsewhere.jpg"
+    for path in (folder / "a.jpg", folder / "trip" / "B.PNG", folder / "trip" / "day1" / "c.webp", outside):
+        draw_landmark_image(0, 0).save(path)
+    for path in (folder / ".hidden.jpg", folder / ".thumbnails" / "a.jpg", folder / "notes.txt"):
+        path.write_bytes(b"not a photo")
+    (folder / "inside_link.jpg").symlink_to(folder / "a.jpg")
+    (folder / "outside_link.jpg").symlink_to(outside)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+
+    collection = folder_collection(folder, "photos")
+
+    assert collection.images == ("a.jpg", "inside_link.jpg", "trip/B.PNG", "trip/day1/c.webp")
+    assert collection.queries == ()
+    assert collection.path_of("c") == folder.absolute() / "trip/day1/c.webp"
+
+
+def test_folder_collection_refuses_empty_or_missing_folders(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no photos here")
+
+    with pytest.raises(DatasetError, match="no images"):
+        folder_collection(tmp_path / "empty", "empty")
+    with pytest.raises(DatasetError, match="not a folder"):
+        folder_collection(tmp_path / "nowhere", "nowhere")
