@@ -69,6 +69,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="build the networks at this input size instead of their own (smaller is faster; for smoke tests)",
     )
     parser.add_argument("--workers", type=int, help="image decoding threads (default: a few per core)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=512,
+        help="images per extraction checkpoint; an interrupted build resumes from the last one",
+    )
     parser.add_argument("--evaluate", action="store_true", help="after building, run the mAP evaluation (datasets only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             force=arguments.force,
             progress=not arguments.no_progress,
             workers=arguments.workers,
+            checkpoint_every=arguments.checkpoint_every,
         )
         outcomes = build_indexes(collection, backbones, settings)
         print_summary(outcomes, weights.untrained)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from cbir.backbones import Backbone, ExtractorCache, Weights, keras_versions, resolve_input_size
 from cbir.collections import Collection, Query
-from cbir.extract import DEFAULT_BATCH_SIZE, extract_descriptors
+from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import (
     DEFAULT_N_TREES,
@@ -44,6 +44,7 @@ class BuildSettings:
     force: bool = False
     progress: bool = True
     workers: int | None = None
+    checkpoint_every: int = DEFAULT_CHUNK_SIZE  # images per extraction checkpoint
     limits: ImageLimits = DEFAULT_LIMITS
 
 
@@ -57,6 +58,7 @@ class BuildOutcome:
     images_per_second: float = 0.0
     seconds: float = 0.0
     reason: str = ""  # why it was (re)built or left alone
+    resumed_images: int = 0  # images taken from checkpoints of an interrupted run
 
 
 BuildProgress = Callable[[str, int, int], None]  # (backbone, images done, images total)
@@ -186,6 +188,7 @@ def _build_one(
         batch_size=settings.batch_size,
         workers=settings.workers,
         checkpoint_dir=checkpoint_dir,
+        chunk_size=settings.checkpoint_every,
         limits=settings.limits,
         progress=settings.progress,
         on_progress=(lambda done, total: on_progress(backbone.name, done, total)) if on_progress else None,
@@ -233,6 +236,7 @@ def _build_one(
         result.images_per_second,
         seconds,
         reason="forced" if settings.force else "new or out of date",
+        resumed_images=result.resumed_images,
     )
 
 

@@ -200,11 +200,6 @@ def extract_descriptors(
             if batch_pixels:
                 chunk["parts"].append(extractor.describe(np.stack(batch_pixels)))
                 chunk["images"].extend(batch_paths)
-            done += taken
-            if bar is not None:
-                bar.update(taken)
-            if on_progress:
-                on_progress(done, total)
             if len(chunk["inputs"]) >= chunk_size or not pending:
                 finished = _finish_chunk(chunk, extractor.backbone.dim)
                 if checkpoint_dir is not None:
@@ -212,6 +207,12 @@ def extract_descriptors(
                 chunks.append(finished)
                 chunk_start += len(finished["inputs"])
                 chunk = _empty_chunk()
+            # Reported after the checkpoint, so progress a caller saw is never lost to an interrupt.
+            done += taken
+            if bar is not None:
+                bar.update(taken)
+            if on_progress:
+                on_progress(done, total)
     if bar is not None:
         bar.close()
 

@@ -1,0 +1,107 @@
+"""The backbone registry: every row builds and describes, with its own preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbir.backbones import BACKBONES, ExtractorCache, Weights, build_extractor, get_backbone, parse_backbones, resolve_input_size
+
+
+def test_registry_holds_the_six_networks_of_the_study():
+    assert {name: (b.input_size, b.dim) for name, b in BACKBONES.items()} == {
+        "vgg16": (224, 4096),
+        "xception": (299, 2048),
+        "inception_v3": (299, 2048),
+        "inception_resnet_v2": (299, 1536),
+        "resnet152_v2": (224, 2048),
+        "efficientnet_v2_l": (480, 1280),
+    }
+    assert BACKBONES["vgg16"].feature_layer == "fc1"
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="known backbones: vgg16, xception, inception_v3"):
+        get_backbone("resnet50")
+    assert [b.name for b in parse_backbones("all")] == list(BACKBONES)
+    assert [b.name for b in parse_backbones("vgg16, xception")] == ["vgg16", "xception"]
+
+
+def test_input_size_rules():
+    assert resolve_input_size(BACKBONES["xception"], None) == 299
+    assert resolve_input_size(BACKBONES["xception"], 96) == 96
+    with pytest.raises(ValueError, match="at least 71"):
+        resolve_input_size(BACKBONES["xception"], 64)
+    with pytest.raises(ValueError, match="only 224"):
+        resolve_input_size(BACKBONES["vgg16"], 128)
+
+
+def test_weights_parsing(tmp_path):
+    assert Weights.parse("imagenet").identity == "imagenet"
+    untrained = Weights.parse("none")
+    assert untrained.untrained and "untrained" in untrained.identity
+    weights_file = tmp_path / "my.weights.h5"
+    weights_file.write_bytes(b"123")
+    from_file = Weights.parse(str(weights_file))
+    assert from_file.kind == "file" and from_file.identity.startswith("file my.weights.h5 sha256:a665a459")
+    assert Weights.from_json(from_file.to_json()) == from_file
+    with pytest.raises(ValueError, match="'imagenet', 'none' or a path"):
+        Weights.parse(str(tmp_path / "missing.h5"))
+
+
+def test_each_network_gets_its_own_preprocessing():
+    import keras
+
+    pixel = np.full((1, 1, 1, 3), [255.0, 0.0, 0.0], np.float32)
+    # "caffe" style for VGG16: RGB -> BGR, ImageNet mean subtracted, no scaling.
+    vgg = keras.applications.vgg16.preprocess_input(pixel.copy())
+    assert vgg[0, 0, 0].tolist() == pytest.approx([-103.939, -116.779, 255 - 123.68])
+    # "tf" style for the Inception family and ResNetV2: scaled to [-1, 1].
+    for name in ("xception", "inception_v3", "inception_resnet_v2", "resnet152_v2"):
+        module = getattr(keras.applications, BACKBONES[name].module)
+        assert module.preprocess_input(pixel.copy())[0, 0, 0].tolist() == pytest.approx([1, -1, -1])
+    # EfficientNetV2 rescales inside the network: its preprocess_input passes pixels through.
+    module = getattr(keras.applications, BACKBONES["efficientnet_v2_l"].module)
+    assert module.preprocess_input(pixel.copy())[0, 0, 0].tolist() == [255, 0, 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_builds_and_describes(name):
+    backbone = BACKBONES[name]
+    size = backbone.input_size if backbone.fixed_input_size else max(backbone.min_input_size, 80)
+    extractor = build_extractor(backbone, Weights.parse("none"), size)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, size=(3, size, size, 3), dtype=np.uint8)
+    batch[2] = batch[0]
+    kept = batch.copy()
+    descriptors = extractor.describe(batch)
+    assert descriptors.shape == (3, backbone.dim) and descriptors.dtype == np.float32
+    assert np.isfinite(descriptors).all()
+    assert np.array_equal(batch, kept), "describe must not write into the caller's pixels"
+    assert np.allclose(descriptors[0], descriptors[2], atol=1e-5)
+    assert not np.allclose(descriptors[0], descriptors[1])
+    # Batch size must not change a descriptor beyond float noise. (Untrained EfficientNetV2L
+    # reaches values near 1e8, so compare directions, not absolute values.)
+    single = extractor.describe(batch[1])[0]
+    cosine = single @ descriptors[1] / (np.linalg.norm(single) * np.linalg.norm(descriptors[1]))
+    assert cosine > 0.999
+
+
+@pytest.mark.slow
+def test_untrained_weights_are_the_same_in_every_build():
+    backbone = BACKBONES["xception"]
+    pixels = np.random.default_rng(1).integers(0, 256, size=(1, 80, 80, 3), dtype=np.uint8)
+    first = build_extractor(backbone, Weights.parse("none"), 80).describe(pixels)
+    second = build_extractor(backbone, Weights.parse("none"), 80).describe(pixels)
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.slow
+def test_cache_builds_once():
+    cache = ExtractorCache()
+    backbone = BACKBONES["xception"]
+    first = cache.get(backbone, Weights.parse("none"), 80)
+    assert cache.get(backbone, Weights.parse("none"), 80) is first
+    assert cache.get(backbone, Weights.parse("none"), 96) is not first
+    assert len(cache) == 2

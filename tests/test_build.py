@@ -1,0 +1,265 @@
+"""Building a collection's indexes and searching them, end to end, with untrained networks.
+
+Untrained (seeded, random) networks still map a picture and a crop of it close together, so a
+synthetic gallery has right answers. xception runs at 96 px here to stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.build import BuildSettings, build_indexes, read_collection
+from cbir.collections import folder_collection
+from cbir.images import ImageError
+from cbir.index import IndexLoadError, list_indexes, load_index
+from cbir.search import SearchEngine
+from synthetic import crop_of, make_gallery
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+XCEPTION = BACKBONES["xception"]
+SMALL = 96
+
+
+@pytest.fixture(scope="module")
+def extractors() -> ExtractorCache:
+    return ExtractorCache()
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gallery")
+    make_gallery(folder / "photos", 24)
+    # Bad files a real folder has: they are skipped and listed, never fatal.
+    (folder / "photos" / "empty.jpg").write_bytes(b"")
+    (folder / "photos" / "notes.png").write_text("not a picture")
+    good = (folder / "photos" / "picture_000.jpg").read_bytes()
+    (folder / "photos" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    return folder / "photos"
+
+
+def settings_for(index_root: Path, **overrides) -> BuildSettings:
+    values = dict(
+        index_root=index_root,
+        weights=Weights.parse("none"),
+        input_size=SMALL,
+        progress=False,
+        n_trees=10,
+        batch_size=8,
+        checkpoint_every=8,
+    )
+    values.update(overrides)
+    return BuildSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def built(gallery, tmp_path_factory, extractors) -> Path:
+    index_root = tmp_path_factory.mktemp("indexes")
+    collection = folder_collection(gallery, "demo")
+    outcomes = build_indexes(collection, [XCEPTION], settings_for(index_root), extractors=extractors)
+    assert [outcome.status for outcome in outcomes] == ["built"]
+    return index_root
+
+
+def test_build_writes_a_complete_folder_and_lists_skipped_files(built):
+    folder = built / "demo" / "xception"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cosine.ann",
+        "descriptors.npy",
+        "euclidean.ann",
+        "manifest.json",
+    ]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["backbone"] == "xception" and manifest["dim"] == 2048
+    assert manifest["weights"]["untrained"] is True and "untrained" in manifest["weights"]["identity"]
+    assert manifest["input_size"] == SMALL
+    assert len(manifest["images"]) == 24
+    skipped = {entry["image"]: entry["reason"] for entry in manifest["skipped"]}
+    assert sorted(skipped) == ["empty.jpg", "notes.png", "truncated.jpg"]
+    assert "empty" in skipped["empty.jpg"]
+    assert set(manifest["versions"]) == {"keras", "tensorflow"}
+    assert manifest["annoy"]["n_trees"] == 10
+    assert np.load(folder / "descriptors.npy").shape == (24, 2048)
+    # No checkpoint or temporary folder is left beside the index.
+    assert sorted(p.name for p in (built / "demo").iterdir()) == ["collection.json", "xception"]
+
+
+def test_a_crop_finds_its_source_at_rank_1_through_annoy_and_exact(built, gallery, extractors):
+    engine = SearchEngine(built, extractors=extractors)
+    for index in (0, 5, 11, 17, 23):
+        source = f"picture_{index:03d}.jpg"
+        query = crop_of(gallery / source, fraction=0.8, scale=1.2)
+        for exact in (False, True):
+            for metric in ("cosine", "euclidean"):
+                result = engine.search(query, collection="demo", backbone="xception", metric=metric, k=5, exact=exact)
+                assert result.hits[0].image == source, (metric, exact, [h.image for h in result.hits])
+                assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
+                assert result.hits[0].path == gallery / source
+                assert result.untrained
+
+
+def test_box_query_crops_before_describing(built, gallery, extractors):
+    engine = SearchEngine(built, extractors=extractors)
+    # A canvas with picture 7 pasted into one corner: only the box finds it first.
+    canvas = Image.new("RGB", (400, 300), (128, 128, 128))
+    with Image.open(gallery / "picture_007.jpg") as picture:
+        canvas.paste(picture, (230, 170))
+    boxed = engine.search(canvas, collection="demo", backbone="xception", k=3, box=(230, 170, 390, 290))
+    assert boxed.hits[0].image == "picture_007.jpg"
+    described = engine.describe(canvas, collection="demo", backbone="xception", box=(230, 170, 390, 290))
+    direct = engine.describe(gallery / "picture_007.jpg", collection="demo", backbone="xception")
+    assert np.allclose(described, direct, atol=1e-3 * np.abs(direct).max())
+
+
+def test_annoy_and_exact_agree_on_top10(built, gallery, extractors):
+    engine = SearchEngine(built, extractors=extractors)
+    for index in range(0, 24, 4):
+        query = crop_of(gallery / f"picture_{index:03d}.jpg", fraction=0.6, scale=0.9)
+        for metric in ("cosine", "euclidean"):
+            annoy = engine.search(query, collection="demo", backbone="xception", metric=metric, k=10)
+            exact = engine.search(query, collection="demo", backbone="xception", metric=metric, k=10, exact=True)
+            assert [h.image for h in annoy.hits] == [h.image for h in exact.hits]
+
+
+def test_second_query_reuses_the_model_and_the_index(built, gallery):
+    engine = SearchEngine(built)
+    query = gallery / "picture_003.jpg"
+    engine.search(query, collection="demo", backbone="xception")
+    model = engine.extractors.get(XCEPTION, Weights.parse("none"), SMALL).model
+    index = engine.index("demo", "xception")
+    second = engine.search(query, collection="demo", backbone="xception")
+    assert len(engine.extractors) == 1
+    assert engine.extractors.get(XCEPTION, Weights.parse("none"), SMALL).model is model
+    assert engine.index("demo", "xception") is index
+    assert second.hits[0].image == "picture_003.jpg"
+    assert second.hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_queries_raise_the_clear_error(built, tmp_path, extractors):
+    engine = SearchEngine(built, extractors=extractors)
+    text = tmp_path / "query.jpg"
+    text.write_text("hello")
+    with pytest.raises(ImageError, match="query.jpg"):
+        engine.search(text, collection="demo", backbone="xception")
+    with pytest.raises(ImageError):
+        engine.search(np.zeros((50, 50, 3), np.uint8), collection="demo", backbone="xception", box=(10, 10, 12, 12))
+    with pytest.raises(IndexLoadError, match="--backbones vgg16"):
+        engine.search(np.zeros((50, 50, 3), np.uint8), collection="demo", backbone="vgg16")
+
+
+def test_rebuild_is_a_no_op_and_force_rebuilds(built, gallery, extractors):
+    collection = folder_collection(gallery, "demo")
+    manifest_before = (built / "demo" / "xception" / "manifest.json").read_text()
+    outcomes = build_indexes(collection, [XCEPTION], settings_for(built), extractors=extractors)
+    assert [outcome.status for outcome in outcomes] == ["up to date"]
+    assert (built / "demo" / "xception" / "manifest.json").read_text() == manifest_before
+    # Other weights or another input size are a different index: rebuilt, not reused.
+    changed = build_indexes(collection, [XCEPTION], settings_for(built, input_size=80), extractors=extractors)
+    assert changed[0].status == "built"
+    assert json.loads((built / "demo" / "xception" / "manifest.json").read_text())["input_size"] == 80
+    forced = build_indexes(collection, [XCEPTION], settings_for(built, force=True), extractors=extractors)
+    assert forced[0].status == "built"
+    assert load_index(built / "demo" / "xception").manifest.input_size == SMALL
+
+
+def test_collection_file_records_root_and_queries(built, gallery):
+    saved = read_collection(built, "demo")
+    assert saved.root == gallery.resolve()
+    assert saved.queries == ()
+
+
+def test_an_interrupted_build_leaves_no_index_and_the_rerun_resumes(gallery, tmp_path, extractors):
+    collection = folder_collection(gallery, "demo")
+    seen = []
+
+    def interrupt(backbone: str, done: int, total: int) -> None:
+        seen.append(done)
+        if done >= 16:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_indexes(collection, [XCEPTION], settings_for(tmp_path), extractors=extractors, on_progress=interrupt)
+    assert list_indexes(tmp_path) == []
+    with pytest.raises(IndexLoadError):
+        load_index(tmp_path / "demo" / "xception")
+    checkpoints = sorted(p.name for p in (tmp_path / "demo" / ".extract-xception").glob("chunk_*.npz"))
+    assert checkpoints == ["chunk_00000000.npz", "chunk_00000008.npz"]
+
+    outcome = build_indexes(collection, [XCEPTION], settings_for(tmp_path), extractors=extractors)[0]
+    assert outcome.status == "built" and outcome.resumed_images == 16
+    resumed = load_index(tmp_path / "demo" / "xception")
+    fresh = build_indexes(collection, [XCEPTION], settings_for(tmp_path / "fresh"), extractors=extractors)[0]
+    reference = load_index(fresh.folder)
+    # Rows taken from checkpoints are the same rows a build without interruption produces.
+    assert resumed.manifest.images == reference.manifest.images
+    assert np.allclose(resumed.descriptors, reference.descriptors, atol=1e-5)
+    assert not (tmp_path / "demo" / ".extract-xception").exists()
+
+
+def run_cli(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, str(REPO / "build_index.py"), *arguments],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cli_builds_a_folder_then_has_nothing_to_do(gallery, tmp_path):
+    common = ("--images", str(gallery), "--name", "demo", "--backbones", "xception", "--weights", "none",
+              "--input-size", "80", "--index-dir", str(tmp_path / "idx"), "--no-progress")  # fmt: skip
+    first = run_cli(*common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "built" in first.stdout and "untrained" in first.stdout
+    assert "skipping empty.jpg" in first.stderr
+    second = run_cli(*common, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    result = run_cli("--images", str(empty), "--weights", "none", "--index-dir", str(tmp_path / "idx"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    result = run_cli("--images", str(empty), "--backbones", "resnet", cwd=tmp_path)
+    assert result.returncode == 2 and "known backbones: vgg16, xception" in result.stderr
+
+
+def test_cli_killed_mid_extraction_leaves_no_index_and_rerun_completes(gallery, tmp_path):
+    index_root = tmp_path / "idx"
+    arguments = [sys.executable, str(REPO / "build_index.py"), "--images", str(gallery), "--name", "demo",
+                 "--backbones", "xception", "--weights", "none", "--input-size", "80", "--index-dir",
+                 str(index_root), "--no-progress", "--batch-size", "4", "--checkpoint-every", "4"]  # fmt: skip
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    process = subprocess.Popen(arguments, cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = index_root / "demo" / ".extract-xception"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(checkpoints.glob("chunk_*.npz"))) < 2:
+        assert process.poll() is None, "the build finished before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list_indexes(index_root) == []
+    done_before = len(list(checkpoints.glob("chunk_*.npz")))
+    assert done_before >= 2
+    rerun = run_cli(*arguments[2:], cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming after" in rerun.stderr
+    assert len(load_index(index_root / "demo" / "xception")) == 24
