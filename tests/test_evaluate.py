@@ -1,0 +1,161 @@
+"""The evaluation run end to end on a miniature Oxford5k served from a local HTTP server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.build import BuildSettings, build_indexes
+from cbir.collections import DownloadSettings, prepare_dataset
+from cbir.evaluate import (
+    EvaluationSettings,
+    evaluate_collection,
+    format_summary,
+    load_results,
+    results_folder,
+    study_reported,
+)
+from cbir.metrics import average_precision, score_query
+from cbir.search import SearchEngine
+from fake_datasets import make_oxford_layout, serve_directory
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def oxford(tmp_path_factory):
+    """A served miniature Oxford5k (3 landmarks x 5 images, 2 queries each), built with xception."""
+    root = tmp_path_factory.mktemp("oxford")
+    layout = make_oxford_layout(root / "source", n_landmarks=3, images_per_landmark=5, queries_per_landmark=2)
+    with serve_directory(layout["archive_dir"]) as url:
+        collection = prepare_dataset(
+            "oxford5k", DownloadSettings(data_dir=root / "data", mirror=url, progress=False)
+        )
+    index_root = root / "indexes"
+    settings = BuildSettings(
+        index_root=index_root, weights=Weights.parse("none"), input_size=80, progress=False, n_trees=10
+    )
+    extractors = ExtractorCache()
+    build_indexes(collection, [BACKBONES["xception"]], settings, extractors=extractors)
+    return {"layout": layout, "url": url, "root": root, "index_root": index_root, "collection": collection,
+            "extractors": extractors}  # fmt: skip
+
+
+def test_results_files_are_written_and_agree_with_the_metrics(oxford):
+    index_root = oxford["index_root"]
+    engine = SearchEngine(index_root, extractors=oxford["extractors"])
+    results = evaluate_collection(
+        EvaluationSettings(index_root=index_root, collection="oxford5k", progress=False), engine=engine
+    )
+    assert load_results(index_root, "oxford5k") == json.loads(json.dumps(results))
+    rows = {(r["backbone"], r["metric"], r["query_mode"]): r for r in results["rows"]}
+    assert sorted(rows) == [
+        ("xception", "cosine", "cropped"),
+        ("xception", "cosine", "full"),
+        ("xception", "euclidean", "cropped"),
+        ("xception", "euclidean", "full"),
+    ]
+    for row in rows.values():
+        assert row["n_queries"] == 6 and row["n_skipped"] == 0
+        assert row["untrained"] is True and "untrained" in row["weights"]
+        for field in ("map_oxford", "map", "map_11point", "map_at_100_annoy", "mp_at_1", "study_map"):
+            assert 0.0 <= row[field] <= 1.0
+        assert row["mean_query_seconds"] > 0
+
+    # Recompute one row from the rankings, independently of the evaluation loop.
+    collection = oxford["collection"]
+    loaded = engine.index("oxford5k", "xception")
+    ids = [Path(p).stem for p in loaded.manifest.images]
+    expected_ap, expected_annoy = [], []
+    for query in collection.queries:
+        descriptor = engine.describe(
+            collection.path_of(query.image), collection="oxford5k", backbone="xception", box=query.box
+        )
+        ranking = [ids[row] for row in loaded.search_exact(descriptor, "euclidean")[0]]
+        scores = score_query(ranking, query.good, query.ok, query.junk)
+        expected_ap.append((scores.ap_oxford, scores.ap, scores.ap_11point, scores.precision_at[5], scores.study_ap))
+        annoy = [ids[row] for row in loaded.search_annoy(descriptor, "euclidean", 100)[0]]
+        expected_annoy.append(average_precision(annoy, query.positives, query.junk))
+    row = rows[("xception", "euclidean", "cropped")]
+    means = np.mean(expected_ap, axis=0)
+    assert [row["map_oxford"], row["map"], row["map_11point"], row["mp_at_5"], row["study_map"]] == pytest.approx(means)
+    assert row["map_at_100_annoy"] == pytest.approx(np.mean(expected_annoy))
+
+    folder = results_folder(index_root, "oxford5k")
+    with open(folder / "per_query.csv", newline="") as handle:
+        per_query = list(csv.DictReader(handle))
+    assert len(per_query) == 4 * 6
+    chosen = [r for r in per_query if r["metric"] == "euclidean" and r["query_mode"] == "cropped"]
+    assert [r["query"] for r in chosen] == [q.name for q in collection.queries]
+    assert [float(r["ap"]) for r in chosen] == pytest.approx([e[1] for e in expected_ap])
+
+    with Image.open(folder / "pr_curves.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 400
+    curve = next(c for c in results["pr_curves"] if c["metric"] == "cosine" and c["query_mode"] == "cropped")
+    assert len(curve["precision"]) == 11 and curve["precision"][0] >= curve["precision"][-1]
+
+    summary = format_summary(results)
+    assert "xception*" in summary and "untrained" in summary
+
+
+def test_evaluating_again_keeps_rows_of_other_runs(oxford):
+    index_root = oxford["index_root"]
+    engine = SearchEngine(index_root, extractors=oxford["extractors"])
+    evaluate_collection(
+        EvaluationSettings(index_root=index_root, collection="oxford5k", metrics=["cosine"], query_modes=["cropped"],
+                           progress=False),
+        engine=engine,
+    )  # fmt: skip
+    results = load_results(index_root, "oxford5k")
+    assert len(results["rows"]) == 4  # the three other combinations survive from the earlier run
+
+
+def test_cli_downloads_builds_and_evaluates(oxford, tmp_path):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    with serve_directory(oxford["layout"]["archive_dir"]) as url:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "build_index.py"), "--dataset", "oxford5k", "--mirror", url, "--data-dir",
+             str(tmp_path / "data"), "--index-dir", str(tmp_path / "idx"), "--weights", "none", "--input-size",
+             "80", "--evaluate", "--no-progress"],
+            env=environment, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "mAP(Ox)" in result.stdout and "xception*" in result.stdout
+    assert (tmp_path / "idx" / "oxford5k" / "evaluation" / "results.json").is_file()
+    again = subprocess.run(
+        [sys.executable, "-m", "cbir.evaluate", "--collection", "oxford5k", "--index-dir", str(tmp_path / "idx"),
+         "--modes", "cropped", "--no-progress"],
+        env=environment, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "cropped" in again.stdout
+
+
+def test_evaluating_a_folder_without_ground_truth_says_so(tmp_path):
+    from synthetic import make_gallery
+
+    from cbir.collections import folder_collection
+
+    make_gallery(tmp_path / "photos", 3)
+    settings = BuildSettings(index_root=tmp_path / "idx", weights=Weights.parse("none"), input_size=80, progress=False)
+    build_indexes(folder_collection(tmp_path / "photos", "mine"), [BACKBONES["xception"]], settings)
+    with pytest.raises(ValueError, match="no ground-truth queries"):
+        evaluate_collection(EvaluationSettings(index_root=tmp_path / "idx", collection="mine", progress=False))
+
+
+def test_study_table_is_data_labelled_as_reported():
+    study = study_reported()
+    assert "not measured by this project" in study["note"]
+    oxford = {row[0]: row[1:] for row in study["tables"]["oxford5k"]}
+    assert oxford["xception"] == [0.68, 0.34, 39.94]
+    assert set(oxford) == set(BACKBONES)
