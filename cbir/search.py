@@ -117,7 +117,11 @@ class SearchEngine:
         """The descriptor of an image (path, bytes, PIL image or array), cropped to `box` if given."""
         loaded = self.index(collection, backbone)
         extractor = self.extractor_for(loaded)
-        picture = load_image(image, name=name, limits=self.limits)
+        # A whole file is decoded exactly as the build decoded collection files (JPEG draft
+        # scaling included), so a collection photo used as a query matches its own row.
+        is_file = isinstance(image, (str, Path))
+        draft = extractor.input_size if box is None and is_file else None
+        picture = load_image(image, name=name, limits=self.limits, draft_size=draft)
         picture = crop_box(picture, box, limits=self.limits, name=name or "the image")
         return extractor.describe(to_network_input(picture, extractor.input_size))[0]
 

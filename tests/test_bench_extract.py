@@ -1,0 +1,35 @@
+"""Smoke test of the extraction benchmark: it runs from a fresh clone and writes its results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_extract_benchmark_quick_run_writes_results(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "extract.py"), "--quick", "--input-size", "80", "--out", str(tmp_path)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "extract-quick.json").read_text())
+    assert report["cores"] == os.cpu_count() and report["command"].startswith("python bench/extract.py")
+    (row,) = report["rows"]
+    assert row["backbone"] == "xception" and row["input_size"] == 80
+    for key in ("network_images_per_second", "project_images_per_second", "study_images_per_second"):
+        assert row[key] > 0
+    assert row["project_over_network"] == pytest.approx(
+        row["project_images_per_second"] / row["network_images_per_second"], rel=0.01
+    )
+    assert "| xception | 80 |" in (tmp_path / "extract-quick.md").read_text()
