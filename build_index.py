@@ -154,6 +154,9 @@ def print_summary(outcomes, untrained: bool) -> None:
         print(
             f"{outcome.backbone:<22}{outcome.status:<12}{outcome.n_images:>8}{outcome.n_skipped:>9}{rate:>10}  {outcome.folder}"
         )
+    for outcome in outcomes:
+        if outcome.resumed_images:
+            print(f"{outcome.backbone}: resumed an interrupted build ({outcome.resumed_images} images were already done)")
     if untrained:
         print("NOTE: built with untrained (random) weights; rankings are meaningless beyond smoke tests.")
 

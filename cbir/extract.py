@@ -198,7 +198,7 @@ def extract_descriptors(
                     batch_pixels.append(result)
             fill()
             if batch_pixels:
-                chunk["parts"].append(extractor.describe(np.stack(batch_pixels)))
+                chunk["parts"].append(_describe_padded(extractor, batch_pixels, batch_size))
                 chunk["images"].extend(batch_paths)
             if len(chunk["inputs"]) >= chunk_size or not pending:
                 finished = _finish_chunk(chunk, extractor.backbone.dim)
@@ -233,6 +233,16 @@ def extract_descriptors(
         result.images_per_second,
     )
     return result
+
+
+def _describe_padded(extractor: FeatureExtractor, pixels: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """Describe a batch, padded to the full batch size: a short last batch (or one with skipped
+    files) would otherwise make TensorFlow trace the network again for the new shape."""
+    batch = np.stack(pixels)
+    if len(batch) < batch_size:
+        padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
+        batch = np.concatenate([batch, padding])
+    return extractor.describe(batch)[: len(pixels)]
 
 
 def _empty_chunk() -> dict:
