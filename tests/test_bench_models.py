@@ -1,4 +1,4 @@
-"""Smoke test of the extraction benchmark: it runs from a fresh clone and writes its results."""
+"""Smoke tests of the model benchmarks (extraction, end to end): they run from a fresh clone and write their results."""
 
 from __future__ import annotations
 
@@ -33,3 +33,24 @@ def test_extract_benchmark_quick_run_writes_results(tmp_path):
         row["project_images_per_second"] / row["network_images_per_second"], rel=0.01
     )
     assert "| xception | 80 |" in (tmp_path / "extract-quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "e2e.py"), "--quick", "--images", "500", "--out", str(tmp_path)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "e2e-quick.json").read_text())
+    (row,) = report["rows"]
+    assert row["backbone"] == "xception" and row["indexed_images"] == 500
+    assert 0 < row["annoy_search_ms_median"] < row["total_ms_median"]
+    assert row["describe_ms_median"] > 0 and row["resident_mb_after_use"] > report["resident_mb_before_any_backbone"]
+    assert row["search_share_of_describe"] == pytest.approx(
+        row["annoy_search_ms_median"] / row["describe_ms_median"], rel=0.05
+    )
+    assert "| xception | 96 |" in (tmp_path / "e2e-quick.md").read_text()
