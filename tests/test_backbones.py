@@ -105,3 +105,32 @@ def test_cache_builds_once():
     assert cache.get(backbone, Weights.parse("none"), 80) is first
     assert cache.get(backbone, Weights.parse("none"), 96) is not first
     assert len(cache) == 2
+
+
+@pytest.mark.slow
+def test_a_local_weights_file_gives_the_same_network(tmp_path):
+    # The air-gapped path: weights saved on one machine, loaded from a file on another.
+    backbone = BACKBONES["xception"]
+    source = build_extractor(backbone, Weights.parse("none"), 80)
+    path = tmp_path / "xception_notop.weights.h5"
+    source.model.save_weights(path)
+    loaded = build_extractor(backbone, Weights.parse(str(path)), 80)
+    assert loaded.weights.kind == "file" and not loaded.weights.untrained
+    pixels = np.random.default_rng(2).integers(0, 256, size=(2, 80, 80, 3), dtype=np.uint8)
+    assert np.allclose(loaded.describe(pixels), source.describe(pixels), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_imagenet_weights_unreachable_gives_a_clear_message(tmp_path, monkeypatch):
+    # No internet in tests: an empty Keras cache and a proxy that refuses every connection make
+    # the real download path fail here, on this machine, as it would on an air-gapped one.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(RuntimeError) as raised:
+        build_extractor(BACKBONES["xception"], Weights.parse("imagenet"), 80)
+    message = str(raised.value)
+    assert "could not build xception with weights imagenet" in message
+    assert "--weights PATH" in message
