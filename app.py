@@ -1,0 +1,398 @@
+"""The web page: crop a region of a photo, pick a backbone, a distance and k, see ranked results;
+a second tab shows the measured mAP tables.
+
+    python app.py                                  # Oxford5k + Xception (built on first start)
+    python app.py --images ~/photos --weights none # your own folder, no download (untrained!)
+
+UI only: the search, the builds and the evaluation all live in `cbir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
+from cbir.build import read_collection
+from cbir.evaluate import PROTOCOL, STUDY_MEASURE_NOTE, load_results, results_folder, study_reported
+from cbir.images import ImageError, crop_box, load_image
+from cbir.index import IndexInfo, IndexLoadError
+from cbir.search import SearchEngine, SearchResult
+
+logger = logging.getLogger("app")
+
+METRICS = ["cosine", "euclidean"]
+DEFAULT_K = 12
+MAX_K = 100
+EXAMPLES_SHOWN = 8
+# Submit on Enter anywhere but in a text field.
+ENTER_TO_SEARCH = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || event.target.closest("textarea, input[type=text], input[type=number]")) return;
+  const button = document.querySelector("#search-button");
+  if (button) { event.preventDefault(); button.click(); }
+});
+</script>
+"""
+
+
+class QueryEditor(gr.ImageEditor):
+    """The image editor, with a readable message when an upload is no image at all.
+
+    Gradio decodes the upload before our handler runs; its own error would say only "Error".
+    `is_template` keeps the stock ImageEditor front end.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+            raise gr.Error(f"The uploaded file is not an image this app can read ({type(error).__name__}).") from None
+
+
+class SearchPage:
+    """What the page's events call: the search engine plus the labels the page shows."""
+
+    def __init__(self, engine: SearchEngine, index_root: Path) -> None:
+        self.engine = engine
+        self.index_root = Path(index_root)
+        self.indexes: list[IndexInfo] = engine.available()
+
+    def collections(self) -> list[str]:
+        return sorted({info.collection for info in self.indexes})
+
+    def backbone_choices(self, collection: str | None) -> list[tuple[str, str]]:
+        order = list(BACKBONES)
+        infos = sorted((i for i in self.indexes if i.collection == collection), key=lambda i: order.index(i.backbone))
+        return [(f"{i.backbone} ({i.dim}-d{', UNTRAINED' if i.untrained else ''})", i.backbone) for i in infos]
+
+    def default_backbone(self, collection: str | None) -> str | None:
+        names = [value for _, value in self.backbone_choices(collection)]
+        return DEFAULT_BACKBONE if DEFAULT_BACKBONE in names else (names[0] if names else None)
+
+    def example_queries(self, collection: str | None) -> list[tuple[Path, str, tuple | None]]:
+        """(image file, caption, box) for the collection's own query images, or a few of its photos."""
+        if not collection:
+            return []
+        try:
+            saved = read_collection(self.index_root, collection)
+        except IndexLoadError:
+            return []
+        if saved.queries:
+            seen, examples = set(), []
+            for query in saved.queries:  # one per landmark: Oxford has 5 queries of each
+                landmark = query.name.rsplit("_", 1)[0]
+                if landmark not in seen:
+                    seen.add(landmark)
+                    path = self._path_of(collection, query.image)
+                    if path is not None:
+                        examples.append((path, query.name, query.box))
+            return examples[:EXAMPLES_SHOWN]
+        infos = [i for i in self.indexes if i.collection == collection]
+        if not infos:
+            return []
+        images = self.engine.index(collection, infos[0].backbone).manifest.images
+        step = max(1, len(images) // EXAMPLES_SHOWN)
+        return [(saved.root / image, Path(image).stem, None) for image in images[::step][:EXAMPLES_SHOWN]]
+
+    def _path_of(self, collection: str, image_id: str) -> Path | None:
+        for info in self.indexes:
+            if info.collection == collection:
+                manifest = self.engine.index(collection, info.backbone).manifest
+                for relpath in manifest.images:
+                    if Path(relpath).stem == image_id:
+                        return Path(manifest.collection_root) / relpath
+        return None
+
+    def search(self, editor: dict | None, collection: str | None, backbone: str | None, metric: str, k: float):
+        """The search event: (gallery items, status line). Problems become messages, never traces."""
+        image = query_image(editor)
+        if image is None:
+            raise gr.Error("Add an image first: upload, paste or take a photo, then crop the part to search.")
+        if not collection or not backbone:
+            raise gr.Error("No index is built yet. Build one with: python build_index.py --dataset oxford5k")
+        if metric not in METRICS:
+            raise gr.Error(f"Choose a metric: {', '.join(METRICS)}.")
+        k = int(max(1, min(MAX_K, k or DEFAULT_K)))
+        try:
+            result = self.engine.search(
+                image, collection=collection, backbone=backbone, metric=metric, k=k, name="the uploaded image"
+            )
+        except ImageError as error:
+            raise gr.Error(_sentence(str(error))) from None
+        except IndexLoadError as error:
+            raise gr.Error(_sentence(str(error))) from None
+        except (ValueError, RuntimeError) as error:
+            logger.exception("search failed")
+            raise gr.Error(_sentence(str(error))) from None
+        return gallery_items(result), status_line(result)
+
+
+def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
+    """The picture to search with: the editor's composite (the cropped canvas), else its background."""
+    if editor is None:
+        return None
+    if isinstance(editor, Image.Image):
+        return editor
+    for key in ("composite", "background"):
+        if editor.get(key) is not None:
+            return editor[key]
+    return None
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def gallery_items(result: SearchResult) -> list[tuple[str, str]]:
+    items = []
+    for hit in result.hits:
+        # Short enough to fit under a thumbnail: cosine similarity, or Euclidean (L2) distance.
+        score = f"cos {hit.similarity:.3f}" if result.metric == "cosine" else f"L2 {hit.distance:.3g}"
+        items.append((str(hit.path), f"#{hit.rank} {Path(hit.image).stem} · {score}"))
+    return items
+
+
+def status_line(result: SearchResult) -> str:
+    total = 1000 * (result.describe_seconds + result.search_seconds)
+    line = (
+        f"{len(result.hits)} results in {total:.0f} ms (descriptor {1000 * result.describe_seconds:.0f} ms, "
+        f"search {1000 * result.search_seconds:.1f} ms) · {result.backbone} · "
+        + ("cosine similarity" if result.metric == "cosine" else "Euclidean distance")
+    )
+    if result.untrained:
+        line += " · **untrained weights: rankings are meaningless**"
+    for warning in result.warnings:
+        line += f"\n\n⚠ {warning}"
+    return line
+
+
+def measured_table(results: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for row in results["rows"]:
+        rows.append(
+            [
+                row["backbone"] + (" (untrained)" if row["untrained"] else ""),
+                row["metric"],
+                row["query_mode"],
+                round(row["map_oxford"], 3),
+                round(row["map"], 3),
+                round(row["map_11point"], 3),
+                round(row["map_at_100_annoy"], 3),
+                round(row["mp_at_1"], 3),
+                round(row["mp_at_5"], 3),
+                round(row["mp_at_10"], 3),
+                round(row["study_map"], 3),
+                round(1000 * row["mean_query_seconds"], 1),
+                row["n_queries"],
+            ]
+        )
+    return rows
+
+
+MEASURED_HEADERS = [
+    "backbone", "metric", "queries", "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 Annoy",
+    "mP@1", "mP@5", "mP@10", "study mAP", "ms / query", "n",
+]  # fmt: skip
+
+
+def evaluation_tab(page: SearchPage, collection: str) -> None:
+    results = load_results(page.index_root, collection)
+    gr.Markdown(f"### {collection}: measured by this code")
+    if results is None:
+        gr.Markdown(
+            f"Not evaluated yet. Run `python -m cbir.evaluate --collection {collection} --backbones all` "
+            f"(or `python build_index.py --dataset {collection} --evaluate`), then restart the app."
+        )
+    else:
+        gr.Markdown(f"**Protocol.** {results['protocol']}\n\n{STUDY_MEASURE_NOTE}\n\nMeasured {results['created']}.")
+        if any(row["untrained"] for row in results["rows"]):
+            gr.Markdown("**Rows marked untrained come from random weights: they test the code, not the network.**")
+        gr.Dataframe(value=measured_table(results), headers=MEASURED_HEADERS, interactive=False, wrap=True)
+        curves = results_folder(page.index_root, collection) / results["files"]["pr_curves"]
+        if curves.is_file():
+            gr.Image(value=str(curves), label="Mean 11-point precision / recall", interactive=False)
+    reported = study_reported()
+    table = reported["tables"].get(collection)
+    if table:
+        gr.Markdown(f"### {collection}: reported by the study (not measured here)\n\n{reported['note']}")
+        gr.Dataframe(
+            value=table,
+            headers=["backbone", "non-interpolated mAP", "interpolated mAP", "time (s)"],
+            interactive=False,
+        )
+
+
+def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
+    """The whole page, importable and constructible without launching."""
+    page = SearchPage(engine, index_root)
+    collections = page.collections()
+    first = collections[0] if collections else None
+
+    def examples_for(collection: str | None) -> list[tuple[str, str]]:
+        return [(str(path), caption) for path, caption, _ in page.example_queries(collection)]
+
+    def on_collection(collection: str | None):
+        return (
+            gr.update(choices=page.backbone_choices(collection), value=page.default_backbone(collection)),
+            gr.update(value=examples_for(collection)),
+        )
+
+    def on_example(collection: str | None, event: gr.SelectData):
+        examples = page.example_queries(collection)
+        if not examples or event.index is None or event.index >= len(examples):
+            return gr.update()
+        path, _, box = examples[event.index]
+        try:
+            picture = crop_box(load_image(path), box) if box else load_image(path)
+        except ImageError as error:
+            raise gr.Error(_sentence(str(error))) from None
+        return {"background": picture, "layers": [], "composite": picture}
+
+    with gr.Blocks(title="Building image search") as demo:
+        gr.Markdown(
+            "# Building image search\n"
+            "Upload, paste or take a photo, crop the part to search (crop tool), and press **Search**."
+        )
+        with gr.Tab("Search"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    editor = QueryEditor(
+                        label="Query (the cropped region is what is searched)",
+                        type="pil",
+                        image_mode="RGB",
+                        sources=["upload", "clipboard", "webcam"],
+                        brush=False,
+                        eraser=False,
+                        transforms=["crop"],
+                        height=420,
+                    )
+                    examples = gr.Gallery(
+                        value=examples_for(first),
+                        label="Example queries from the collection (click one)",
+                        columns=EXAMPLES_SHOWN // 2,
+                        height=180,
+                        allow_preview=False,
+                    )
+                with gr.Column(scale=1):
+                    collection = gr.Dropdown(
+                        choices=collections, value=first, label="Collection", visible=len(collections) != 1
+                    )
+                    backbone = gr.Dropdown(
+                        choices=page.backbone_choices(first), value=page.default_backbone(first), label="Backbone"
+                    )
+                    metric = gr.Dropdown(choices=METRICS, value="cosine", label="Distance")
+                    k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
+                    button = gr.Button("Search", variant="primary", elem_id="search-button")
+                    if not collections:
+                        gr.Markdown(
+                            "**No index is built yet.** Build one with `python build_index.py --dataset oxford5k` "
+                            "or `python build_index.py --images <folder>`, then restart the app."
+                        )
+            status = gr.Markdown(elem_id="search-status")
+            gallery = gr.Gallery(label="Most similar", columns=6, height="auto", elem_id="results")
+        with gr.Tab("Evaluation"):
+            if not collections:
+                gr.Markdown("Nothing is built or evaluated yet.")
+            for name in collections:
+                evaluation_tab(page, name)
+
+        button.click(
+            page.search,
+            inputs=[editor, collection, backbone, metric, k],
+            outputs=[gallery, status],
+            api_name="search",
+            concurrency_limit=1,
+        )
+        collection.change(on_collection, inputs=[collection], outputs=[backbone, examples], api_visibility="private")
+        examples.select(on_example, inputs=[collection], outputs=[editor], api_visibility="private")
+    return demo
+
+
+def collection_roots(engine: SearchEngine) -> list[str]:
+    """The only folders the page may serve files from."""
+    roots = set()
+    for info in engine.available():
+        roots.add(str(engine.index(info.collection, info.backbone).manifest.collection_root))
+    return sorted(roots)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Serve the image search page over the indexes in --index-dir (building the default "
+        "collection first if there are none).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio link")
+    parser.add_argument("--index-dir", type=Path, default=Path(os.environ.get("CBIR_INDEX_DIR", "indexes")))
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CBIR_DATA_DIR", "data")))
+    parser.add_argument("--images", type=Path, help="index and serve this folder of your own photos")
+    parser.add_argument("--name", help="collection name for --images (default: the folder's name)")
+    parser.add_argument("--no-build", action="store_true", help="serve what is built; never build at start")
+    parser.add_argument("--weights", default="imagenet", help="weights for what is built: imagenet, none, or a file")
+    parser.add_argument("--backbones", default=DEFAULT_BACKBONE, help="backbones to build at start, or 'all'")
+    parser.add_argument("--input-size", type=int, help="build networks at this input size (smoke tests only)")
+    return parser.parse_args(argv)
+
+
+def build_at_start(arguments: argparse.Namespace) -> None:
+    """Build what the page needs before serving: the user's folder, or the default collection."""
+    from cbir.backbones import Weights, parse_backbones
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.collections import DownloadSettings, folder_collection, prepare_dataset
+    from cbir.index import list_indexes
+
+    if arguments.images is not None:
+        collection = folder_collection(arguments.images, arguments.name or arguments.images.resolve().name)
+    elif list_indexes(arguments.index_dir):
+        return
+    else:
+        logger.info("no index under %s: building Oxford5k with %s first", arguments.index_dir, arguments.backbones)
+        collection = prepare_dataset("oxford5k", DownloadSettings.from_env(data_dir=arguments.data_dir))
+    settings = BuildSettings(
+        index_root=arguments.index_dir, weights=Weights.parse(arguments.weights), input_size=arguments.input_size
+    )
+    build_indexes(collection, parse_backbones(arguments.backbones), settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from cbir.collections import DatasetError
+
+    try:
+        if not arguments.no_build:
+            build_at_start(arguments)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; start again to resume", file=sys.stderr)
+        return 130
+    except (DatasetError, IndexLoadError, ValueError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    engine = SearchEngine(arguments.index_dir)
+    demo = build_ui(engine, arguments.index_dir)
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.launch(
+        server_name=arguments.host,
+        server_port=arguments.port,
+        share=arguments.share,
+        allowed_paths=collection_roots(engine),
+        head=ENTER_TO_SEARCH,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The page, served for real on a free local port over a synthetic collection (untrained xception),
+driven through Gradio's API and in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.backbones import BACKBONES, Weights
+from cbir.build import BuildSettings, build_indexes
+from cbir.collections import folder_collection
+from cbir.search import SearchEngine
+from synthetic import crop_of, make_gallery
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_build_ui_constructs_without_launching_or_building(tmp_path):
+    import app
+
+    demo = app.build_ui(SearchEngine(tmp_path / "empty"), tmp_path / "empty")
+    assert isinstance(demo, gr.Blocks)
+    config = str(demo.get_config_file())
+    assert "No index is built yet" in config
+    assert "search" in {dependency["api_name"] for dependency in demo.get_config_file()["dependencies"]}
+
+
+def test_captions_and_status_line_say_rank_name_score_and_untrained():
+    import app
+    from cbir.search import Hit, SearchResult
+
+    result = SearchResult(
+        hits=[Hit(1, "a/b/picture_001.jpg", Path("/x/a/b/picture_001.jpg"), 0.1, 0.995)],
+        collection="demo", backbone="xception", metric="cosine", exact=False,
+        describe_seconds=0.120, search_seconds=0.0031, untrained=True,
+    )  # fmt: skip
+    assert app.gallery_items(result) == [("/x/a/b/picture_001.jpg", "#1 picture_001 · cos 0.995")]
+    line = app.status_line(result)
+    assert "descriptor 120 ms" in line and "search 3.1 ms" in line and "untrained" in line
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A built synthetic collection and the app serving it in its own process."""
+    root = tmp_path_factory.mktemp("app")
+    photos = root / "photos"
+    make_gallery(photos, 20)
+    index_root = root / "indexes"
+    settings = BuildSettings(index_root=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
+    build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
+    port = free_port()
+    log = open(root / "app.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_root), "--no-build", "--port", str(port)],
+        cwd=root,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (root / "app.log").read_text()
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the app did not start: " + (root / "app.log").read_text())
+    yield {"url": url, "photos": photos, "root": root}
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served["url"], verbose=False)
+
+
+def ask(client, image_path, *, backbone="xception", metric="cosine", k=12):
+    from gradio_client import handle_file
+
+    editor = None if image_path is None else {"background": handle_file(str(image_path)), "layers": [], "composite": None}
+    return client.predict(editor, "demo", backbone, metric, k, api_name="/search")
+
+
+@pytest.mark.slow
+def test_api_search_finds_the_source_of_a_crop_at_rank_1(served, client, tmp_path):
+    query = tmp_path / "crop.png"
+    crop_of(served["photos"] / "picture_007.jpg", fraction=0.8, scale=1.2).save(query)
+    gallery, status = ask(client, query, k=5)
+    assert len(gallery) == 5
+    assert gallery[0]["caption"].startswith("#1 picture_007 · cos ")
+    assert [item["caption"].split()[0] for item in gallery] == ["#1", "#2", "#3", "#4", "#5"]
+    assert "5 results" in status and "untrained" in status
+    gallery, _ = ask(client, query, metric="euclidean", k=3)
+    assert gallery[0]["caption"].startswith("#1 picture_007 · L2 ")
+
+
+@pytest.mark.slow
+def test_bad_inputs_give_readable_messages(served, client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    def message_for(path, **options) -> str:
+        with pytest.raises(AppError) as raised:
+            ask(client, path, **options)
+        text = str(raised.value)
+        assert "Traceback" not in text
+        return text
+
+    assert "Add an image first" in message_for(None)
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not a picture")
+    assert "not an image this app can read" in message_for(text_file)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (5, 4), "red").save(tiny)
+    assert "at least 8 x 8 px" in message_for(tiny)
+    wide = tmp_path / "wide.png"
+    Image.new("L", (20_000, 10)).save(wide)
+    assert "20000" in message_for(wide) and "16384" in message_for(wide)
+    # A backbone the page does not offer is refused by the dropdown itself.
+    assert "vgg16 is not in the list of choices" in message_for(served["photos"] / "picture_001.jpg", backbone="vgg16")
+
+
+@pytest.mark.slow
+def test_an_index_that_vanished_after_start_gives_the_build_command(served, tmp_path):
+    import app
+
+    index_root = tmp_path / "indexes"
+    shutil.copytree(served["root"] / "indexes", index_root)
+    page = app.SearchPage(SearchEngine(index_root), index_root)
+    assert page.backbone_choices("demo") == [("xception (2048-d, UNTRAINED)", "xception")]
+    shutil.rmtree(index_root / "demo" / "xception")
+    picture = Image.open(served["photos"] / "picture_001.jpg")
+    with pytest.raises(gr.Error) as raised:
+        page.search({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 12)
+    assert "No index at" in raised.value.message and "python build_index.py" in raised.value.message
+
+
+@pytest.mark.slow
+def test_only_collection_images_are_served(served, client, tmp_path):
+    gallery, _ = ask(client, served["photos"] / "picture_002.jpg", k=1)
+    served_url = gallery[0]["image"]
+    assert served_url  # gradio_client downloaded it, so the server served it
+    assert Path(served_url).read_bytes() == (served["photos"] / "picture_002.jpg").read_bytes()
+    secret = served["root"] / "secret.txt"
+    secret.write_text("outside the collection")
+    for target in ("/etc/passwd", str(secret), str(REPO / "app.py")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(served["url"] + "gradio_api/file=" + target, timeout=10)
+        assert refused.value.code in (403, 404)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    query = tmp_path / "query.jpg"
+    shutil.copy(served["photos"] / "picture_011.jpg", query)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(served["url"], wait_until="networkidle")
+            page.locator("input[type=file]").first.set_input_files(str(query))
+            page.wait_for_timeout(1500)  # the editor draws the upload on its canvas
+            page.locator("#search-button").click()
+            expect(page.locator("#search-status")).to_contain_text("12 results", timeout=60_000)
+            thumbnails = page.locator("#results img")
+            expect(thumbnails).to_have_count(12, timeout=30_000)
+            captions = page.locator("#results").inner_text()
+            assert "#1 picture_011" in captions and "#12 " in captions
+            page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+
+            page.get_by_role("tab", name="Evaluation").click()
+            expect(page.get_by_text("Not evaluated yet")).to_be_visible()
+        finally:
+            browser.close()
+    assert (tmp_path / "search.png").stat().st_size > 10_000
