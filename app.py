@@ -44,20 +44,22 @@ document.addEventListener("keydown", (event) => {
 """
 
 
-class QueryEditor(gr.ImageEditor):
-    """The image editor, with a readable message when an upload is no image at all.
+def readable_upload_errors(editor: gr.ImageEditor) -> gr.ImageEditor:
+    """Gradio decodes an upload before our handler runs, and its own error would say only "Error".
 
-    Gradio decodes the upload before our handler runs; its own error would say only "Error".
-    `is_template` keeps the stock ImageEditor front end.
+    Wrapping this one component's preprocess (not subclassing: a component subclass makes Gradio
+    write a .pyi file beside this module) turns an unreadable upload into a message.
     """
+    decode = editor.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
             raise gr.Error(f"The uploaded file is not an image this app can read ({type(error).__name__}).") from None
+
+    editor.preprocess = preprocess
+    return editor
 
 
 class SearchPage:
@@ -267,7 +269,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
         with gr.Tab("Search"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    editor = QueryEditor(
+                    editor = gr.ImageEditor(
                         label="Query (the cropped region is what is searched)",
                         type="pil",
                         image_mode="RGB",
@@ -277,6 +279,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                         transforms=["crop"],
                         height=420,
                     )
+                    readable_upload_errors(editor)
                     examples = gr.Gallery(
                         value=examples_for(first),
                         label="Example queries from the collection (click one)",
