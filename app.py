@@ -141,15 +141,21 @@ class SearchPage:
 
 
 def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
-    """The picture to search with: the editor's composite (the cropped canvas), else its background."""
+    """The picture to search with: the editor's composite (the cropped canvas), else its background,
+    without the transparent margin the fixed-size canvas puts around a picture of another shape."""
     if editor is None:
         return None
-    if isinstance(editor, Image.Image):
-        return editor
-    for key in ("composite", "background"):
-        if editor.get(key) is not None:
-            return editor[key]
-    return None
+    picture = editor if isinstance(editor, Image.Image) else editor.get("composite")
+    if picture is None and isinstance(editor, dict):
+        picture = editor.get("background")
+    if picture is None:
+        return None
+    if picture.mode == "RGBA":
+        visible = picture.getchannel("A").getbbox()
+        if visible is None:  # an empty canvas
+            return None
+        picture = picture.crop(visible)
+    return picture
 
 
 def _sentence(text: str) -> str:
@@ -272,12 +278,20 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                     editor = gr.ImageEditor(
                         label="Query (the cropped region is what is searched)",
                         type="pil",
-                        image_mode="RGB",
+                        # RGBA keeps the canvas margin transparent, so query_image can cut it off.
+                        image_mode="RGBA",
                         sources=["upload", "clipboard", "webcam"],
                         brush=False,
                         eraser=False,
                         transforms=["crop"],
+                        layers=False,
+                        format="jpeg",
                         height=420,
+                        # The browser exports the canvas on every search; at the photo's own size
+                        # (12 MP from a phone) that alone takes seconds. The networks see at most
+                        # 480 px, so a 640 px canvas loses nothing they would use.
+                        canvas_size=(640, 640),
+                        fixed_canvas=True,
                     )
                     readable_upload_errors(editor)
                     examples = gr.Gallery(

@@ -52,6 +52,19 @@ def test_captions_and_status_line_say_rank_name_score_and_untrained():
     assert "descriptor 120 ms" in line and "search 3.1 ms" in line and "untrained" in line
 
 
+def test_query_is_the_composite_without_the_canvas_margin():
+    import app
+
+    canvas = Image.new("RGBA", (640, 640), (0, 0, 0, 0))
+    canvas.paste(Image.new("RGBA", (640, 480), (200, 30, 30, 255)), (0, 80))
+    picture = app.query_image({"background": None, "layers": [], "composite": canvas})
+    assert picture.size == (640, 480) and picture.getpixel((0, 0)) == (200, 30, 30, 255)
+    plain = Image.new("RGB", (50, 40), "blue")
+    assert app.query_image({"background": plain, "layers": [], "composite": None}) is plain
+    assert app.query_image({"background": None, "layers": [], "composite": Image.new("RGBA", (9, 9))}) is None
+    assert app.query_image(None) is None
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""Smoke tests of the model benchmarks (extraction, end to end): they run from a fresh clone and write their results."""
+"""Smoke tests of the model benchmarks (extraction, end to end, the page): they run from a fresh clone and write their results."""
 
 from __future__ import annotations
 
@@ -54,3 +54,23 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
         row["annoy_search_ms_median"] / row["describe_ms_median"], rel=0.05
     )
     assert "| xception | 96 |" in (tmp_path / "e2e-quick.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
+def test_page_benchmark_quick_run_writes_results(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "page.py"), "--quick", "--query-width", "320", "--out", str(tmp_path)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "page-quick.json").read_text())
+    assert report["searches"] == 5 and len(report["all_ms"]) == 5 and report["k"] == 12
+    # The page can never answer faster than the handler behind it.
+    assert report["median_ms"] > report["handler_median_ms"] > 0
+    assert set(report["phases_median_ms"]) == {"until_running", "running", "drawing"}
+    assert report["api_median_ms"] > 0
