@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
 from cbir.build import read_collection
-from cbir.evaluate import PROTOCOL, STUDY_MEASURE_NOTE, load_results, results_folder, study_reported
+from cbir.evaluate import STUDY_MEASURE_NOTE, load_results, results_folder, study_reported
 from cbir.images import ImageError, crop_box, load_image
 from cbir.index import IndexInfo, IndexLoadError
 from cbir.search import SearchEngine, SearchResult

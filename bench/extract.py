@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from cbir.backbones import BACKBONES, Weights, build_extractor, keras_versions, parse_backbones  # noqa: E402
+from cbir.backbones import Weights, build_extractor, keras_versions, parse_backbones  # noqa: E402
 from cbir.extract import DEFAULT_BATCH_SIZE, extract_descriptors  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -239,6 +239,3 @@ def _build_one(
         resumed_images=result.resumed_images,
     )
 
-
-def outcome_rows(outcomes: Sequence[BuildOutcome]) -> list[dict]:
-    return [asdict(outcome) | {"folder": str(outcome.folder)} for outcome in outcomes]

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -377,6 +377,3 @@ def list_indexes(index_root: Path) -> list[IndexInfo]:
         )
     return found
 
-
-def rows_to_images(manifest: Manifest, rows: Sequence[int]) -> list[str]:
-    return [manifest.images[int(row)] for row in rows]

@@ -177,9 +177,3 @@ class SearchEngine:
             return loaded.search_exact(query, metric, k)
         return loaded.search_annoy(query, metric, min(k, len(loaded)), candidates=self.candidates)
 
-    def image_path(self, collection: str, image: str) -> Path:
-        """The file of an image of a served collection; anything not in its manifest is refused."""
-        for (name, _), loaded in list(self._indexes.items()):
-            if name == collection and image in set(loaded.manifest.images):
-                return Path(loaded.manifest.collection_root) / image
-        raise KeyError(f"{image!r} is not an image of the collection {collection!r}")

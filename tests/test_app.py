@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pytest
 from PIL import Image
 
