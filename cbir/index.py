@@ -182,18 +182,23 @@ def remove_leftovers(collection_folder: Path) -> list[Path]:
     return removed
 
 
-def exact_distances(descriptors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
-    """Distance from `query` to every row, in the same units Annoy reports for that metric."""
+def exact_distances(
+    descriptors: np.ndarray, query: np.ndarray, metric: str, squared_norms: np.ndarray | None = None
+) -> np.ndarray:
+    """Distance from `query` to every row, in the same units Annoy reports for that metric.
+
+    `squared_norms` (one per row) may be passed in when the rows are searched again and again: it
+    saves a second pass over the whole matrix per query.
+    """
     query = np.asarray(query, dtype=np.float32).reshape(-1)
+    if squared_norms is None:
+        squared_norms = np.einsum("ij,ij->i", descriptors, descriptors)
+    products = descriptors @ query
     if metric == "cosine":
-        norms = np.linalg.norm(descriptors, axis=1)
-        cosine = descriptors @ query / np.maximum(norms * np.linalg.norm(query), 1e-12)
+        cosine = products / np.maximum(np.sqrt(squared_norms) * np.linalg.norm(query), 1e-12)
         return np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
     if metric == "euclidean":
-        squared = (
-            np.einsum("ij,ij->i", descriptors, descriptors) - 2.0 * (descriptors @ query) + float(query @ query)
-        )
-        return np.sqrt(np.maximum(squared, 0.0))
+        return np.sqrt(np.maximum(squared_norms - 2.0 * products + float(query @ query), 0.0))
     raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
 
 
@@ -217,6 +222,14 @@ class LoadedIndex:
     descriptors: np.ndarray = field(repr=False)
     _annoy: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _squared_norms: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def squared_norms(self) -> np.ndarray:
+        """Per-row squared norms, computed once: every exact search needs them."""
+        if self._squared_norms is None:
+            self._squared_norms = np.einsum("ij,ij->i", self.descriptors, self.descriptors)
+        return self._squared_norms
 
     def __len__(self) -> int:
         return len(self.manifest.images)
@@ -250,7 +263,7 @@ class LoadedIndex:
         Ties are broken by row order, so the ranking is deterministic.
         """
         check_metric(metric)
-        distances = exact_distances(self.descriptors, query, metric)
+        distances = exact_distances(self.descriptors, query, metric, self.squared_norms)
         n = len(distances)
         if k is None or k >= n:
             order = np.argsort(distances, kind="stable")
@@ -274,7 +287,7 @@ class LoadedIndex:
         rows = np.asarray(rows, dtype=np.int64)
         distances = np.asarray(distances, dtype=np.float32)
         if rerank and len(rows):
-            distances = exact_distances(self.descriptors[rows], query, metric)
+            distances = exact_distances(self.descriptors[rows], query, metric, self.squared_norms[rows])
         order = np.lexsort((rows, distances))[:k]
         return rows[order], distances[order]
 

@@ -1,0 +1,56 @@
+"""The search benchmark runs and writes its results; the project's default Annoy settings reach the
+recall they promise against exact search."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cbir.index import DEFAULT_CANDIDATES, DEFAULT_N_TREES, Manifest, load_index, write_index
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_search", REPO / "bench" / "search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_results_with_recall_in_range(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "search.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "search-quick.json").read_text())
+    measured = [row for row in report["rows"] if "note" not in row]
+    assert {row["method"] for row in measured} >= {"exact numpy", "annoy + exact rerank", "annoy plain"}
+    for row in measured:
+        assert 0.0 <= row["recall_at_10"] <= 1.0 and 0.0 <= row["recall_at_100"] <= 1.0
+        assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"]
+    exact = next(row for row in measured if row["method"] == "exact numpy")
+    assert exact["recall_at_10"] == exact["recall_at_100"] == 1.0
+    assert "| 2000 | 64 | exact numpy |" in (tmp_path / "search-quick.md").read_text()
+
+
+def test_default_annoy_settings_reach_recall_at_10_of_095(tmp_path):
+    bench = load_bench()
+    descriptors = bench.clustered(5000, 256, centres=100, seed=1)
+    queries = bench.clustered(100, 256, centres=100, seed=2)
+    manifest = Manifest(collection="recall", collection_root=str(tmp_path), backbone="bench", weights={"kind": "none"},
+                        input_size=0, dim=256, images=[str(i) for i in range(len(descriptors))])  # fmt: skip
+    write_index(tmp_path / "recall" / "bench", descriptors, manifest, n_trees=DEFAULT_N_TREES)
+    loaded = load_index(tmp_path / "recall" / "bench")
+    recalls = []
+    for query in queries:
+        truth = loaded.search_exact(query, "cosine", 10)[0]
+        found = loaded.search_annoy(query, "cosine", 10, candidates=DEFAULT_CANDIDATES)[0]
+        recalls.append(len(set(truth.tolist()) & set(found.tolist())) / 10)
+    assert np.mean(recalls) >= 0.95
