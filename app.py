@@ -175,7 +175,7 @@ def status_line(result: SearchResult) -> str:
     total = 1000 * (result.describe_seconds + result.search_seconds)
     line = (
         f"{len(result.hits)} results in {total:.0f} ms (descriptor {1000 * result.describe_seconds:.0f} ms, "
-        f"search {1000 * result.search_seconds:.1f} ms) · {result.backbone} · "
+        f"{'exact' if result.exact else 'Annoy'} search {1000 * result.search_seconds:.1f} ms) · {result.backbone} · "
         + ("cosine similarity" if result.metric == "cosine" else "Euclidean distance")
     )
     if result.untrained:

@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
+# Descriptor floats up to which a full numpy scan beats Annoy on 2 cores (bench/results/search.md:
+# exact 1 ms vs Annoy 2.7 ms at 5,000 x 2048; exact 28 ms vs Annoy 9-40 ms at 100,000 x 2048).
+# Oxford5k and Paris6k with any backbone (at most 6,392 x 4096) are searched exactly.
+EXACT_SEARCH_LIMIT = 30_000_000
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -134,13 +139,14 @@ class SearchEngine:
         metric: str = "cosine",
         k: int = 12,
         box: Box | None = None,
-        exact: bool = False,
+        exact: bool | None = None,
         name: str | None = None,
     ) -> SearchResult:
         """The k most similar images of `collection` to `image`, best first.
 
         exact=False goes through Annoy (candidates re-ranked exactly); exact=True scans every
-        stored descriptor with numpy.
+        stored descriptor with numpy; None picks exact for collections small enough that the scan
+        is the faster of the two (bench/search.py: at 5,000 x 2048 exact takes 1 ms, Annoy 2.7 ms).
         """
         check_metric(metric)
         if k < 1:
@@ -149,6 +155,8 @@ class SearchEngine:
         started = time.perf_counter()
         query = self.describe(image, collection=collection, backbone=backbone, box=box, name=name)
         described = time.perf_counter()
+        if exact is None:
+            exact = len(loaded) * loaded.manifest.dim <= EXACT_SEARCH_LIMIT
         rows, distances = self.rank(loaded, query, metric, k, exact=exact)
         searched = time.perf_counter()
         similarities = cosine_similarity(exact_distances(loaded.descriptors[rows], query, "cosine"))

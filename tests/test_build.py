@@ -263,3 +263,16 @@ def test_cli_killed_mid_extraction_leaves_no_index_and_rerun_completes(gallery, 
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming after" in rerun.stderr
     assert len(load_index(index_root / "demo" / "xception")) == 24
+
+
+def test_small_collections_are_searched_exactly_unless_annoy_is_asked_for(built, gallery, extractors, monkeypatch):
+    import cbir.search
+
+    engine = SearchEngine(built, extractors=extractors)
+    query = gallery / "picture_004.jpg"
+    assert engine.search(query, collection="demo", backbone="xception").exact is True
+    assert engine.search(query, collection="demo", backbone="xception", exact=False).exact is False
+    # Above the limit the default goes through Annoy.
+    monkeypatch.setattr(cbir.search, "EXACT_SEARCH_LIMIT", 10)
+    result = engine.search(query, collection="demo", backbone="xception")
+    assert result.exact is False and result.hits[0].image == "picture_004.jpg"
