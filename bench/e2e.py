@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from cbir.backbones import Weights, keras_versions, parse_backbones, resolve_input_size  # noqa: E402
 from cbir.index import DEFAULT_CANDIDATES, DEFAULT_N_TREES, Manifest, write_index  # noqa: E402
 from cbir.search import SearchEngine  # noqa: E402
+from bench.common import write_report  # noqa: E402
 
 OXFORD5K_IMAGES = 5063
 
@@ -147,24 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         "resident_mb_before_any_backbone": round(baseline_memory, 1),
         "rows": rows,
     }
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    stem = "e2e-quick" if arguments.quick else "e2e"
-    (arguments.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    lines = [
+    write_report(
+        arguments.out,
+        "e2e-quick" if arguments.quick else "e2e",
+        report,
         f"End to end, query image -> ranked hits, k={arguments.k}, {arguments.images} indexed images, median of "
         f"{arguments.queries} (`{report['command']}`, {report['cores']} cores, {report['date']})",
-        "",
-        "| backbone | input | descriptor ms | Annoy+rerank ms | exact ms | search / descriptor | total ms | RSS after use MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['backbone']} | {row['input_size']} | {row['describe_ms_median']} | {row['annoy_search_ms_median']} | "
-            f"{row['exact_search_ms_median']} | {100 * row['search_share_of_describe']:.2f}% | {row['total_ms_median']} | "
-            f"{row['resident_mb_after_use']} |"
-        )
-    (arguments.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        ["backbone", "input", "descriptor ms", "Annoy+rerank ms", "exact ms", "search / descriptor", "total ms",
+         "RSS after use MB"],
+        [[row["backbone"], row["input_size"], row["describe_ms_median"], row["annoy_search_ms_median"],
+          row["exact_search_ms_median"], f"{100 * row['search_share_of_describe']:.2f}%", row["total_ms_median"],
+          row["resident_mb_after_use"]] for row in rows],
+    )  # fmt: skip
     return 0
 
 

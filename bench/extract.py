@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from cbir.backbones import Weights, build_extractor, keras_versions, parse_backbones  # noqa: E402
 from cbir.extract import DEFAULT_BATCH_SIZE, extract_descriptors  # noqa: E402
+from bench.common import write_report  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, width: int = 1024, height: int = 768) -> list[str]:
@@ -158,23 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    stem = "extract-quick" if arguments.quick else "extract"
-    (arguments.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    lines = [
+    write_report(
+        arguments.out,
+        "extract-quick" if arguments.quick else "extract",
+        report,
         f"Extraction throughput, images/s (`{command.strip()}`, {report['cores']} cores, {report['date']})",
-        "",
-        "| backbone | input | (a) network | (b) project, JPEG files | (c) study's loop | b/a | b/c |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['backbone']} | {row['input_size']} | {row['network_images_per_second']} | "
-            f"{row['project_images_per_second']} | {row['study_images_per_second']} | "
-            f"{row['project_over_network']} | {row['project_over_study']} |"
-        )
-    (arguments.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        ["backbone", "input", "(a) network", "(b) project, JPEG files", "(c) study's loop", "b/a", "b/c"],
+        [[row["backbone"], row["input_size"], row["network_images_per_second"], row["project_images_per_second"],
+          row["study_images_per_second"], row["project_over_network"], row["project_over_study"]] for row in rows],
+    )  # fmt: skip
     return 0
 
 

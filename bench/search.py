@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cbir.index import Manifest, load_index, write_index  # noqa: E402
+from bench.common import write_report  # noqa: E402
 
 
 def clustered(n: int, dim: int, centres: int, seed: int, noise: float = 0.35) -> np.ndarray:
@@ -159,26 +160,22 @@ def main(argv: list[str] | None = None) -> int:
                                   [int(c) for c in arguments.candidates.split(",")], Path(scratch))  # fmt: skip
     report = {"benchmark": "search", "command": command.strip(), "cores": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d"), "metric": "cosine", "k": 100, "rows": rows}  # fmt: skip
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    stem = "search-quick" if arguments.quick else "search"
-    (arguments.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    lines = [
-        f"Search, cosine, top 100 (`{report['command']}`, {report['cores']} cores, {report['date']}); recall against exact",
-        "",
-        "| N | d | method | params | build s | file MB | p50 ms | p99 ms | recall@10 | recall@100 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    table = []
     for row in rows:
         if "note" in row:
-            lines.append(f"| {row['n']} | {row['dim']} | {row['method']} | {row['note']} | | | | | | |")
+            table.append([row["n"], row["dim"], row["method"], row["note"], None, None, None, None, None, None])
             continue
         params = ", ".join(f"{key}={value}" for key, value in row["params"].items())
-        lines.append(
-            f"| {row['n']} | {row['dim']} | {row['method']} | {params} | {row['build_seconds'] or ''} | "
-            f"{row['size_mb'] or ''} | {row['p50_ms']} | {row['p99_ms']} | {row['recall_at_10']} | {row['recall_at_100']} |"
-        )
-    (arguments.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        table.append([row["n"], row["dim"], row["method"], params, row["build_seconds"], row["size_mb"], row["p50_ms"],
+                      row["p99_ms"], row["recall_at_10"], row["recall_at_100"]])  # fmt: skip
+    write_report(
+        arguments.out,
+        "search-quick" if arguments.quick else "search",
+        report,
+        f"Search, cosine, top 100 (`{report['command']}`, {report['cores']} cores, {report['date']}); recall against exact",
+        ["N", "d", "method", "params", "build s", "file MB", "p50 ms", "p99 ms", "recall@10", "recall@100"],
+        table,
+    )
     return 0
 
 
