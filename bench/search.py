@@ -3,20 +3,31 @@
     python bench/search.py                    # N = 5k and 100k, d = 256, 512, 2048
     python bench/search.py --sizes 1000000 --dims 512
     python bench/search.py --quick            # N = 2,000, d = 64: a smoke run
+    python bench/search.py --sizes 1000000 --dims 512,256 --trees 100 --candidates 1000,5000,20000 \
+        --name search-1m                      # 1M rows, 2,000 centres (about 40 minutes on 2 cores)
+    python bench/search.py --sizes 1000000 --dims 512,256 --trees 100 --candidates 1000,5000,20000 \
+        --centres N/50 --name search-1m-50    # 1M rows, 50 rows a centre, as at 5k and 100k
+    python bench/search.py --sizes 1000000 --dims 2048 --methods exact --name search-1m-2048
 
 Descriptors are drawn around a few thousand centres and L2-normalised, like pooled CNN features
 after normalisation (uniform noise would make every method look bad and every index look alike).
-Queries are held-out noisy points near the centres. For each (N, d):
+Queries are held-out noisy points near the centres. By default there are N / 50 centres, at most
+2,000: so at 5k and 100k a query's cluster holds about 50 rows and half of its top 100 lies in
+other clusters, while at 1M (500 rows a cluster) the top 100 lies inside its own cluster, which
+is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N. For each (N, d):
 
 - exact: numpy over every row (`LoadedIndex.search_exact`, what the evaluation uses);
 - annoy: the project's own index and search path (`write_index`, `LoadedIndex.search_annoy`) for a
   few tree counts and candidate pools, with exact re-ranking of the candidates (the app's path) and
   without it (plain Annoy);
+- annoy on PCA: Annoy built on the descriptors projected to fewer dimensions (PCA fitted on a
+  sample), its candidates re-ranked exactly at full d: smaller trees, same final distances;
 - hnswlib (if installed): the peer a user would pick instead, at a few `ef` values;
 - study (N <= 5k): the original study's way, a Python loop of scipy's cosine distance then a sort.
 
-Reported per row: build seconds, file size, p50/p99 query ms, recall@10 and recall@100 against
-exact. Results go to bench/results/search.json and search.md.
+Reported per row: build seconds, file size, resident memory the loaded index adds to the process
+after the queries (memory-mapped pages that were touched count), p50/p99 query ms, recall@10 and
+recall@100 against exact. Results go to bench/results/<name>.json and <name>.md.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,15 +47,41 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cbir.index import Manifest, load_index, write_index  # noqa: E402
+from cbir.index import LoadedIndex, Manifest, exact_distances, load_index, write_index  # noqa: E402
 from bench.common import write_report  # noqa: E402
 
 
-def clustered(n: int, dim: int, centres: int, seed: int, noise: float = 0.35) -> np.ndarray:
+METHODS = ("exact", "annoy", "pca", "hnswlib", "study")
+
+
+def clustered(n: int, dim: int, centres: int, seed: int, noise: float = 0.35, chunk: int = 65_536) -> np.ndarray:
+    """n L2-normalised rows around `centres` fixed centres; built in float32 chunks (1M x 2048 is 8 GB)."""
     rng = np.random.default_rng(seed)
-    middle = np.random.default_rng(12345 + dim).normal(size=(centres, dim)).astype(np.float32)
-    rows = middle[rng.integers(0, centres, n)] + noise * rng.normal(size=(n, dim)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    middle = np.random.default_rng(12345 + dim).standard_normal(size=(centres, dim), dtype=np.float32)
+    rows = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block = middle[rng.integers(0, centres, stop - start)]
+        block += noise * rng.standard_normal(size=block.shape, dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        rows[start:stop] = block
+    return rows
+
+
+def resident_mb() -> float:
+    """This process's resident set (Linux), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pca_projection(rows: np.ndarray, dim: int, sample: int = 20_000, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, components d x dim) of a PCA fitted on a random sample of rows."""
+    picked = rows[np.sort(np.random.default_rng(seed).choice(len(rows), min(sample, len(rows)), replace=False))]
+    mean = picked.mean(axis=0)
+    _, _, components = np.linalg.svd(picked - mean, full_matrices=False)
+    return mean, np.ascontiguousarray(components[:dim].T)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -60,12 +98,13 @@ def timed(function, queries):
     return results, latencies
 
 
-def summarise(name, params, latencies, found10, found100, truth10, truth100, build_s=None, size_mb=None):
+def summarise(name, params, latencies, found10, found100, truth10, truth100, build_s=None, size_mb=None, rss_mb=None):
     return {
         "method": name,
         "params": params,
         "build_seconds": None if build_s is None else round(build_s, 2),
         "size_mb": None if size_mb is None else round(size_mb, 1),
+        "resident_mb": None if rss_mb is None else round(rss_mb, 1),
         "p50_ms": round(statistics.median(latencies), 3),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
         "recall_at_10": round(float(np.mean([recall(f, t) for f, t in zip(found10, truth10)])), 4),
@@ -73,53 +112,107 @@ def summarise(name, params, latencies, found10, found100, truth10, truth100, bui
     }
 
 
-def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: list[int], scratch: Path) -> list[dict]:
-    descriptors = clustered(n, dim, centres=max(20, min(2000, n // 50)), seed=1)
-    queries = clustered(queries_count, dim, centres=max(20, min(2000, n // 50)), seed=2)
+def default_centres(n: int) -> int:
+    return max(20, min(2000, n // 50))
+
+
+def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: list[int], methods: set[str],
+              pca_dims: list[int], scratch: Path, centres: int | None = None) -> list[dict]:  # fmt: skip
+    centres = centres or default_centres(n)
+    descriptors = clustered(n, dim, centres, seed=1)
+    queries = clustered(queries_count, dim, centres, seed=2)
     rows = []
     manifest = Manifest(collection="bench", collection_root=str(scratch), backbone="bench", weights={"kind": "none"},
                         input_size=0, dim=dim, images=[str(i) for i in range(n)])  # fmt: skip
     folder = scratch / f"{n}x{dim}"
 
-    for n_trees in trees:
-        started = time.perf_counter()
-        write_index(folder, descriptors, manifest, n_trees=n_trees)
-        build = (time.perf_counter() - started) / 2  # write_index builds two indexes (cosine, euclidean)
-        loaded = load_index(folder)
-        if n_trees == trees[0]:
-            exact, exact_ms = timed(lambda q: loaded.search_exact(q, "cosine", 100)[0], queries)
-            truth100 = exact
-            truth10 = [t[:10] for t in exact]
-            rows.append(summarise("exact numpy", {}, exact_ms, truth10, truth100, truth10, truth100))
-        size = (folder / "cosine.ann").stat().st_size / 2**20
-        for pool in pools:
-            found, latency = timed(lambda q: loaded.search_annoy(q, "cosine", 100, candidates=pool)[0], queries)
-            rows.append(summarise("annoy + exact rerank", {"n_trees": n_trees, "candidates": pool}, latency,
-                                  [f[:10] for f in found], found, truth10, truth100, build, size))  # fmt: skip
-        index = loaded.annoy("cosine")
-        for search_k in (-1, 20_000):
-            found, latency = timed(lambda q: np.array(index.get_nns_by_vector(q, 100, search_k=search_k)), queries)
-            rows.append(summarise("annoy plain", {"n_trees": n_trees, "search_k": search_k}, latency,
-                                  [f[:10] for f in found], found, truth10, truth100, build, size))  # fmt: skip
-        loaded.close()
+    # Exact search over the matrix in memory is the truth every other row is scored against.
+    in_memory = LoadedIndex(folder, manifest, descriptors)
+    in_memory.squared_norms  # computed once, as the app does on first use
+    exact, exact_ms = timed(lambda q: in_memory.search_exact(q, "cosine", 100)[0], queries)
+    truth100, truth10 = exact, [t[:10] for t in exact]
+    rows.append(summarise("exact numpy", {}, exact_ms, truth10, truth100, truth10, truth100,
+                          size_mb=descriptors.nbytes / 2**20, rss_mb=descriptors.nbytes / 2**20))  # fmt: skip
+    print(json.dumps({"n": n, "dim": dim, **rows[-1]}), flush=True)
 
-    try:
-        import hnswlib
-    except ImportError:
-        rows.append({"method": "hnswlib", "note": "not installed (pip install hnswlib)"})
-    else:
-        started = time.perf_counter()
-        graph = hnswlib.Index(space="cosine", dim=dim)
-        graph.init_index(max_elements=n, ef_construction=200, M=16)
-        graph.add_items(descriptors, np.arange(n))
-        build = time.perf_counter() - started
-        for ef in (100, 200, 400):
-            graph.set_ef(ef)
-            found, latency = timed(lambda q: graph.knn_query(q, k=100)[0][0], queries)
-            rows.append(summarise("hnswlib", {"M": 16, "ef_construction": 200, "ef": ef}, latency,
-                                  [f[:10] for f in found], found, truth10, truth100, build))  # fmt: skip
+    def add(name, params, search, build_s=None, size_mb=None, rss_from=None):
+        found, latency = timed(search, queries)
+        rss = None if rss_from is None else resident_mb() - rss_from
+        rows.append(summarise(name, params, latency, [f[:10] for f in found], found, truth10, truth100,
+                              build_s, size_mb, rss))  # fmt: skip
+        print(json.dumps({"n": n, "dim": dim, **rows[-1]}), flush=True)
 
-    if n <= 5_000:
+    if "annoy" in methods:
+        for n_trees in trees:
+            started = time.perf_counter()
+            write_index(folder, descriptors, manifest, n_trees=n_trees)
+            build = (time.perf_counter() - started) / 2  # write_index builds two indexes (cosine, euclidean)
+            before = resident_mb()
+            loaded = load_index(folder)
+            size = (folder / "cosine.ann").stat().st_size / 2**20
+            for pool in pools:
+                add("annoy + exact rerank", {"n_trees": n_trees, "candidates": pool},
+                    lambda q: loaded.search_annoy(q, "cosine", 100, candidates=pool)[0], build, size, before)  # fmt: skip
+            index = loaded.annoy("cosine")
+            for search_k in (-1, 20_000):
+                add("annoy plain", {"n_trees": n_trees, "search_k": search_k},
+                    lambda q: np.array(index.get_nns_by_vector(q, 100, search_k=search_k)), build, size, before)  # fmt: skip
+            loaded.close()
+            del loaded, index
+
+    if "pca" in methods:
+        from annoy import AnnoyIndex
+
+        for reduced in (d for d in pca_dims if d < dim):
+            started = time.perf_counter()
+            mean, components = pca_projection(descriptors, reduced)
+            blocks = np.array_split(descriptors, max(1, n // 65_536))  # bounded temporary memory at 1M rows
+            projected = np.concatenate([(block - mean) @ components for block in blocks])
+            index = AnnoyIndex(reduced, "angular")
+            index.set_seed(42)
+            for row, vector in enumerate(projected):
+                index.add_item(row, vector)
+            index.build(trees[-1], n_jobs=-1)
+            path = scratch / f"pca-{n}x{dim}-{reduced}.ann"
+            index.save(str(path))
+            build = time.perf_counter() - started
+            del projected
+            before = resident_mb()
+
+            def reduced_then_exact(query, pool):
+                candidates = np.asarray(index.get_nns_by_vector((query - mean) @ components, pool), dtype=np.int64)
+                distances = exact_distances(descriptors[candidates], query, "cosine",
+                                            in_memory.squared_norms[candidates])  # fmt: skip
+                return candidates[np.lexsort((candidates, distances))[:100]]
+
+            for pool in pools:
+                add(f"annoy on PCA-{reduced} + exact rerank at {dim}", {"n_trees": trees[-1], "candidates": pool},
+                    lambda q: reduced_then_exact(q, pool), build, path.stat().st_size / 2**20, before)  # fmt: skip
+            index.unload()
+            path.unlink()
+
+    if "hnswlib" in methods:
+        try:
+            import hnswlib
+        except ImportError:
+            rows.append({"method": "hnswlib", "note": "not installed (pip install hnswlib)"})
+        else:
+            before = resident_mb()
+            started = time.perf_counter()
+            graph = hnswlib.Index(space="cosine", dim=dim)
+            graph.init_index(max_elements=n, ef_construction=200, M=16)
+            graph.add_items(descriptors, np.arange(n))
+            build = time.perf_counter() - started
+            graph.save_index(str(scratch / "hnsw.bin"))
+            size = (scratch / "hnsw.bin").stat().st_size / 2**20
+            (scratch / "hnsw.bin").unlink()
+            for ef in (100, 200, 400):
+                graph.set_ef(ef)
+                add("hnswlib", {"M": 16, "ef_construction": 200, "ef": ef},
+                    lambda q: graph.knn_query(q, k=100)[0][0], build, size, before)  # fmt: skip
+            del graph
+
+    if "study" in methods and n <= 5_000:
         try:
             from scipy.spatial.distance import cosine
         except ImportError:
@@ -134,9 +227,17 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
             rows.append(summarise("study: scipy cosine loop + sort", {}, latency, [f[:10] for f in found], found,
                                   truth10[:subset], truth100[:subset]))  # fmt: skip
     for row in rows:
-        row.update({"n": n, "dim": dim})
-        print(json.dumps(row), flush=True)
+        row.update({"n": n, "dim": dim, "centres": centres})
+    shutil.rmtree(folder, ignore_errors=True)
     return rows
+
+
+def centres_for(setting: str | None, n: int) -> int:
+    if not setting:
+        return default_centres(n)
+    if setting.upper().startswith("N/"):
+        return max(1, n // int(setting[2:]))
+    return int(setting)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,34 +247,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--trees", default="50,100")
     parser.add_argument("--candidates", default="100,200,1000")
+    parser.add_argument("--centres", help="cluster centres: a number, or N/<rows per centre> such as N/50 "
+                        "(default: N/50, at most 2,000)")  # fmt: skip
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"any of {', '.join(METHODS)} (exact always runs)")
+    parser.add_argument("--pca", default="64,256", help="reduced dimensions for the 'pca' method (those below d)")
+    parser.add_argument("--name", default="search", help="results file stem under --out")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     arguments = parser.parse_args(argv)
     if arguments.quick:
         arguments.sizes, arguments.dims, arguments.queries, arguments.trees = "2000", "64", 30, "20"
+        arguments.pca, arguments.name = "16", "search-quick"
+    methods = set(arguments.methods.split(","))
+    unknown = methods - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {', '.join(sorted(unknown))}; known: {', '.join(METHODS)}")
     command = "python bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for n in (int(x) for x in arguments.sizes.split(",")):
             for dim in (int(x) for x in arguments.dims.split(",")):
                 rows += bench_one(n, dim, arguments.queries, [int(t) for t in arguments.trees.split(",")],
-                                  [int(c) for c in arguments.candidates.split(",")], Path(scratch))  # fmt: skip
+                                  [int(c) for c in arguments.candidates.split(",")], methods,
+                                  [int(d) for d in arguments.pca.split(",")], Path(scratch),
+                                  centres_for(arguments.centres, n))  # fmt: skip
     report = {"benchmark": "search", "command": command.strip(), "cores": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d"), "metric": "cosine", "k": 100, "rows": rows}  # fmt: skip
     table = []
     for row in rows:
         if "note" in row:
-            table.append([row["n"], row["dim"], row["method"], row["note"], None, None, None, None, None, None])
+            table.append([row["n"], row["dim"], row["centres"], row["method"], row["note"]] + [None] * 7)
             continue
         params = ", ".join(f"{key}={value}" for key, value in row["params"].items())
-        table.append([row["n"], row["dim"], row["method"], params, row["build_seconds"], row["size_mb"], row["p50_ms"],
+        table.append([row["n"], row["dim"], row["centres"], row["method"], params, row["build_seconds"], row["size_mb"], row["resident_mb"], row["p50_ms"],
                       row["p99_ms"], row["recall_at_10"], row["recall_at_100"]])  # fmt: skip
     write_report(
         arguments.out,
-        "search-quick" if arguments.quick else "search",
+        arguments.name,
         report,
         f"Search, cosine, top 100 (`{report['command']}`, {report['cores']} cores, {report['date']}); recall against exact",
-        ["N", "d", "method", "params", "build s", "file MB", "p50 ms", "p99 ms", "recall@10", "recall@100"],
+        ["N", "d", "centres", "method", "params", "build s", "file MB", "resident MB", "p50 ms", "p99 ms", "recall@10", "recall@100"],
         table,
     )
     return 0

@@ -13,16 +13,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_extract_benchmark_quick_run_writes_results(tmp_path):
+def run_bench(script: str, *arguments: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "extract.py"), "--quick", "--input-size", "80", "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / script), *arguments],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_extract_benchmark_quick_run_writes_results(tmp_path):
+    run_bench("extract.py", "--quick", "--input-size", "80", "--out", str(tmp_path))
     report = json.loads((tmp_path / "extract-quick.json").read_text())
     assert report["cores"] == os.cpu_count() and report["command"].startswith("python bench/extract.py")
     (row,) = report["rows"]
@@ -37,14 +42,7 @@ def test_extract_benchmark_quick_run_writes_results(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "e2e.py"), "--quick", "--images", "500", "--out", str(tmp_path)],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    run_bench("e2e.py", "--quick", "--images", "500", "--out", str(tmp_path))
     report = json.loads((tmp_path / "e2e-quick.json").read_text())
     (row,) = report["rows"]
     assert row["backbone"] == "xception" and row["indexed_images"] == 500
@@ -60,17 +58,32 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
 @pytest.mark.browser
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
 def test_page_benchmark_quick_run_writes_results(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "page.py"), "--quick", "--query-width", "320", "--out", str(tmp_path)],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    run_bench("page.py", "--quick", "--query-width", "320", "--out", str(tmp_path))
     report = json.loads((tmp_path / "page-quick.json").read_text())
     assert report["searches"] == 5 and len(report["all_ms"]) == 5 and report["k"] == 12
     # The page can never answer faster than the handler behind it.
     assert report["median_ms"] > report["handler_median_ms"] > 0
     assert set(report["phases_median_ms"]) == {"until_running", "running", "drawing"}
     assert report["api_median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_runtime_benchmark_quick_run_compares_each_setting_with_the_project_s(tmp_path):
+    run_bench("runtime.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "runtime-quick.json").read_text())
+    rows = report["rows"]
+    assert {row["setting"] for row in rows} >= {"project", "batch", "threads"}
+    assert all(row["backbone"] == "xception" for row in rows)
+    measured = [row for row in rows if "images_per_second" in row]
+    project = sorted(row["images_per_second"] for row in measured if row["setting"] == "project")
+    assert len(project) == 2 and all(rate > 0 for rate in project)
+    for row in measured:
+        # Each ratio is against the median of the two project runs.
+        assert row["over_project"] == pytest.approx(row["images_per_second"] / (sum(project) / 2), rel=0.01)
+    assert {tuple(row["params"].items()) for row in measured if row["setting"] == "batch"} == {
+        (("threads", "default"), ("batch", 4)), (("threads", "default"), ("batch", 8))}  # fmt: skip
+    for row in rows:
+        if row["setting"] == "openvino" and "note" not in row:
+            # float32 OpenVINO must reproduce Keras' descriptors; bfloat16 only approximately.
+            assert row["min_cosine"] > (0.99999 if row["params"]["precision"] == "f32" else 0.999)
+    assert "| xception | project | threads=default, batch=16 |" in (tmp_path / "runtime-quick.md").read_text()
