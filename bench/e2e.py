@@ -7,9 +7,10 @@ For each backbone an index of Oxford5k's size is written with the project's own 
 (descriptors drawn around cluster centres: search cost depends on N and the dimension, not on what
 the vectors mean, and describing 5,063 photos with six networks would take hours on 2 cores).
 Queries are real 1024 x 768 JPEGs described by the real network (random weights: same arithmetic as
-ImageNet weights). Reported per backbone: median descriptor time, median search time (Annoy with
-exact re-ranking, the app's path, and exact numpy), search as a share of the descriptor time, and
-the resident memory of the process after that backbone has been used once.
+ImageNet weights). Reported per backbone: median descriptor time, median search time of the app's
+default path (`SearchEngine.search`, which scans exactly at this size) and of Annoy with exact
+re-ranking (the path for larger collections), each as a share of the descriptor time, and the
+resident memory of the process after that backbone has been used once.
 """
 
 from __future__ import annotations
@@ -109,16 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             engine.search(queries[0], collection="bench", backbone=backbone.name, k=arguments.k)
             first_query = time.perf_counter() - started
             loaded = engine.index("bench", backbone.name)
+            default_is_exact = None
             for query in queries:
                 started = time.perf_counter()
-                result = engine.search(query, collection="bench", backbone=backbone.name, k=arguments.k, exact=False)
+                result = engine.search(query, collection="bench", backbone=backbone.name, k=arguments.k)
                 total.append(time.perf_counter() - started)
                 describe.append(result.describe_seconds)
-                annoy.append(result.search_seconds)
+                exact.append(result.search_seconds)
+                default_is_exact = result.exact
                 vector = engine.describe(query, collection="bench", backbone=backbone.name)
                 started = time.perf_counter()
-                loaded.search_exact(vector, "cosine", arguments.k)
-                exact.append(time.perf_counter() - started)
+                loaded.search_annoy(vector, "cosine", arguments.k, candidates=DEFAULT_CANDIDATES)
+                annoy.append(time.perf_counter() - started)
             row = {
                 "backbone": backbone.name,
                 "input_size": size,
@@ -127,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                 "index_build_seconds": round(build_seconds, 2),
                 "first_query_seconds": round(first_query, 2),
                 "describe_ms_median": round(1000 * statistics.median(describe), 2),
-                "annoy_search_ms_median": round(1000 * statistics.median(annoy), 3),
+                "default_search_is_exact": default_is_exact,
                 "exact_search_ms_median": round(1000 * statistics.median(exact), 3),
+                "annoy_search_ms_median": round(1000 * statistics.median(annoy), 3),
                 "total_ms_median": round(1000 * statistics.median(total), 2),
-                "search_share_of_describe": round(statistics.median(annoy) / statistics.median(describe), 4),
+                "search_share_of_describe": round(statistics.median(exact) / statistics.median(describe), 4),
+                "annoy_share_of_describe": round(statistics.median(annoy) / statistics.median(describe), 4),
                 "resident_mb_after_use": round(resident_megabytes(), 1),
             }
             rows.append(row)
@@ -154,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         report,
         f"End to end, query image -> ranked hits, k={arguments.k}, {arguments.images} indexed images, median of "
         f"{arguments.queries} (`{report['command']}`, {report['cores']} cores, {report['date']})",
-        ["backbone", "input", "descriptor ms", "Annoy+rerank ms", "exact ms", "search / descriptor", "total ms",
-         "RSS after use MB"],
-        [[row["backbone"], row["input_size"], row["describe_ms_median"], row["annoy_search_ms_median"],
-          row["exact_search_ms_median"], f"{100 * row['search_share_of_describe']:.2f}%", row["total_ms_median"],
-          row["resident_mb_after_use"]] for row in rows],
+        ["backbone", "input", "descriptor ms", "exact search ms (default)", "share", "Annoy+rerank ms", "share",
+         "total ms", "RSS after use MB"],
+        [[row["backbone"], row["input_size"], row["describe_ms_median"], row["exact_search_ms_median"],
+          f"{100 * row['search_share_of_describe']:.2f}%", row["annoy_search_ms_median"],
+          f"{100 * row['annoy_share_of_describe']:.2f}%", row["total_ms_median"], row["resident_mb_after_use"]]
+         for row in rows],
     )  # fmt: skip
     return 0
 

@@ -46,9 +46,14 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
     report = json.loads((tmp_path / "e2e-quick.json").read_text())
     (row,) = report["rows"]
     assert row["backbone"] == "xception" and row["indexed_images"] == 500
-    assert 0 < row["annoy_search_ms_median"] < row["total_ms_median"]
+    assert 0 < row["exact_search_ms_median"] < row["total_ms_median"] and row["annoy_search_ms_median"] > 0
+    # 500 rows are well under the exact-search limit: the default path is the exact scan.
+    assert row["default_search_is_exact"] is True
     assert row["describe_ms_median"] > 0 and row["resident_mb_after_use"] > report["resident_mb_before_any_backbone"]
     assert row["search_share_of_describe"] == pytest.approx(
+        row["exact_search_ms_median"] / row["describe_ms_median"], rel=0.05
+    )
+    assert row["annoy_share_of_describe"] == pytest.approx(
         row["annoy_search_ms_median"] / row["describe_ms_median"], rel=0.05
     )
     assert "| xception | 96 |" in (tmp_path / "e2e-quick.md").read_text()
