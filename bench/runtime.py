@@ -3,6 +3,7 @@
     python bench/runtime.py                       # every backbone (about 30 minutes on 2 cores)
     python bench/runtime.py --backbones xception --images 32
     python bench/runtime.py --quick               # xception at 96 px, a few images (smoke run)
+    python bench/runtime.py --backbones efficientnet_v2_l --name runtime-efficientnet_v2_l
 
 For each backbone, images/s of the bare network on decoded tensors in memory (as column (a) of
 bench/extract.py), always side by side with the project's setting (TensorFlow's own thread
@@ -67,8 +68,18 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     }
 
 
+ROW_MARK = "RUNTIME-ROW "  # worker stdout lines that carry a result; TensorFlow may print others
+
+
+def emit(record: dict) -> None:
+    print(ROW_MARK + json.dumps(record), flush=True)
+
+
 def worker(options: dict) -> list[dict]:
-    """Runs in its own process: TensorFlow's thread pools are fixed once it starts."""
+    """Runs in its own process: TensorFlow's thread pools are fixed once it starts.
+
+    Each row is printed as soon as it is measured, so a crash in a later stage (the OpenVINO
+    export of EfficientNetV2-L at 480 px outgrew 24 GiB here) keeps the rows before it."""
     intra, inter = options["threads"]
     import tensorflow as tf
 
@@ -86,7 +97,7 @@ def worker(options: dict) -> list[dict]:
     def row(setting: str, params: dict, rate: float, **extra) -> None:
         rows.append({"backbone": backbone.name, "input_size": extractor.input_size, "setting": setting,
                      "params": params, "images_per_second": round(rate, 3), **extra})  # fmt: skip
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        emit(rows[-1])
 
     def baseline() -> None:
         row("project", {"threads": "default", "batch": BASELINE_BATCH},
@@ -105,9 +116,11 @@ def worker(options: dict) -> list[dict]:
             import openvino  # noqa: F401
         except ImportError:
             rows.append({"backbone": backbone.name, "setting": "openvino", "note": "not installed (pip install openvino)"})
+            emit(rows[-1])
         else:
             sample = np.random.default_rng(7).integers(0, 256, size=(8, *(extractor.input_size,) * 2, 3), dtype=np.uint8)
             reference = extractor.describe(sample)
+            emit({"stage": "openvino"})  # if the process dies now, the parent knows where
             with tempfile.TemporaryDirectory() as scratch:
                 xml = Path(scratch) / f"{backbone.name}.xml"
                 started = time.perf_counter()
@@ -125,10 +138,15 @@ def worker(options: dict) -> list[dict]:
 def run_worker(options: dict) -> list[dict]:
     result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(options)],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    records = [json.loads(line[len(ROW_MARK):]) for line in result.stdout.splitlines() if line.startswith(ROW_MARK)]
+    rows = [r for r in records if "stage" not in r]
     if result.returncode != 0:
-        return [{"backbone": options["backbone"], "setting": "error",
-                 "note": f"worker exited with {result.returncode}; see its output above"}]  # fmt: skip
-    return json.loads(result.stdout.strip().splitlines()[-1])  # the last line is the answer; TF may print before it
+        stage = records[-1]["stage"] if records and "stage" in records[-1] else "error"
+        how = "killed (signal 9: most often the kernel's out-of-memory killer)" if result.returncode == -9 else \
+            f"exited with {result.returncode}"  # fmt: skip
+        rows.append({"backbone": options["backbone"], "setting": stage,
+                     "note": f"worker {how}; see its output above"})  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, help="build networks smaller than their own size (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="xception at 96 px, 8 images, one repeat")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--name", help="results file stem under --out (default runtime, or runtime-quick)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.worker:
-        print(json.dumps(worker(json.loads(arguments.worker))))
+        worker(json.loads(arguments.worker))
         return 0
     if arguments.quick:
         arguments.backbones = "xception" if arguments.backbones == "all" else arguments.backbones
@@ -190,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                       difference, cosine])  # fmt: skip
     write_report(
         arguments.out,
-        "runtime-quick" if arguments.quick else "runtime",
+        arguments.name or ("runtime-quick" if arguments.quick else "runtime"),
         report,
         f"Bare network images/s, against the project's setting in the same run (`{report['command']}`, "
         f"{report['cores']} cores, {report['date']})",

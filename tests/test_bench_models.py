@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -92,3 +93,18 @@ def test_runtime_benchmark_quick_run_compares_each_setting_with_the_project_s(tm
             # float32 OpenVINO must reproduce Keras' descriptors; bfloat16 only approximately.
             assert row["min_cosine"] > (0.99999 if row["params"]["precision"] == "f32" else 0.999)
     assert "| xception | project | threads=default, batch=16 |" in (tmp_path / "runtime-quick.md").read_text()
+
+
+def test_runtime_benchmark_keeps_the_rows_measured_before_a_worker_is_killed(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_runtime", REPO / "bench" / "runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    measured = {"backbone": "efficientnet_v2_l", "setting": "batch", "params": {"batch": 8}, "images_per_second": 1.5}
+    stdout = "\n".join(["TensorFlow chatter", runtime.ROW_MARK + json.dumps(measured),
+                        runtime.ROW_MARK + json.dumps({"stage": "openvino"})])  # fmt: skip
+    killed = subprocess.CompletedProcess([], returncode=-9, stdout=stdout)
+    monkeypatch.setattr(runtime.subprocess, "run", lambda *args, **kwargs: killed)
+    rows = runtime.run_worker({"backbone": "efficientnet_v2_l"})
+    assert rows[0] == measured
+    assert rows[1]["setting"] == "openvino" and "out-of-memory" in rows[1]["note"]
+    assert len(rows) == 2
