@@ -27,7 +27,10 @@ is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N
 
 Reported per row: build seconds, file size, resident memory the loaded index adds to the process
 after the queries (memory-mapped pages that were touched count), p50/p99 query ms, recall@10 and
-recall@100 against exact. Results go to bench/results/<name>.json and <name>.md.
+recall@100 against exact. The Annoy rows' memory includes the descriptors `load_index` reads for
+re-ranking (the app holds them too); the PCA and hnswlib rows count their index alone. At a few
+thousand rows the allocator reuses pages freed by earlier rows, so small values there (even 0)
+only mean "too small to see"; read memory off the 100k and 1M rows. Results go to bench/results/<name>.json and <name>.md.
 """
 
 from __future__ import annotations

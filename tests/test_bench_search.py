@@ -30,6 +30,7 @@ def test_quick_run_writes_results_with_recall_in_range(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "search-quick.json").read_text())
+    assert report["cores"] >= 1 and report["cpu"]  # which machine the numbers belong to
     measured = [row for row in report["rows"] if "note" not in row]
     assert {row["method"] for row in measured} >= {"exact numpy", "annoy + exact rerank", "annoy plain",
                                                    "annoy on PCA-16 + exact rerank at 64"}  # fmt: skip
