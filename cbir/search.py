@@ -38,10 +38,11 @@ logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
-# Descriptor floats up to which a full numpy scan beats Annoy on 2 cores (bench/results/search.md:
-# exact 1 ms vs Annoy 2.7 ms at 5,000 x 2048; exact 28 ms vs Annoy 9-40 ms at 100,000 x 2048).
-# Oxford5k and Paris6k with any backbone (at most 6,392 x 4096) are searched exactly.
-EXACT_SEARCH_LIMIT = 30_000_000
+# Descriptor floats up to which a full numpy scan is the fastest way to recall@100 >= 0.95 on
+# 2 cores (bench/results/search.md, 100,000 rows: exact 21 ms vs Annoy 39 ms at 2048-d, 9.8 vs
+# 17 ms at 512-d, 6.0 vs 7.3 ms at 256-d). Above it Annoy's candidates, re-ranked exactly, take
+# about 3 ms at 1,000,000 x 512 where a scan takes 100 ms (bench/results/search-1m-default.md).
+EXACT_SEARCH_LIMIT = 100_000 * 2048
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,8 @@ class SearchEngine:
         """The k most similar images of `collection` to `image`, best first.
 
         exact=False goes through Annoy (candidates re-ranked exactly); exact=True scans every
-        stored descriptor with numpy; None picks exact for collections small enough that the scan
-        is the faster of the two (bench/search.py: at 5,000 x 2048 exact takes 1 ms, Annoy 2.7 ms).
+        stored descriptor with numpy; None picks exact up to EXACT_SEARCH_LIMIT descriptor floats,
+        where the scan is faster than Annoy at the same recall.
         """
         check_metric(metric)
         if k < 1:
