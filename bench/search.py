@@ -30,7 +30,8 @@ after the queries (memory-mapped pages that were touched count), p50/p99 query m
 recall@100 against exact. The Annoy rows' memory includes the descriptors `load_index` reads for
 re-ranking (the app holds them too); the PCA and hnswlib rows count their index alone. At a few
 thousand rows the allocator reuses pages freed by earlier rows, so small values there (even 0)
-only mean "too small to see"; read memory off the 100k and 1M rows. Results go to bench/results/<name>.json and <name>.md.
+only mean "too small to see"; read memory off the 100k and 1M rows. Results go to
+bench/results/<name>.json and <name>.md.
 """
 
 from __future__ import annotations
