@@ -81,11 +81,25 @@ def test_every_backbone_builds_and_describes(name):
     assert np.array_equal(batch, kept), "describe must not write into the caller's pixels"
     assert np.allclose(descriptors[0], descriptors[2], atol=1e-5)
     assert not np.allclose(descriptors[0], descriptors[1])
-    # Batch size must not change a descriptor beyond float noise. (Untrained EfficientNetV2L
-    # reaches values near 1e8, so compare directions, not absolute values.)
-    single = extractor.describe(batch[1])[0]
-    cosine = single @ descriptors[1] / (np.linalg.norm(single) * np.linalg.norm(descriptors[1]))
-    assert cosine > 0.999
+    # Images in one batch must not influence each other (no batch statistics at inference time):
+    # replacing the middle image leaves the others' descriptors as they were.
+    swapped = batch.copy()
+    swapped[1] = rng.integers(0, 256, size=swapped[1].shape, dtype=np.uint8)
+    again = extractor.describe(swapped)
+    assert not np.allclose(again[1], descriptors[1])
+    for row in (0, 2):
+        assert cosine(again[row], descriptors[row]) > 0.99999
+    # Batch size must not change a descriptor beyond float noise. Untrained EfficientNetV2-L is
+    # the exception: its activations reach 1e9 and its output is round-off: two different images
+    # come out at cosine 0.78, the same image at batch 1 and 3 at 0.73-0.79 on an Intel Xeon
+    # (above 0.999 on an AMD EPYC). With ImageNet weights it is well conditioned like the others.
+    if name != "efficientnet_v2_l":
+        assert cosine(extractor.describe(batch[1])[0], descriptors[1]) > 0.999
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Directions, not values: untrained networks reach activations near 1e9."""
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.mark.slow
