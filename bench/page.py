@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
     from synthetic import make_gallery
 
+    from bench.common import cpu_model
     from cbir.backbones import Weights, get_backbone
     from cbir.build import BuildSettings, build_indexes
     from cbir.collections import folder_collection
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 except OSError:
                     time.sleep(0.5)
-            times, handler_ms, phases = [], [], []
+            times, handler_ms, phases, uploads_per_search = [], [], [], []
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
                     executable_path=CHROMIUM,
@@ -90,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
                 )
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                # Files the page uploads per search: the image editor sends its images before the event runs.
+                uploads = []
+                page.on("request", lambda request: uploads.append(request.url) if request.url.endswith("/upload") else None)
                 page.goto(url, wait_until="networkidle")
                 page.locator("input[type=range]").first.fill(str(arguments.k))
                 for number, query in enumerate(queries):
                     page.locator("input[type=file]").first.set_input_files(str(query))
                     page.wait_for_timeout(1200)  # let the editor draw the upload before pressing
                     tracker = "document.querySelector('#search-status [data-testid=status-tracker]')"
+                    uploads.clear()
                     started = time.perf_counter()
                     page.locator("#search-button").click()
                     # Gradio shows a progress tracker on the outputs while the event runs: wait for it
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                     status = page.locator("#search-status").inner_text()
                     handler_ms.append(float(re.search(r"results in (\d+) ms", status).group(1)))
                     times.append(elapsed)
+                    uploads_per_search.append(len(uploads))
                     print(f"search {number}: {1000 * elapsed:.0f} ms (descriptor + search {handler_ms[-1]:.0f} ms; "
                           f"until running {1000 * phases[-1][0]:.0f}, running {1000 * phases[-1][1]:.0f}, drawing "
                           f"{1000 * phases[-1][2]:.0f})", flush=True)
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "page",
         "command": command.strip(),
         "cores": os.cpu_count(),
+        "cpu": cpu_model(),
         "date": time.strftime("%Y-%m-%d"),
         "backbone": arguments.backbone,
         "input_size": arguments.input_size or get_backbone(arguments.backbone).input_size,
@@ -159,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "api_median_ms": round(1000 * statistics.median(api_times), 1),
         "all_ms": [round(1000 * t, 1) for t in rest],
         "handler_ms": handler_ms[1:],
+        # Every search, the first included: Gradio's ImageEditor uploads background, layer and
+        # composite before the event runs, sometimes several times over.
+        "uploads_per_search": uploads_per_search,
     }
     arguments.out.mkdir(parents=True, exist_ok=True)
     stem = "page-quick" if arguments.quick else "page"

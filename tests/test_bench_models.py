@@ -71,6 +71,8 @@ def test_page_benchmark_quick_run_writes_results(tmp_path):
     assert report["median_ms"] > report["handler_median_ms"] > 0
     assert set(report["phases_median_ms"]) == {"until_running", "running", "drawing"}
     assert report["api_median_ms"] > 0
+    # The query reaches the server through the editor's uploads: at least one file per search.
+    assert len(report["uploads_per_search"]) == 6 and min(report["uploads_per_search"]) >= 1
 
 
 @pytest.mark.slow
