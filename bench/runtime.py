@@ -75,7 +75,7 @@ def emit(record: dict) -> None:
     print(ROW_MARK + json.dumps(record), flush=True)
 
 
-def worker(options: dict) -> list[dict]:
+def worker(options: dict) -> None:
     """Runs in its own process: TensorFlow's thread pools are fixed once it starts.
 
     Each row is printed as soon as it is measured, so a crash in a later stage (the OpenVINO
@@ -92,12 +92,10 @@ def worker(options: dict) -> list[dict]:
     backbone = get_backbone(options["backbone"])
     extractor = build_extractor(backbone, Weights.parse("none"), options.get("input_size"))
     images, repeats = options["images"], options["repeats"]
-    rows = []
 
     def row(setting: str, params: dict, rate: float, **extra) -> None:
-        rows.append({"backbone": backbone.name, "input_size": extractor.input_size, "setting": setting,
-                     "params": params, "images_per_second": round(rate, 3), **extra})  # fmt: skip
-        emit(rows[-1])
+        emit({"backbone": backbone.name, "input_size": extractor.input_size, "setting": setting,
+              "params": params, "images_per_second": round(rate, 3), **extra})  # fmt: skip
 
     def baseline() -> None:
         row("project", {"threads": "default", "batch": BASELINE_BATCH},
@@ -106,7 +104,7 @@ def worker(options: dict) -> list[dict]:
     if intra or inter:
         row("threads", {"intra_op": intra, "inter_op": inter, "batch": BASELINE_BATCH},
             time_network(extractor, images, BASELINE_BATCH, repeats))  # fmt: skip
-        return rows
+        return
     baseline()
     for batch in options["batches"]:
         if batch != BASELINE_BATCH:
@@ -115,8 +113,7 @@ def worker(options: dict) -> list[dict]:
         try:
             import openvino  # noqa: F401
         except ImportError:
-            rows.append({"backbone": backbone.name, "setting": "openvino", "note": "not installed (pip install openvino)"})
-            emit(rows[-1])
+            emit({"backbone": backbone.name, "setting": "openvino", "note": "not installed (pip install openvino)"})
         else:
             sample = np.random.default_rng(7).integers(0, 256, size=(8, *(extractor.input_size,) * 2, 3), dtype=np.uint8)
             reference = extractor.describe(sample)
@@ -132,7 +129,6 @@ def worker(options: dict) -> list[dict]:
                     row("openvino", {"precision": compiled.precision, "batch": BASELINE_BATCH}, rate,
                         export_seconds=export_seconds, **agreement(reference, compiled.describe(sample)))  # fmt: skip
         baseline()  # again, after the others: the machine may have changed under us
-    return rows
 
 
 def run_worker(options: dict) -> list[dict]:

@@ -90,9 +90,9 @@ def test_every_backbone_builds_and_describes(name):
     for row in (0, 2):
         assert cosine(again[row], descriptors[row]) > 0.99999
     # Batch size must not change a descriptor beyond float noise. Untrained EfficientNetV2-L is
-    # the exception: its activations reach 1e9 and its output is round-off: two different images
-    # come out at cosine 0.78, the same image at batch 1 and 3 at 0.73-0.79 on an Intel Xeon
-    # (above 0.999 on an AMD EPYC). With ImageNet weights it is well conditioned like the others.
+    # the exception: its activations reach 1e9 and its output is dominated by round-off, so on
+    # some CPUs (an Intel Xeon here, not an AMD EPYC) batch 1 and batch 3 disagree about as much
+    # as two different images do. With ImageNet weights it is well conditioned like the others.
     if name != "efficientnet_v2_l":
         assert cosine(extractor.describe(batch[1])[0], descriptors[1]) > 0.999
 
