@@ -20,15 +20,18 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
-from cbir.build import read_collection
-from cbir.evaluate import STUDY_MEASURE_NOTE, load_results, results_folder, study_reported
-from cbir.images import ImageError, crop_box, load_image
-from cbir.index import IndexInfo, IndexLoadError
+from cbir.datasets.model import ids_to_paths
+from cbir.distances import Metric
+from cbir.errors import CbirError
+from cbir.evaluate import STUDY_MEASURE_NOTE, Results, load_results, results_folder, study_reported
+from cbir.images import crop_box, load_image
+from cbir.index import IndexInfo
+from cbir.pooling import Pooling
 from cbir.search import SearchEngine, SearchResult
 
 logger = logging.getLogger("app")
 
-METRICS = ["cosine", "euclidean"]
+METRICS = [metric.value for metric in Metric]
 DEFAULT_K = 12
 MAX_K = 100
 EXAMPLES_SHOWN = 8
@@ -69,75 +72,70 @@ class SearchPage:
         self.engine = engine
         self.index_root = Path(index_root)
         self.indexes: list[IndexInfo] = engine.available()
+        self.broken = engine.broken()
 
     def collections(self) -> list[str]:
         return sorted({info.collection for info in self.indexes})
 
-    def backbone_choices(self, collection: str | None) -> list[tuple[str, str]]:
+    def recipe_choices(self, collection: str | None) -> list[tuple[str, str]]:
+        """(label, recipe key) of the collection's indexes, in registry order."""
         order = list(BACKBONES)
-        infos = sorted((i for i in self.indexes if i.collection == collection), key=lambda i: order.index(i.backbone))
-        return [(f"{i.backbone} ({i.dim}-d{', UNTRAINED' if i.untrained else ''})", i.backbone) for i in infos]
+        infos = sorted(
+            (i for i in self.indexes if i.collection == collection),
+            key=lambda i: (order.index(i.backbone), i.key),
+        )
+        return [(recipe_label(i), i.key) for i in infos]
 
-    def default_backbone(self, collection: str | None) -> str | None:
-        names = [value for _, value in self.backbone_choices(collection)]
-        return DEFAULT_BACKBONE if DEFAULT_BACKBONE in names else (names[0] if names else None)
+    def default_recipe(self, collection: str | None) -> str | None:
+        keys = [value for _, value in self.recipe_choices(collection)]
+        return DEFAULT_BACKBONE if DEFAULT_BACKBONE in keys else (keys[0] if keys else None)
 
     def example_queries(self, collection: str | None) -> list[tuple[Path, str, tuple | None]]:
         """(image file, caption, box) for the collection's own query images, or a few of its photos."""
-        if not collection:
+        infos = [i for i in self.indexes if i.collection == collection]
+        if not collection or not infos:
             return []
         try:
-            saved = read_collection(self.index_root, collection)
-        except IndexLoadError:
+            record = self.engine.record(collection)
+            images = self.engine.index(collection, infos[0].key).manifest.images
+        except CbirError as error:
+            logger.warning("no examples for %s: %s", collection, error)
             return []
-        if saved.queries:
+        if record.queries:
+            paths, _ = ids_to_paths(images)
             seen, examples = set(), []
-            for query in saved.queries:  # one per landmark: Oxford has 5 queries of each
+            for query in record.queries:  # one per landmark: Oxford has 5 queries of each
                 landmark = query.name.rsplit("_", 1)[0]
-                if landmark not in seen:
+                if landmark not in seen and query.image in paths:
                     seen.add(landmark)
-                    path = self._path_of(collection, query.image)
-                    if path is not None:
-                        examples.append((path, query.name, query.box))
+                    examples.append((record.root / paths[query.image], query.name, query.box))
             return examples[:EXAMPLES_SHOWN]
-        infos = [i for i in self.indexes if i.collection == collection]
-        if not infos:
-            return []
-        images = self.engine.index(collection, infos[0].backbone).manifest.images
         step = max(1, len(images) // EXAMPLES_SHOWN)
-        return [(saved.root / image, Path(image).stem, None) for image in images[::step][:EXAMPLES_SHOWN]]
+        return [(record.root / image, Path(image).stem, None) for image in images[::step][:EXAMPLES_SHOWN]]
 
-    def _path_of(self, collection: str, image_id: str) -> Path | None:
-        for info in self.indexes:
-            if info.collection == collection:
-                manifest = self.engine.index(collection, info.backbone).manifest
-                for relpath in manifest.images:
-                    if Path(relpath).stem == image_id:
-                        return Path(manifest.collection_root) / relpath
-        return None
-
-    def search(self, editor: dict | None, collection: str | None, backbone: str | None, metric: str, k: float):
-        """The search event: (gallery items, status line). Problems become messages, never traces."""
+    def search(self, editor: dict | None, collection: str | None, recipe: str | None, metric: str, k: float):
+        """The search event: (gallery items, status line). Problems a user can fix become messages."""
         image = query_image(editor)
         if image is None:
             raise gr.Error("Add an image first: upload, paste or take a photo, then crop the part to search.")
-        if not collection or not backbone:
+        if not collection or not recipe:
             raise gr.Error("No index is built yet. Build one with: python build_index.py --dataset oxford5k")
         if metric not in METRICS:
             raise gr.Error(f"Choose a metric: {', '.join(METRICS)}.")
         k = int(max(1, min(MAX_K, k or DEFAULT_K)))
         try:
             result = self.engine.search(
-                image, collection=collection, backbone=backbone, metric=metric, k=k, name="the uploaded image"
+                image, collection=collection, recipe=recipe, metric=metric, k=k, name="the uploaded image"
             )
-        except ImageError as error:
-            raise gr.Error(_sentence(str(error))) from None
-        except IndexLoadError as error:
-            raise gr.Error(_sentence(str(error))) from None
-        except (ValueError, RuntimeError) as error:
-            logger.exception("search failed")
+        except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
         return gallery_items(result), status_line(result)
+
+
+def recipe_label(info: IndexInfo) -> str:
+    """How the backbone choice names an index: 'xception (2048-d, UNTRAINED)'."""
+    name = info.backbone if info.recipe.pooling is Pooling.GAP else f"{info.backbone} · {info.recipe.pooling.value}"
+    return f"{name} ({info.dim}-d{', UNTRAINED' if info.untrained else ''})"
 
 
 def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
@@ -166,7 +164,7 @@ def gallery_items(result: SearchResult) -> list[tuple[str, str]]:
     items = []
     for hit in result.hits:
         # Short enough to fit under a thumbnail: cosine similarity, or Euclidean (L2) distance.
-        score = f"cos {hit.similarity:.3f}" if result.metric == "cosine" else f"L2 {hit.distance:.3g}"
+        score = f"cos {hit.similarity:.3f}" if result.metric is Metric.COSINE else f"L2 {hit.distance:.3g}"
         items.append((str(hit.path), f"#{hit.rank} {Path(hit.image).stem} · {score}"))
     return items
 
@@ -175,8 +173,8 @@ def status_line(result: SearchResult) -> str:
     total = 1000 * (result.describe_seconds + result.search_seconds)
     line = (
         f"{len(result.hits)} results in {total:.0f} ms (descriptor {1000 * result.describe_seconds:.0f} ms, "
-        f"{'exact' if result.exact else 'Annoy'} search {1000 * result.search_seconds:.1f} ms) · {result.backbone} · "
-        + ("cosine similarity" if result.metric == "cosine" else "Euclidean distance")
+        f"{'exact' if result.exact else 'index'} search {1000 * result.search_seconds:.1f} ms) · {result.recipe} · "
+        + ("cosine similarity" if result.metric is Metric.COSINE else "Euclidean distance")
     )
     if result.untrained:
         line += " · **untrained weights: rankings are meaningless**"
@@ -185,31 +183,30 @@ def status_line(result: SearchResult) -> str:
     return line
 
 
-def measured_table(results: dict[str, Any]) -> list[list[Any]]:
-    rows = []
-    for row in results["rows"]:
-        rows.append(
-            [
-                row["backbone"] + (" (untrained)" if row["untrained"] else ""),
-                row["metric"],
-                row["query_mode"],
-                round(row["map_oxford"], 3),
-                round(row["map"], 3),
-                round(row["map_11point"], 3),
-                round(row["map_at_100_annoy"], 3),
-                round(row["mp_at_1"], 3),
-                round(row["mp_at_5"], 3),
-                round(row["mp_at_10"], 3),
-                round(row["study_map"], 3),
-                round(1000 * row["mean_query_seconds"], 1),
-                row["n_queries"],
-            ]
-        )
-    return rows
+def measured_table(results: Results) -> list[list[Any]]:
+    return [
+        [
+            row.recipe + (" (untrained)" if row.untrained else ""),
+            row.protocol,
+            row.metric,
+            row.query_mode,
+            round(row.map_oxford, 3),
+            round(row.map, 3),
+            round(row.map_11point, 3),
+            round(row.map_at_100_store, 3),
+            round(row.mp_at_1, 3),
+            round(row.mp_at_5, 3),
+            round(row.mp_at_10, 3),
+            round(row.study_map, 3),
+            round(1000 * row.mean_query_seconds, 1),
+            row.n_queries,
+        ]
+        for row in results.rows
+    ]
 
 
 MEASURED_HEADERS = [
-    "backbone", "metric", "queries", "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 Annoy",
+    "recipe", "protocol", "metric", "queries", "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 (index)",
     "mP@1", "mP@5", "mP@10", "study mAP", "ms / query", "n",
 ]  # fmt: skip
 
@@ -223,11 +220,14 @@ def evaluation_tab(page: SearchPage, collection: str) -> None:
             f"(or `python build_index.py --dataset {collection} --evaluate`), then restart the app."
         )
     else:
-        gr.Markdown(f"**Protocol.** {results['protocol']}\n\n{STUDY_MEASURE_NOTE}\n\nMeasured {results['created']}.")
-        if any(row["untrained"] for row in results["rows"]):
+        protocols = "\n".join(f"- **{name}**: {text}" for name, text in results.protocols.items())
+        gr.Markdown(
+            f"**Protocols.**\n{protocols}\n\n{results.note}\n\n{STUDY_MEASURE_NOTE}\n\nMeasured {results.created}."
+        )
+        if any(row.untrained for row in results.rows):
             gr.Markdown("**Rows marked untrained come from random weights: they test the code, not the network.**")
         gr.Dataframe(value=measured_table(results), headers=MEASURED_HEADERS, interactive=False, wrap=True)
-        curves = results_folder(page.index_root, collection) / results["files"]["pr_curves"]
+        curves = results_folder(page.index_root, collection) / results.files["pr_curves"]
         if curves.is_file():
             gr.Image(value=str(curves), label="Mean 11-point precision / recall", interactive=False)
     reported = study_reported()
@@ -241,6 +241,14 @@ def evaluation_tab(page: SearchPage, collection: str) -> None:
         )
 
 
+def broken_notice(page: SearchPage) -> str:
+    """What the page says about index folders it could not load, with the command that fixes each."""
+    if not page.broken:
+        return ""
+    lines = [f"- **{b.collection}/{b.key}**: {b.problem}" for b in page.broken]
+    return "**Not served (damaged or unreadable):**\n" + "\n".join(lines)
+
+
 def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
     """The whole page, importable and constructible without launching."""
     page = SearchPage(engine, index_root)
@@ -252,7 +260,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
 
     def on_collection(collection: str | None):
         return (
-            gr.update(choices=page.backbone_choices(collection), value=page.default_backbone(collection)),
+            gr.update(choices=page.recipe_choices(collection), value=page.default_recipe(collection)),
             gr.update(value=examples_for(collection)),
         )
 
@@ -263,7 +271,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
         path, _, box = examples[event.index]
         try:
             picture = crop_box(load_image(path), box) if box else load_image(path)
-        except ImageError as error:
+        except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
         return {"background": picture, "layers": [], "composite": picture}
 
@@ -306,7 +314,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                         choices=collections, value=first, label="Collection", visible=len(collections) != 1
                     )
                     backbone = gr.Dropdown(
-                        choices=page.backbone_choices(first), value=page.default_backbone(first), label="Backbone"
+                        choices=page.recipe_choices(first), value=page.default_recipe(first), label="Backbone"
                     )
                     metric = gr.Dropdown(choices=METRICS, value="cosine", label="Distance")
                     k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
@@ -316,6 +324,8 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                             "**No index is built yet.** Build one with `python build_index.py --dataset oxford5k` "
                             "or `python build_index.py --images <folder>`, then restart the app."
                         )
+            if page.broken:
+                gr.Markdown(broken_notice(page), elem_id="broken-indexes")
             status = gr.Markdown(elem_id="search-status")
             gallery = gr.Gallery(label="Most similar", columns=6, height="auto", elem_id="results")
         with gr.Tab("Evaluation"):
@@ -339,8 +349,11 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
 def collection_roots(engine: SearchEngine) -> list[str]:
     """The only folders the page may serve files from."""
     roots = set()
-    for info in engine.available():
-        roots.add(str(engine.index(info.collection, info.backbone).manifest.collection_root))
+    for collection in {info.collection for info in engine.available()}:
+        try:
+            roots.add(str(engine.record(collection).root))
+        except CbirError as error:
+            logger.warning("not serving %s: %s", collection, error)
     return sorted(roots)
 
 
@@ -368,7 +381,7 @@ def build_at_start(arguments: argparse.Namespace) -> None:
     """Build what the page needs before serving: the user's folder, or the default collection."""
     from cbir.backbones import Weights, parse_backbones
     from cbir.build import BuildSettings, build_indexes
-    from cbir.collections import DownloadSettings, folder_collection, prepare_dataset
+    from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
     from cbir.index import list_indexes
 
     if arguments.images is not None:
@@ -379,7 +392,7 @@ def build_at_start(arguments: argparse.Namespace) -> None:
         logger.info("no index under %s: building Oxford5k with %s first", arguments.index_dir, arguments.backbones)
         collection = prepare_dataset("oxford5k", DownloadSettings.from_env(data_dir=arguments.data_dir))
     settings = BuildSettings(
-        index_root=arguments.index_dir, weights=Weights.parse(arguments.weights), input_size=arguments.input_size
+        index_dir=arguments.index_dir, weights=Weights.parse(arguments.weights), input_size=arguments.input_size
     )
     build_indexes(collection, parse_backbones(arguments.backbones), settings)
 
@@ -387,15 +400,13 @@ def build_at_start(arguments: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from cbir.collections import DatasetError
-
     try:
         if not arguments.no_build:
             build_at_start(arguments)
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept; start again to resume", file=sys.stderr)
         return 130
-    except (DatasetError, IndexLoadError, ValueError, RuntimeError, OSError) as error:
+    except CbirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     engine = SearchEngine(arguments.index_dir)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
+from cbir.datasets.registry import DATASETS
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,7 +27,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_argument_group("what to index (one of)")
     source.add_argument(
         "--dataset",
-        choices=["oxford5k", "paris6k"],
+        choices=sorted(DATASETS),
         help="a standard collection; downloaded into --data-dir unless already there (default: oxford5k "
         "when --images is not given)",
     )
@@ -38,12 +39,22 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated backbones, or 'all'. Known: " + ", ".join(BACKBONES),
     )
     parser.add_argument(
+        "--pooling",
+        default="gap",
+        choices=["gap"],
+        help="how the network's output becomes a descriptor: gap = the study's (global average pool; VGG16: fc1)",
+    )
+    parser.add_argument(
         "--weights",
         default="imagenet",
         help="'imagenet' (Keras downloads and caches them under KERAS_HOME), a path to a local weights "
         "file, or 'none' (random init: a smoke test only; every result is marked untrained)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument(
+        "--store", default="annoy", choices=["annoy", "exact"],
+        help="the index beside the descriptors: annoy, or exact (the numpy scan only; no extra files)",
+    )  # fmt: skip
     parser.add_argument("--n-trees", type=int, default=100, help="Annoy trees per index (more: better recall, bigger files)")
     parser.add_argument(
         "--data-dir",
@@ -75,7 +86,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=512,
         help="images per extraction checkpoint; an interrupted build resumes from the last one",
     )
-    parser.add_argument("--evaluate", action="store_true", help="after building, run the mAP evaluation (datasets only)")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="after building, run the mAP evaluation (collections with ground truth)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     arguments = parser.parse_args(argv)
@@ -100,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing so that --help answers at once.
     from cbir.backbones import Weights, parse_backbones
     from cbir.build import BuildSettings, build_indexes
-    from cbir.collections import DatasetError, DownloadSettings, folder_collection, prepare_dataset
-    from cbir.index import IndexLoadError
+    from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
+    from cbir.errors import CbirError
+    from cbir.pooling import Pooling
 
     try:
         backbones = parse_backbones(arguments.backbones)
@@ -116,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             collection = prepare_dataset(arguments.dataset, download)
         logging.info("collection %s: %d images in %s", collection.name, len(collection.images), collection.root)
         settings = BuildSettings(
-            index_root=arguments.index_dir,
+            index_dir=arguments.index_dir,
             weights=weights,
+            pooling=Pooling(arguments.pooling),
             batch_size=arguments.batch_size,
+            store=arguments.store,
             n_trees=arguments.n_trees,
             input_size=arguments.input_size,
             force=arguments.force,
@@ -132,31 +148,34 @@ def main(argv: list[str] | None = None) -> int:
             from cbir.evaluate import EvaluationSettings, evaluate_collection, format_summary
 
             results = evaluate_collection(
-                EvaluationSettings(index_root=arguments.index_dir, collection=collection.name,
-                                   backbones=[b.name for b in backbones]),
+                EvaluationSettings(index_dir=arguments.index_dir, collection=collection.name,
+                                   recipes=[outcome.key for outcome in outcomes],
+                                   progress=not arguments.no_progress),
             )
             print(format_summary(results))
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
-    except (DatasetError, IndexLoadError, ValueError, RuntimeError, OSError) as error:
+    except CbirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
 def print_summary(outcomes, untrained: bool) -> None:
-    if all(outcome.status == "up to date" for outcome in outcomes):
+    from cbir.build import BuildStatus
+
+    if all(outcome.status is BuildStatus.UP_TO_DATE for outcome in outcomes):
         print("Everything is already built; nothing to do (use --force to rebuild).")
-    print(f"{'backbone':<22}{'status':<12}{'images':>8}{'skipped':>9}{'images/s':>10}  folder")
+    print(f"{'recipe':<22}{'status':<12}{'images':>8}{'skipped':>9}{'images/s':>10}  folder")
     for outcome in outcomes:
-        rate = f"{outcome.images_per_second:.1f}" if outcome.status == "built" else "-"
+        rate = f"{outcome.images_per_second:.1f}" if outcome.status is BuildStatus.BUILT else "-"
         print(
-            f"{outcome.backbone:<22}{outcome.status:<12}{outcome.n_images:>8}{outcome.n_skipped:>9}{rate:>10}  {outcome.folder}"
+            f"{outcome.key:<22}{outcome.status.value:<12}{outcome.n_images:>8}{outcome.n_skipped:>9}{rate:>10}  {outcome.folder}"
         )
     for outcome in outcomes:
         if outcome.resumed_images:
-            print(f"{outcome.backbone}: resumed an interrupted build ({outcome.resumed_images} images were already done)")
+            print(f"{outcome.key}: resumed an interrupted build ({outcome.resumed_images} images were already done)")
     if untrained:
         print("NOTE: built with untrained (random) weights; rankings are meaningless beyond smoke tests.")
 

@@ -31,9 +31,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from cbir.backbones import Weights, keras_versions, parse_backbones, resolve_input_size  # noqa: E402
-from cbir.index import DEFAULT_CANDIDATES, DEFAULT_N_TREES, Manifest, write_index  # noqa: E402
+from cbir.backbones import keras_versions, parse_backbones, resolve_input_size  # noqa: E402
+from cbir.datasets import Collection  # noqa: E402
+from cbir.distances import Metric  # noqa: E402
+from cbir.index import Manifest, StoreSpec, write_index  # noqa: E402
+from cbir.layout import IndexLayout, write_collection_record  # noqa: E402
+from cbir.recipe import Recipe  # noqa: E402
 from cbir.search import SearchEngine  # noqa: E402
+from cbir.stores.annoy import DEFAULT_CANDIDATES, DEFAULT_N_TREES  # noqa: E402
 from bench.common import write_report  # noqa: E402
 
 OXFORD5K_IMAGES = 5063
@@ -89,38 +94,37 @@ def main(argv: list[str] | None = None) -> int:
                 None if backbone.fixed_input_size or not arguments.input_size else max(arguments.input_size, backbone.min_input_size),
             )
             descriptors = clustered_descriptors(arguments.images, backbone.dim)
+            images = [f"image_{i:05d}.jpg" for i in range(arguments.images)]
+            write_collection_record(IndexLayout(index_root), Collection("bench", scratch, tuple(images)))
             manifest = Manifest(
                 collection="bench",
-                collection_root=str(scratch),
-                backbone=backbone.name,
-                weights=Weights.parse("none").to_json(),
-                input_size=size,
-                dim=backbone.dim,
-                images=[f"image_{i:05d}.jpg" for i in range(arguments.images)],
+                recipe=Recipe.create(backbone.name, weights="none", input_size=size),
+                images=images,
+                store=StoreSpec("annoy", {"n_trees": DEFAULT_N_TREES}),
                 versions=keras_versions(),
             )
             started = time.perf_counter()
-            write_index(index_root / "bench" / backbone.name, descriptors, manifest, n_trees=DEFAULT_N_TREES)
+            write_index(index_root / "bench" / backbone.name, descriptors, manifest)
             build_seconds = time.perf_counter() - started
             del descriptors
 
             describe, annoy, exact, total = [], [], [], []
             # The first query builds the network and maps the index: reported apart, not in the medians.
             started = time.perf_counter()
-            engine.search(queries[0], collection="bench", backbone=backbone.name, k=arguments.k)
+            engine.search(queries[0], collection="bench", recipe=backbone.name, k=arguments.k)
             first_query = time.perf_counter() - started
             loaded = engine.index("bench", backbone.name)
             default_is_exact = None
             for query in queries:
                 started = time.perf_counter()
-                result = engine.search(query, collection="bench", backbone=backbone.name, k=arguments.k)
+                result = engine.search(query, collection="bench", recipe=backbone.name, k=arguments.k)
                 total.append(time.perf_counter() - started)
                 describe.append(result.describe_seconds)
                 exact.append(result.search_seconds)
                 default_is_exact = result.exact
-                vector = engine.describe(query, collection="bench", backbone=backbone.name)
+                vector = engine.describe(query, collection="bench", recipe=backbone.name)
                 started = time.perf_counter()
-                loaded.search_annoy(vector, "cosine", arguments.k, candidates=DEFAULT_CANDIDATES)
+                loaded.search(vector, Metric.COSINE, arguments.k, exact=False, candidates=DEFAULT_CANDIDATES)
                 annoy.append(time.perf_counter() - started)
             row = {
                 "backbone": backbone.name,

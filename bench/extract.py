@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from cbir.backbones import Weights, build_extractor, keras_versions, parse_backbones  # noqa: E402
+from cbir.backbones import build_extractor, keras_versions, parse_backbones  # noqa: E402
 from cbir.extract import DEFAULT_BATCH_SIZE, extract_descriptors  # noqa: E402
+from cbir.recipe import Recipe  # noqa: E402
 from bench.common import write_report  # noqa: E402
 
 
@@ -83,7 +84,7 @@ def time_project(extractor, folder: Path, names: list[str], batch_size: int, rep
 
 def time_study(extractor, folder: Path, names: list[str], repeats: int) -> float:
     """One file at a time: PIL open, resize, preprocess, model.predict, as the study's extractors did."""
-    model, preprocess, size = extractor.model, extractor.preprocess, extractor.input_size
+    model, preprocess, size = extractor.model, extractor.trunk.preprocess, extractor.input_size
 
     def one(name: str) -> np.ndarray:
         image = Image.open(folder / name).convert("RGB").resize((size, size))
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             size = None
             if arguments.input_size and not backbone.fixed_input_size:
                 size = max(arguments.input_size, backbone.min_input_size)
-            extractor = build_extractor(backbone, Weights.parse("none"), size)
+            extractor = build_extractor(Recipe.create(backbone.name, weights="none", input_size=size))
             network = time_network(extractor, arguments.images, arguments.batch_size, arguments.repeats)
             project = time_project(extractor, folder, names, arguments.batch_size, arguments.repeats)
             study = time_study(extractor, folder, names[: arguments.study_images], max(1, arguments.repeats - 1))

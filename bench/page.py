@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import cpu_model
     from cbir.backbones import Weights, get_backbone
     from cbir.build import BuildSettings, build_indexes
-    from cbir.collections import folder_collection
+    from cbir.datasets import folder_collection
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         photos = make_gallery(scratch / "photos", arguments.photos, width=1024, height=768)
         queries = make_gallery(scratch / "queries", arguments.searches + 1, width=arguments.query_width, height=arguments.query_width * 3 // 4, start_seed=10_000)
         settings = BuildSettings(
-            index_root=scratch / "indexes", weights=Weights.parse("none"), input_size=arguments.input_size, progress=False
+            index_dir=scratch / "indexes", weights=Weights.parse("none"), input_size=arguments.input_size, progress=False
         )
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
         del photos

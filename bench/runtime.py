@@ -52,11 +52,12 @@ class OpenVinoExtractor:
         config = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
         self.compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what it chose
-        self.input_size, self.preprocess = extractor.input_size, extractor.preprocess
+        self.input_size, self.preprocess = extractor.input_size, extractor.trunk.preprocess
+        self.pool = extractor.recipe.pool  # the network gives the trunk's output; the recipe pools it
 
     def describe(self, batch: np.ndarray) -> np.ndarray:
         pixels = self.preprocess(batch.astype(np.float32, copy=True))
-        return np.asarray(self.compiled(pixels)[0], dtype=np.float32).reshape(len(batch), -1)
+        return self.pool(np.asarray(self.compiled(pixels)[0], dtype=np.float32))
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
@@ -87,10 +88,11 @@ def worker(options: dict) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     from bench.extract import time_network
-    from cbir.backbones import Weights, build_extractor, get_backbone
+    from cbir.backbones import build_extractor, get_backbone
+    from cbir.recipe import Recipe
 
     backbone = get_backbone(options["backbone"])
-    extractor = build_extractor(backbone, Weights.parse("none"), options.get("input_size"))
+    extractor = build_extractor(Recipe.create(backbone.name, weights="none", input_size=options.get("input_size")))
     images, repeats = options["images"], options["repeats"]
 
     def row(setting: str, params: dict, rate: float, **extra) -> None:

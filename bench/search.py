@@ -16,8 +16,8 @@ Queries are held-out noisy points near the centres. By default there are N / 50 
 other clusters, while at 1M (500 rows a cluster) the top 100 lies inside its own cluster, which
 is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N. For each (N, d):
 
-- exact: numpy over every row (`LoadedIndex.search_exact`, what the evaluation uses);
-- annoy: the project's own index and search path (`write_index`, `LoadedIndex.search_annoy`) for a
+- exact: numpy over every row (the `exact` store, what the evaluation uses);
+- annoy: the project's own store and search path (`cbir.stores.annoy`: build, open, search) for a
   few tree counts and candidate pools, with exact re-ranking of the candidates (the app's path) and
   without it (plain Annoy);
 - annoy on PCA: Annoy built on the descriptors projected to fewer dimensions (PCA fitted on a
@@ -27,7 +27,7 @@ is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N
 
 Reported per row: build seconds, file size, resident memory the loaded index adds to the process
 after the queries (memory-mapped pages that were touched count), p50/p99 query ms, recall@10 and
-recall@100 against exact. The Annoy rows' memory includes the descriptors `load_index` reads for
+recall@100 against exact. The Annoy rows' memory includes the memory-mapped descriptors read for
 re-ranking (the app holds them too); the PCA and hnswlib rows count their index alone. At a few
 thousand rows the allocator reuses pages freed by earlier rows, so small values there (even 0)
 only mean "too small to see"; read memory off the 100k and 1M rows. Results go to
@@ -51,7 +51,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cbir.index import LoadedIndex, Manifest, exact_distances, load_index, write_index  # noqa: E402
+from cbir.distances import Metric, exact_distances  # noqa: E402
+from cbir.stores import annoy as annoy_store  # noqa: E402
+from cbir.stores.exact import ExactStore  # noqa: E402
 from bench.common import write_report  # noqa: E402
 
 
@@ -126,14 +128,12 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
     descriptors = clustered(n, dim, centres, seed=1)
     queries = clustered(queries_count, dim, centres, seed=2)
     rows = []
-    manifest = Manifest(collection="bench", collection_root=str(scratch), backbone="bench", weights={"kind": "none"},
-                        input_size=0, dim=dim, images=[str(i) for i in range(n)])  # fmt: skip
     folder = scratch / f"{n}x{dim}"
 
     # Exact search over the matrix in memory is the truth every other row is scored against.
-    in_memory = LoadedIndex(folder, manifest, descriptors)
-    in_memory.squared_norms  # computed once, as the app does on first use
-    exact, exact_ms = timed(lambda q: in_memory.search_exact(q, "cosine", 100)[0], queries)
+    in_memory = ExactStore(descriptors)
+    in_memory.norms  # computed once, as the app does on first use
+    exact, exact_ms = timed(lambda q: in_memory.search(q, Metric.COSINE, 100).rows, queries)
     truth100, truth10 = exact, [t[:10] for t in exact]
     rows.append(summarise("exact numpy", {}, exact_ms, truth10, truth100, truth10, truth100,
                           size_mb=descriptors.nbytes / 2**20, rss_mb=descriptors.nbytes / 2**20))  # fmt: skip
@@ -148,16 +148,19 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
 
     if "annoy" in methods:
         for n_trees in trees:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            np.save(folder / "descriptors.npy", descriptors)
             started = time.perf_counter()
-            write_index(folder, descriptors, manifest, n_trees=n_trees)
-            build = (time.perf_counter() - started) / 2  # write_index builds two indexes (cosine, euclidean)
+            params = annoy_store.KIND.build(folder, descriptors, {"n_trees": n_trees})
+            build = (time.perf_counter() - started) / 2  # the store builds two forests (cosine, euclidean)
             before = resident_mb()
-            loaded = load_index(folder)
+            loaded = annoy_store.KIND.open(folder, np.load(folder / "descriptors.npy", mmap_mode="r"), params)
             size = (folder / "cosine.ann").stat().st_size / 2**20
             for pool in pools:
                 add("annoy + exact rerank", {"n_trees": n_trees, "candidates": pool},
-                    lambda q: loaded.search_annoy(q, "cosine", 100, candidates=pool)[0], build, size, before)  # fmt: skip
-            index = loaded.annoy("cosine")
+                    lambda q: loaded.search(q, Metric.COSINE, 100, candidates=pool).rows, build, size, before)  # fmt: skip
+            index = loaded.forest(Metric.COSINE)
             for search_k in (-1, 20_000):
                 add("annoy plain", {"n_trees": n_trees, "search_k": search_k},
                     lambda q: np.array(index.get_nns_by_vector(q, 100, search_k=search_k)), build, size, before)  # fmt: skip
@@ -185,8 +188,8 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
 
             def reduced_then_exact(query, pool):
                 candidates = np.asarray(index.get_nns_by_vector((query - mean) @ components, pool), dtype=np.int64)
-                distances = exact_distances(descriptors[candidates], query, "cosine",
-                                            in_memory.squared_norms[candidates])  # fmt: skip
+                distances = exact_distances(descriptors[candidates], query, Metric.COSINE,
+                                            in_memory.norms[candidates])  # fmt: skip
                 return candidates[np.lexsort((candidates, distances))[:100]]
 
             for pool in pools:

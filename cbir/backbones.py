@@ -1,7 +1,9 @@
-"""The six backbone networks, as data, and the one function that turns a row into a model.
+"""The six backbone networks, as data, and the trunk each recipe runs.
 
-Adding a seventh backbone means adding one `Backbone(...)` row to `BACKBONES`; nothing else in the
-project names a network.
+A backbone is one `Backbone(...)` row of `BACKBONES`; nothing else in the project names a network.
+A trunk is the built network a recipe's pooling reads: the convolutional feature map, or, for the
+study's descriptor of VGG16, its `fc1` layer. `ExtractorCache` builds each trunk once per process
+and gives out `FeatureExtractor`s (trunk + pooling) per recipe.
 
 Keras/TensorFlow are imported inside functions so that `import cbir` stays cheap (the app starts
 answering before any network is built).
@@ -14,10 +16,16 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from cbir.errors import CbirError, SettingsError
+
+if TYPE_CHECKING:
+    from cbir.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +37,15 @@ UNTRAINED_SEED = 1234
 
 @dataclass(frozen=True)
 class Backbone:
-    """One row of the registry: everything needed to build the network and read a descriptor."""
+    """One row of the registry: everything needed to build the network and read its outputs."""
 
     name: str
     constructor: str  # attribute of keras.applications
     module: str  # keras.applications.<module>.preprocess_input is this network's own preprocessing
     input_size: int  # the size its ImageNet weights were trained at
-    dim: int
-    # Layer whose output is the descriptor, taken from the full classifier (include_top=True).
-    # None: the network without its top, global-average-pooled (pooling="avg").
+    dim: int  # dimension of the study's descriptor (the `gap` recipe)
+    # The study's descriptor is this layer of the full classifier (include_top=True) instead of the
+    # average of the convolutional map (VGG16: fc1).
     feature_layer: str | None = None
     # Smallest input the architecture accepts: tests and smoke runs use small inputs to stay fast.
     min_input_size: int = 32
@@ -68,62 +76,76 @@ DEFAULT_BACKBONE = "xception"
 
 
 def get_backbone(name: str) -> Backbone:
-    """Look a backbone up by name; an unknown name raises ValueError listing the known ones."""
+    """Look a backbone up by name; an unknown name raises SettingsError listing the known ones."""
     try:
         return BACKBONES[name]
     except KeyError:
         known = ", ".join(BACKBONES)
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {known}") from None
+        raise SettingsError(f"unknown backbone {name!r}; known backbones: {known}") from None
 
 
 def parse_backbones(text: str) -> list[Backbone]:
-    """'all' or a comma-separated list of names, as the command line gives them."""
+    """'all' (every backbone of the registry) or a comma-separated list of names."""
     if text.strip().lower() == "all":
         return list(BACKBONES.values())
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
-        raise ValueError("no backbone given; use 'all' or names such as " + ", ".join(BACKBONES))
+        raise SettingsError("no backbone given; use 'all' or names such as " + ", ".join(BACKBONES))
     return [get_backbone(name) for name in names]
+
+
+class WeightsKind(str, Enum):
+    IMAGENET = "imagenet"
+    FILE = "file"
+    NONE = "none"
+
+
+class WeightsError(CbirError):
+    """A network that cannot be built with the weights asked for (download refused, bad file)."""
 
 
 @dataclass(frozen=True)
 class Weights:
     """Which weights a network carries: 'imagenet', a local weights file, or none (random init)."""
 
-    kind: str  # "imagenet" | "file" | "none"
+    kind: WeightsKind
     path: Path | None = None
     sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", WeightsKind(self.kind))
+
     @classmethod
-    def parse(cls, text: str | None) -> "Weights":
+    def parse(cls, text: str | None) -> Weights:
         value = (text or "imagenet").strip()
         if value.lower() == "imagenet":
-            return cls("imagenet")
+            return cls(WeightsKind.IMAGENET)
         if value.lower() in {"none", "untrained", "random"}:
-            return cls("none")
+            return cls(WeightsKind.NONE)
         path = Path(value).expanduser().resolve()
         if not path.is_file():
-            raise ValueError(
+            raise SettingsError(
                 f"weights must be 'imagenet', 'none' or a path to a weights file; {value!r} is none of these"
             )
-        return cls("file", path=path, sha256=_sha256_of(path))
+        return cls(WeightsKind.FILE, path=path, sha256=sha256_of(path))
 
     @property
     def untrained(self) -> bool:
-        return self.kind == "none"
+        return self.kind is WeightsKind.NONE
 
     @property
     def identity(self) -> str:
-        """A short string recorded in every manifest and result file."""
-        if self.kind == "imagenet":
+        """A short string recorded in every manifest and result file; equal identities give equal
+        descriptors (a weights file is named by its content, not its path)."""
+        if self.kind is WeightsKind.IMAGENET:
             return "imagenet"
-        if self.kind == "none":
+        if self.kind is WeightsKind.NONE:
             return f"untrained (random init, seed {UNTRAINED_SEED})"
         return f"file {self.path.name} sha256:{self.sha256[:16]}"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "path": str(self.path) if self.path else None,
             "sha256": self.sha256,
             "identity": self.identity,
@@ -131,19 +153,19 @@ class Weights:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Weights":
+    def from_json(cls, data: dict[str, Any]) -> Weights:
         path = Path(data["path"]) if data.get("path") else None
-        return cls(data["kind"], path=path, sha256=data.get("sha256"))
+        return cls(WeightsKind(data["kind"]), path=path, sha256=data.get("sha256"))
 
     def to_keras_argument(self) -> str | None:
-        if self.kind == "imagenet":
+        if self.kind is WeightsKind.IMAGENET:
             return "imagenet"
-        if self.kind == "file":
+        if self.kind is WeightsKind.FILE:
             return str(self.path)
         return None
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -156,20 +178,21 @@ def resolve_input_size(backbone: Backbone, requested: int | None) -> int:
     if requested is None or requested == backbone.input_size:
         return backbone.input_size
     if backbone.fixed_input_size:
-        raise ValueError(
+        raise SettingsError(
             f"{backbone.name} takes only {backbone.input_size} px inputs "
             f"(its {backbone.feature_layer} layer fixes the size)"
         )
     if requested < backbone.min_input_size:
-        raise ValueError(
+        raise SettingsError(
             f"{backbone.name} needs inputs of at least {backbone.min_input_size} px, not {requested}"
         )
     return requested
 
 
 @dataclass
-class FeatureExtractor:
-    """A built network and its preprocessing: uint8 RGB batches in, float32 descriptors out."""
+class Trunk:
+    """A built network and its preprocessing: uint8 RGB batches in, float32 outputs (feature maps,
+    or the study layer's vectors) out."""
 
     backbone: Backbone
     weights: Weights
@@ -179,8 +202,7 @@ class FeatureExtractor:
     # One forward pass at a time: the app serves requests from several threads.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def describe(self, batch: np.ndarray) -> np.ndarray:
-        """Descriptors for a (n, size, size, 3) uint8 batch, one row per image."""
+    def forward(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim == 3:
             batch = batch[None]
         expected = (self.input_size, self.input_size, 3)
@@ -190,10 +212,38 @@ class FeatureExtractor:
         pixels = self.preprocess(batch.astype(np.float32, copy=True))
         with self._lock:
             output = self.model.predict_on_batch(pixels)
-        descriptors = np.asarray(output, dtype=np.float32).reshape(len(batch), -1)
-        if descriptors.shape[1] != self.backbone.dim:
+        return np.asarray(output, dtype=np.float32)
+
+
+@dataclass
+class FeatureExtractor:
+    """A recipe made runnable: its trunk, then its pooling. uint8 batches in, descriptors out."""
+
+    recipe: Recipe
+    trunk: Trunk = field(repr=False)
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.trunk.backbone
+
+    @property
+    def weights(self) -> Weights:
+        return self.trunk.weights
+
+    @property
+    def input_size(self) -> int:
+        return self.trunk.input_size
+
+    @property
+    def model(self) -> Any:
+        return self.trunk.model
+
+    def describe(self, batch: np.ndarray) -> np.ndarray:
+        """Descriptors for a (n, size, size, 3) uint8 batch, one row per image."""
+        descriptors = self.recipe.pool(self.trunk.forward(batch))
+        if descriptors.shape[1] != self.recipe.dim:
             raise RuntimeError(
-                f"{self.backbone.name} produced {descriptors.shape[1]}-d descriptors, expected {self.backbone.dim}"
+                f"{self.recipe.key} produced {descriptors.shape[1]}-d descriptors, expected {self.recipe.dim}"
             )
         return descriptors
 
@@ -205,9 +255,13 @@ def keras_versions() -> dict[str, str]:
     return {"keras": keras.__version__, "tensorflow": tf.__version__}
 
 
-def build_extractor(backbone: Backbone, weights: Weights, input_size: int | None = None) -> FeatureExtractor:
+def build_trunk(backbone: Backbone, weights: Weights, input_size: int | None, *, study_layer: bool) -> Trunk:
     """Build the network for a registry row. ImageNet weights come from Keras' own download and
-    cache (under KERAS_HOME); a weights file is loaded as given; 'none' is random init."""
+    cache (under KERAS_HOME); a weights file is loaded as given; 'none' is random init.
+
+    `study_layer`: the classifier up to `backbone.feature_layer` (VGG16's fc1) instead of the
+    convolutional trunk.
+    """
     import keras
 
     size = resolve_input_size(backbone, input_size)
@@ -218,43 +272,53 @@ def build_extractor(backbone: Backbone, weights: Weights, input_size: int | None
         logger.warning("building %s with UNTRAINED (random) weights: results mean nothing", backbone.name)
     shape = (size, size, 3)
     try:
-        if backbone.feature_layer:
+        if study_layer and backbone.feature_layer:
             full = application(include_top=True, weights=weights.to_keras_argument(), input_shape=shape)
             model = keras.Model(full.input, full.get_layer(backbone.feature_layer).output, name=backbone.name)
         else:
-            model = application(
-                include_top=False, weights=weights.to_keras_argument(), input_shape=shape, pooling="avg"
-            )
+            model = application(include_top=False, weights=weights.to_keras_argument(), input_shape=shape)
     except Exception as error:  # Keras raises plain Exceptions for downloads and mismatched files
         hint = ""
-        if weights.kind == "imagenet":
+        if weights.kind is WeightsKind.IMAGENET:
             cache = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
             hint = (
                 f" Keras downloads ImageNet weights into {cache}/models; on a machine without internet, "
                 "copy the weights file there or pass --weights PATH."
             )
-        raise RuntimeError(f"could not build {backbone.name} with weights {weights.identity}: {error}.{hint}") from error
-    return FeatureExtractor(backbone, weights, size, model, preprocess)
+        raise WeightsError(f"could not build {backbone.name} with weights {weights.identity}: {error}.{hint}") from error
+    return Trunk(backbone, weights, size, model, preprocess)
+
+
+def build_extractor(recipe: Recipe) -> FeatureExtractor:
+    """A fresh extractor for a recipe (no cache: see ExtractorCache)."""
+    backbone = get_backbone(recipe.backbone)
+    trunk = build_trunk(backbone, recipe.weights, recipe.input_size, study_layer=recipe.uses_study_layer)
+    return FeatureExtractor(recipe, trunk)
 
 
 class ExtractorCache:
     """Built networks, kept for the life of the process: a second query never rebuilds a model.
 
-    Thread-safe, so that two simultaneous first requests build the network once.
+    Trunks are shared by the recipes that read the same network. Thread-safe, so that two
+    simultaneous first requests build the network once.
     """
 
     def __init__(self) -> None:
-        self._extractors: dict[tuple[str, str, int], FeatureExtractor] = {}
+        self._trunks: dict[tuple[str, str, int, bool], Trunk] = {}
         self._lock = threading.Lock()
 
-    def get(self, backbone: Backbone, weights: Weights, input_size: int | None = None) -> FeatureExtractor:
-        size = resolve_input_size(backbone, input_size)
-        key = (backbone.name, weights.identity, size)
+    def get(self, recipe: Recipe) -> FeatureExtractor:
+        key = (recipe.backbone, recipe.weights.identity, recipe.input_size, recipe.uses_study_layer)
         with self._lock:
-            if key not in self._extractors:
-                logger.info("building %s (%s, %d px)", backbone.name, weights.identity, size)
-                self._extractors[key] = build_extractor(backbone, weights, size)
-            return self._extractors[key]
+            if key not in self._trunks:
+                logger.info("building %s (%s, %d px)", recipe.backbone, recipe.weights.identity, recipe.input_size)
+                self._trunks[key] = build_trunk(
+                    get_backbone(recipe.backbone),
+                    recipe.weights,
+                    recipe.input_size,
+                    study_layer=recipe.uses_study_layer,
+                )
+            return FeatureExtractor(recipe, self._trunks[key])
 
     def __len__(self) -> int:
-        return len(self._extractors)
+        return len(self._trunks)

@@ -2,10 +2,11 @@
 
     python -m cbir.evaluate --collection oxford5k --backbones all
 
-For every query of every backbone x metric x query mode ("cropped" to the ground-truth box, the
-standard protocol; and "full", the whole query image, as a user uploading a photo would): rank the
-whole collection by exact search (AP needs the full ranking), score it with `cbir.metrics`, and
-also score the top 100 through the Annoy index so the cost of approximate search is visible.
+For every recipe x metric x query mode ("cropped" to the ground-truth box, the standard protocol;
+and "full", the whole query image, as a user uploading a photo would): rank the whole collection
+by exact search (AP needs the full ranking) with the same `rank` the search uses, and score it
+under every protocol the ground truth speaks (`cbir.protocols`); also score the top 100 returned
+by the index's store, so the cost of approximate search is visible.
 """
 
 from __future__ import annotations
@@ -17,37 +18,42 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from cbir.backbones import BACKBONES, keras_versions
-from cbir.build import SavedCollection, read_collection
-from cbir.images import ImageError
-from cbir.index import IndexLoadError, LoadedIndex, Manifest, check_metric
+from cbir import atomic
+from cbir.backbones import BACKBONES, keras_versions, parse_backbones
+from cbir.datasets.model import ids_to_paths, image_id
+from cbir.distances import Metric
+from cbir.errors import CbirError
+from cbir.index import LoadedIndex
+from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, build_command
 from cbir.metrics import QueryScores, average_precision, interpolated_precision_11, mean_scores, score_query
+from cbir.pooling import Pooling
+from cbir.protocols import Protocol, QueryMode, get_protocol, protocols_for
 from cbir.search import SearchEngine
 
 logger = logging.getLogger(__name__)
 
-RESULTS_SCHEMA_VERSION = 1
-RESULTS_FOLDER = "evaluation"
+RESULTS_SCHEMA_VERSION = 2
+READABLE_RESULTS_SCHEMAS = (1, 2)
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.csv"
 PR_CURVES_FILE = "pr_curves.png"
-QUERY_MODES = ("cropped", "full")
-ANNOY_DEPTH = 100
+STORE_DEPTH = 100
 
-PROTOCOL = (
-    "Positives = good + ok; junk images are removed from the ranking before scoring; queries without "
-    "positives are left out of the means. mAP (Oxford) uses the dataset's own compute_ap (trapezoidal); "
-    "mAP is standard non-interpolated AP over the full ranking; mAP 11-pt is 11-point interpolated AP. "
-    "Rankings come from exact search over the whole collection; mAP@100 (Annoy) scores the top 100 "
-    "returned by the Annoy index (positives beyond it count as missed). 'cropped' queries use the "
-    "ground-truth box (standard); 'full' queries use the whole query image."
+PROTOCOL_NOTE = (
+    "Ignored images (junk) are removed from the ranking before scoring; queries without positives are "
+    "left out of the means. mAP (Oxford) uses the dataset's own compute_ap (trapezoidal); mAP is standard "
+    "non-interpolated AP over the full ranking; mAP 11-pt is 11-point interpolated AP. Rankings come from "
+    "exact search over the whole collection; mAP@100 (store) scores the top 100 returned by the index's "
+    "store (Annoy by default; positives beyond it count as missed). 'cropped' queries use the ground-truth "
+    "box (standard); 'full' queries use the whole query image."
 )
 STUDY_MEASURE_NOTE = (
     "The study's figures score only the top G results (G = number of positives), keep junk and ignore "
@@ -56,20 +62,8 @@ STUDY_MEASURE_NOTE = (
 )
 
 
-def results_folder(index_root: Path, collection: str) -> Path:
-    return Path(index_root) / collection / RESULTS_FOLDER
-
-
-def load_results(index_root: Path, collection: str) -> dict[str, Any] | None:
-    """The results file of a collection, or None if it has not been evaluated yet."""
-    path = results_folder(index_root, collection) / RESULTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
-        return None
-    return data
+class EvaluationError(CbirError):
+    """A collection or index that cannot be evaluated as asked; the message says what to do."""
 
 
 def study_reported() -> dict[str, Any]:
@@ -80,45 +74,174 @@ def study_reported() -> dict[str, Any]:
 
 @dataclass
 class EvaluationSettings:
-    index_root: Path
+    index_dir: Path
     collection: str
-    backbones: Sequence[str] | None = None  # None: every backbone with an index for the collection
-    metrics: Sequence[str] = ("cosine", "euclidean")
-    query_modes: Sequence[str] = QUERY_MODES
+    recipes: Sequence[str] | None = None  # recipe keys; None: every index built for the collection
+    metrics: Sequence[Metric] = (Metric.COSINE, Metric.EUCLIDEAN)
+    query_modes: Sequence[QueryMode] = (QueryMode.CROPPED, QueryMode.FULL)
+    protocols: Sequence[Protocol] | None = None  # None: every protocol the ground truth speaks
     progress: bool = True
 
 
 @dataclass
 class QueryRun:
-    """One query of one backbone x metric x mode: its scores and what it cost."""
+    """One query of one recipe x metric x mode under one protocol: its scores and what it cost."""
 
     query: str
     scores: QueryScores | None
-    ap_at_100_annoy: float | None
+    ap_at_100_store: float | None
     describe_seconds: float
     exact_seconds: float
-    annoy_seconds: float
+    store_seconds: float
     eleven_point: np.ndarray | None  # interpolated precision at recall 0.0 .. 1.0
 
 
-def _query_paths(loaded: LoadedIndex) -> dict[str, str]:
-    """Image id (file stem, as the ground truth names images) -> relative path, skipped ones included."""
+@dataclass(frozen=True)
+class RowKey:
+    recipe: str
+    protocol: str
+    metric: str
+    query_mode: str
+
+
+@dataclass
+class ResultRow:
+    """One row of the results table: the means over a protocol's queries."""
+
+    recipe: str
+    backbone: str
+    protocol: str
+    metric: str
+    query_mode: str
+    weights: str
+    untrained: bool
+    store: str
+    map_oxford: float
+    map: float
+    map_11point: float
+    map_at_100_store: float
+    mp_at_1: float
+    mp_at_5: float
+    mp_at_10: float
+    study_map: float
+    study_map_11point: float
+    mean_query_seconds: float  # what a user of the app waits for: descriptor + store search
+    mean_describe_seconds: float
+    mean_exact_search_seconds: float
+    mean_store_search_seconds: float
+    n_queries: int
+    n_skipped: int
+    n_images: int
+    input_size: int
+    skipped_queries: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> RowKey:
+        return RowKey(self.recipe, self.protocol, self.metric, self.query_mode)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResultRow:
+        data = dict(data)
+        if "recipe" not in data:  # results written before recipes and protocols (schema 1)
+            data.update(recipe=data["backbone"], protocol="standard", store="annoy")
+            data["map_at_100_store"] = data.pop("map_at_100_annoy", float("nan"))
+            data["mean_store_search_seconds"] = data.pop("mean_annoy_search_seconds", float("nan"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class PrCurve:
+    recipe: str
+    protocol: str
+    metric: str
+    query_mode: str
+    untrained: bool
+    precision: list[float]  # mean 11-point interpolated precision at recall 0.0 .. 1.0
+
+    @property
+    def key(self) -> RowKey:
+        return RowKey(self.recipe, self.protocol, self.metric, self.query_mode)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PrCurve:
+        data = dict(data)
+        if "recipe" not in data:
+            data.update(recipe=data["backbone"], protocol="standard")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Results:
+    collection: str
+    rows: list[ResultRow]
+    pr_curves: list[PrCurve]
+    protocols: dict[str, str]  # protocol name -> description
+    created: str
+    versions: dict[str, str]
+    note: str = PROTOCOL_NOTE
+    study_measure_note: str = STUDY_MEASURE_NOTE
+    files: dict[str, str] = field(default_factory=lambda: {"per_query": PER_QUERY_FILE, "pr_curves": PR_CURVES_FILE})
+    schema_version: int = RESULTS_SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Results:
+        return cls(
+            collection=data["collection"],
+            rows=[ResultRow.from_json(row) for row in data.get("rows", [])],
+            pr_curves=[PrCurve.from_json(curve) for curve in data.get("pr_curves", [])],
+            protocols=data.get("protocols", {"standard": data.get("protocol", "")}),
+            created=data.get("created", ""),
+            versions=data.get("versions", {}),
+            note=data.get("note", data.get("protocol", PROTOCOL_NOTE)),
+            files=data.get("files", {"per_query": PER_QUERY_FILE, "pr_curves": PR_CURVES_FILE}),
+            schema_version=data.get("schema_version", RESULTS_SCHEMA_VERSION),
+        )
+
+
+def results_folder(index_dir: Path, collection: str) -> Path:
+    return IndexLayout(index_dir).results_dir(collection)
+
+
+def load_results(index_dir: Path, collection: str) -> Results | None:
+    """The results of a collection, or None if it has not been evaluated (or not readably)."""
+    path = results_folder(index_dir, collection) / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema_version") not in READABLE_RESULTS_SCHEMAS:
+            return None
+        return Results.from_json(data)
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _query_paths(loaded: LoadedIndex) -> tuple[dict[str, str], frozenset[str]]:
+    """Image id -> relative path over the indexed and the skipped images, and the ambiguous ids."""
     manifest = loaded.manifest
-    relpaths = list(manifest.images) + [entry["image"] for entry in manifest.skipped]
-    return {Path(relpath).stem: relpath for relpath in relpaths}
+    return ids_to_paths(list(manifest.images) + [entry.image for entry in manifest.skipped])
 
 
-def evaluate_backbone(
+def evaluate_recipe(
     engine: SearchEngine,
-    saved: SavedCollection,
-    backbone: str,
+    record: CollectionRecord,
+    recipe: str,
+    protocols: Sequence[Protocol],
     settings: EvaluationSettings,
-) -> dict[tuple[str, str], list[QueryRun]]:
-    """Runs of every query, per (metric, query mode), for one backbone."""
-    loaded = engine.index(saved.name, backbone)
-    ids = [Path(relpath).stem for relpath in loaded.manifest.images]
-    paths = _query_paths(loaded)
-    runs: dict[tuple[str, str], list[QueryRun]] = {(m, q): [] for m in settings.metrics for q in settings.query_modes}
+) -> dict[RowKey, list[QueryRun]]:
+    """Runs of every query, per protocol x metric x query mode, for one recipe."""
+    loaded = engine.index(record.name, recipe)
+    ids = [image_id(relpath) for relpath in loaded.manifest.images]
+    paths, ambiguous = _query_paths(loaded)
+    runs: dict[RowKey, list[QueryRun]] = {
+        RowKey(recipe, p.name, m.value, q.value): []
+        for p in protocols
+        for m in settings.metrics
+        for q in settings.query_modes
+    }
     # One untimed pass first: building the network and tracing it for single images is set-up, not
     # query time, and would otherwise land on whichever query happens to come first.
     extractor = engine.extractor_for(loaded)
@@ -127,36 +250,40 @@ def evaluate_backbone(
     if settings.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(saved.queries) * len(settings.query_modes), desc=f"evaluate {backbone}", unit="query")
+        bar = tqdm(total=len(record.queries) * len(settings.query_modes), desc=f"evaluate {recipe}", unit="query")
     for mode in settings.query_modes:
-        for query in saved.queries:
+        for query in record.queries:
             if query.image not in paths:
-                raise RuntimeError(f"query image {query.image} of {query.name} is not in the collection")
+                why = "names several images" if query.image in ambiguous else "is not in the collection"
+                raise EvaluationError(f"query image {query.image} of {query.name} {why}")
             started = time.perf_counter()
             descriptor = engine.describe(
-                saved.root / paths[query.image],
-                collection=saved.name,
-                backbone=backbone,
-                box=query.box if mode == "cropped" else None,
+                record.root / paths[query.image],
+                collection=record.name,
+                recipe=recipe,
+                box=query.box if mode is QueryMode.CROPPED else None,
                 name=paths[query.image],
             )
             describe_seconds = time.perf_counter() - started
             for metric in settings.metrics:
                 started = time.perf_counter()
-                rows, _ = loaded.search_exact(descriptor, metric)
+                full = engine.rank(loaded, descriptor, metric, None)
                 exact_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                annoy_rows, _ = loaded.search_annoy(descriptor, metric, min(ANNOY_DEPTH, len(loaded)))
-                annoy_seconds = time.perf_counter() - started
-                ranking = [ids[row] for row in rows]
-                scores = score_query(ranking, query.good, query.ok, query.junk)
-                ap_at_100 = eleven = None
-                if scores is not None:
-                    ap_at_100 = average_precision([ids[row] for row in annoy_rows], query.positives, query.junk)
-                    eleven = interpolated_precision_11(ranking, query.positives, query.junk)
-                runs[(metric, mode)].append(
-                    QueryRun(query.name, scores, ap_at_100, describe_seconds, exact_seconds, annoy_seconds, eleven)
-                )
+                top = engine.rank(loaded, descriptor, metric, min(STORE_DEPTH, len(loaded)), exact=False)
+                store_seconds = time.perf_counter() - started
+                ranking = [ids[row] for row in full.rows]
+                top_ranking = [ids[row] for row in top.rows]
+                for protocol in protocols:
+                    positives, ignored = protocol.positives(query), protocol.ignored_ids(query)
+                    scores = score_query(ranking, positives, ignored)
+                    ap_at_100 = eleven = None
+                    if scores is not None:
+                        ap_at_100 = average_precision(top_ranking, positives, ignored)
+                        eleven = interpolated_precision_11(ranking, positives, ignored)
+                    runs[RowKey(recipe, protocol.name, metric.value, mode.value)].append(
+                        QueryRun(query.name, scores, ap_at_100, describe_seconds, exact_seconds, store_seconds, eleven)
+                    )
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -164,101 +291,107 @@ def evaluate_backbone(
     return runs
 
 
-def summarise(backbone: str, manifest: Manifest, metric: str, mode: str, runs: list[QueryRun]) -> dict[str, Any]:
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def summarise(key: RowKey, loaded: LoadedIndex, runs: list[QueryRun]) -> ResultRow:
     """One row of the results table."""
+    manifest = loaded.manifest
     means = mean_scores([run.scores for run in runs])
-    annoy = [run.ap_at_100_annoy for run in runs if run.ap_at_100_annoy is not None]
-    describe = float(np.mean([run.describe_seconds for run in runs])) if runs else float("nan")
-    annoy_search = float(np.mean([run.annoy_seconds for run in runs])) if runs else float("nan")
-    exact_search = float(np.mean([run.exact_seconds for run in runs])) if runs else float("nan")
-    return {
-        "backbone": backbone,
-        "weights": manifest.weights_identity,
-        "untrained": manifest.untrained,
-        "metric": metric,
-        "query_mode": mode,
-        "map_oxford": means["ap_oxford"],
-        "map": means["ap"],
-        "map_11point": means["ap_11point"],
-        "map_at_100_annoy": float(np.mean(annoy)) if annoy else float("nan"),
-        "mp_at_1": means["precision_at"].get(1, float("nan")),
-        "mp_at_5": means["precision_at"].get(5, float("nan")),
-        "mp_at_10": means["precision_at"].get(10, float("nan")),
-        "study_map": means["study_ap"],
-        "study_map_11point": means["study_ap_11point"],
-        # What a user of the app waits for: descriptor + Annoy search.
-        "mean_query_seconds": describe + annoy_search,
-        "mean_describe_seconds": describe,
-        "mean_exact_search_seconds": exact_search,
-        "mean_annoy_search_seconds": annoy_search,
-        "n_queries": means["n_queries"],
-        "n_skipped": means["n_skipped"],
-        "skipped_queries": [run.query for run in runs if run.scores is None],
-        "n_images": len(manifest.images),
-        "input_size": manifest.input_size,
-    }
+    describe = _mean([run.describe_seconds for run in runs])
+    store_search = _mean([run.store_seconds for run in runs])
+    return ResultRow(
+        recipe=key.recipe,
+        backbone=manifest.recipe.backbone,
+        protocol=key.protocol,
+        metric=key.metric,
+        query_mode=key.query_mode,
+        weights=manifest.recipe.weights.identity,
+        untrained=manifest.untrained,
+        store=manifest.store.kind,
+        map_oxford=means["ap_oxford"],
+        map=means["ap"],
+        map_11point=means["ap_11point"],
+        map_at_100_store=_mean([run.ap_at_100_store for run in runs if run.ap_at_100_store is not None]),
+        mp_at_1=means["precision_at"].get(1, float("nan")),
+        mp_at_5=means["precision_at"].get(5, float("nan")),
+        mp_at_10=means["precision_at"].get(10, float("nan")),
+        study_map=means["study_ap"],
+        study_map_11point=means["study_ap_11point"],
+        mean_query_seconds=describe + store_search,
+        mean_describe_seconds=describe,
+        mean_exact_search_seconds=_mean([run.exact_seconds for run in runs]),
+        mean_store_search_seconds=store_search,
+        n_queries=means["n_queries"],
+        n_skipped=means["n_skipped"],
+        n_images=len(manifest.images),
+        input_size=manifest.recipe.input_size,
+        skipped_queries=[run.query for run in runs if run.scores is None],
+    )
 
 
-def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | None = None) -> dict[str, Any]:
-    """Evaluate, write the results files (merged with earlier rows of other backbones), return them."""
-    engine = engine or SearchEngine(settings.index_root)
-    saved = read_collection(settings.index_root, settings.collection)
-    if not saved.queries:
-        raise ValueError(
-            f"{settings.collection} has no ground-truth queries; only oxford5k and paris6k can be evaluated"
+def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | None = None) -> Results:
+    """Evaluate, write the results files (merged with earlier rows of other recipes), return them."""
+    engine = engine or SearchEngine(settings.index_dir)
+    record = engine.record(settings.collection)
+    if not record.queries:
+        raise EvaluationError(
+            f"{settings.collection} has no ground-truth queries: only collections with ground truth "
+            "(oxford5k, paris6k) can be scored by mAP"
         )
-    built = [info.backbone for info in engine.available() if info.collection == settings.collection]
-    backbones = list(settings.backbones) if settings.backbones else built
-    missing = [name for name in backbones if name not in built]
+    protocols = list(settings.protocols) if settings.protocols else protocols_for(record.queries)
+    if not protocols:
+        raise EvaluationError(f"no known protocol reads the labels of {settings.collection}'s ground truth")
+    built = [info.key for info in engine.available() if info.collection == settings.collection]
+    recipes = list(settings.recipes) if settings.recipes else built
+    missing = [key for key in recipes if key not in built]
     if missing:
+        backbones = ",".join(key.split("-")[0] for key in missing)
         raise IndexLoadError(
-            f"no index for {', '.join(missing)} on {settings.collection}. Build it: python build_index.py "
-            f"--dataset {settings.collection} --backbones {','.join(missing)}"
+            f"no index for {', '.join(missing)} on {settings.collection}. Build it: "
+            f"{build_command(settings.collection)} --backbones {backbones}"
         )
-    for metric in settings.metrics:
-        check_metric(metric)
+    if not recipes:
+        raise IndexLoadError(f"nothing is built for {settings.collection}. Build it: {build_command(settings.collection)}")
+    if not record.images_found:
+        raise EvaluationError(record.missing_images_message())
     rows, curves, per_query = [], [], []
-    for backbone in backbones:
-        manifest = engine.index(settings.collection, backbone).manifest
-        runs = evaluate_backbone(engine, saved, backbone, settings)
-        for (metric, mode), query_runs in runs.items():
-            rows.append(summarise(backbone, manifest, metric, mode, query_runs))
+    for recipe in recipes:
+        loaded = engine.index(settings.collection, recipe)
+        runs = evaluate_recipe(engine, record, recipe, protocols, settings)
+        for key, query_runs in runs.items():
+            rows.append(summarise(key, loaded, query_runs))
             elevens = [run.eleven_point for run in query_runs if run.eleven_point is not None]
-            curves.append(
-                {
-                    "backbone": backbone,
-                    "metric": metric,
-                    "query_mode": mode,
-                    "untrained": manifest.untrained,
-                    "precision": np.mean(elevens, axis=0).tolist() if elevens else [],
-                }
-            )
-            per_query.extend(_per_query_rows(backbone, metric, mode, query_runs))
-    return write_results(settings.index_root, settings.collection, rows, curves, per_query)
+            precision = np.mean(elevens, axis=0).tolist() if elevens else []
+            curves.append(PrCurve(key.recipe, key.protocol, key.metric, key.query_mode, loaded.manifest.untrained, precision))
+            per_query.extend(_per_query_rows(key, query_runs))
+    return write_results(settings.index_dir, settings.collection, rows, curves, per_query, protocols)
 
 
 PER_QUERY_COLUMNS = [
-    "backbone", "metric", "query_mode", "query", "n_positives", "ap_oxford", "ap", "ap_11point",
-    "ap_at_100_annoy", "p_at_1", "p_at_5", "p_at_10", "study_ap", "study_ap_11point",
-    "describe_seconds", "exact_search_seconds", "annoy_search_seconds",
+    "recipe", "protocol", "metric", "query_mode", "query", "n_positives", "ap_oxford", "ap", "ap_11point",
+    "ap_at_100_store", "p_at_1", "p_at_5", "p_at_10", "study_ap", "study_ap_11point",
+    "describe_seconds", "exact_search_seconds", "store_search_seconds",
 ]  # fmt: skip
 
 
-def _per_query_rows(backbone: str, metric: str, mode: str, runs: list[QueryRun]) -> list[dict[str, Any]]:
+def _per_query_rows(key: RowKey, runs: list[QueryRun]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         s = run.scores
         rows.append(
             {
-                "backbone": backbone,
-                "metric": metric,
-                "query_mode": mode,
+                "recipe": key.recipe,
+                "protocol": key.protocol,
+                "metric": key.metric,
+                "query_mode": key.query_mode,
                 "query": run.query,
                 "n_positives": s.n_positives if s else 0,
                 "ap_oxford": s.ap_oxford if s else "",
                 "ap": s.ap if s else "",
                 "ap_11point": s.ap_11point if s else "",
-                "ap_at_100_annoy": run.ap_at_100_annoy if s else "",
+                "ap_at_100_store": run.ap_at_100_store if s else "",
                 "p_at_1": s.precision_at[1] if s else "",
                 "p_at_5": s.precision_at[5] if s else "",
                 "p_at_10": s.precision_at[10] if s else "",
@@ -266,121 +399,138 @@ def _per_query_rows(backbone: str, metric: str, mode: str, runs: list[QueryRun])
                 "study_ap_11point": s.study_ap_11point if s else "",
                 "describe_seconds": run.describe_seconds,
                 "exact_search_seconds": run.exact_seconds,
-                "annoy_search_seconds": run.annoy_seconds,
+                "store_search_seconds": run.store_seconds,
             }
         )
     return rows
 
 
-def _key(row: dict[str, Any]) -> tuple[str, str, str]:
-    return (row["backbone"], row["metric"], row["query_mode"])
+def _csv_key(row: dict[str, Any]) -> RowKey:
+    return RowKey(row.get("recipe") or row["backbone"], row.get("protocol") or "standard", row["metric"], row["query_mode"])
+
+
+def _sort_key(key: RowKey) -> tuple:
+    order = {name: i for i, name in enumerate(BACKBONES)}
+    return (order.get(key.recipe.split("-")[0], 99), key.recipe, key.protocol, key.metric, key.query_mode)
 
 
 def write_results(
-    index_root: Path,
+    index_dir: Path,
     collection: str,
-    rows: list[dict[str, Any]],
-    curves: list[dict[str, Any]],
+    rows: list[ResultRow],
+    curves: list[PrCurve],
     per_query: list[dict[str, Any]],
-) -> dict[str, Any]:
+    protocols: Sequence[Protocol],
+) -> Results:
     """Write results.json, per_query.csv and pr_curves.png atomically, keeping earlier rows of
-    backbone x metric x mode combinations that this run did not evaluate."""
-    folder = results_folder(index_root, collection)
+    recipe x protocol x metric x mode combinations that this run did not evaluate."""
+    folder = results_folder(index_dir, collection)
     folder.mkdir(parents=True, exist_ok=True)
-    fresh = {_key(row) for row in rows}
-    earlier = load_results(index_root, collection) or {}
-    rows = [r for r in earlier.get("rows", []) if _key(r) not in fresh] + rows
-    curves = [c for c in earlier.get("pr_curves", []) if _key(c) not in fresh] + curves
-    order = {name: i for i, name in enumerate(BACKBONES)}
-    sort_key = lambda r: (order.get(r["backbone"], 99), r["metric"], r["query_mode"])  # noqa: E731
-    rows.sort(key=sort_key)
-    curves.sort(key=sort_key)
+    fresh = {row.key for row in rows}
+    earlier = load_results(index_dir, collection)
+    if earlier is not None:
+        rows = [r for r in earlier.rows if r.key not in fresh] + rows
+        curves = [c for c in earlier.pr_curves if c.key not in fresh] + curves
+    rows.sort(key=lambda r: _sort_key(r.key))
+    curves.sort(key=lambda c: _sort_key(c.key))
 
     per_query_path = folder / PER_QUERY_FILE
     if per_query_path.exists():
         with open(per_query_path, newline="") as handle:
-            kept = [r for r in csv.DictReader(handle) if _key(r) not in fresh]
+            kept = [r for r in csv.DictReader(handle) if _csv_key(r) not in fresh]
+        for row in kept:  # rows of an older file get the columns this one has
+            row.setdefault("recipe", row.get("backbone"))
+            row.setdefault("protocol", "standard")
+            row.setdefault("ap_at_100_store", row.get("ap_at_100_annoy", ""))
+            row.setdefault("store_search_seconds", row.get("annoy_search_seconds", ""))
         per_query = kept + per_query
-    per_query.sort(key=lambda r: (*sort_key(r), r["query"]))
+    per_query.sort(key=lambda r: (_sort_key(_csv_key(r)), r["query"]))
 
-    results = {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "collection": collection,
-        "protocol": PROTOCOL,
-        "study_measure_note": STUDY_MEASURE_NOTE,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": keras_versions() | {"numpy": np.__version__},
-        "rows": rows,
-        "pr_curves": curves,
-        "files": {"per_query": PER_QUERY_FILE, "pr_curves": PR_CURVES_FILE},
-    }
-    _write_atomic(folder / PER_QUERY_FILE, lambda path: _write_csv(path, per_query))
-    _write_atomic(folder / PR_CURVES_FILE, lambda path: plot_pr_curves(curves, collection, path))
+    described = dict(earlier.protocols) if earlier is not None else {}
+    described.update({protocol.name: protocol.description for protocol in protocols})
+    results = Results(
+        collection=collection,
+        rows=rows,
+        pr_curves=curves,
+        protocols=described,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        versions=keras_versions() | {"numpy": np.__version__},
+    )
+    atomic.write_file(folder / PER_QUERY_FILE, lambda path: _write_csv(path, per_query))
+    atomic.write_file(folder / PR_CURVES_FILE, lambda path: plot_pr_curves(curves, collection, path))
     # Written last, so a results file never points at a curve picture from an older run.
-    _write_atomic(folder / RESULTS_FILE, lambda path: path.write_text(json.dumps(results, indent=1)))
+    atomic.write_text(folder / RESULTS_FILE, json.dumps(results.to_json(), indent=1))
     return results
-
-
-def _write_atomic(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PER_QUERY_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=PER_QUERY_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def plot_pr_curves(curves: list[dict[str, Any]], collection: str, path: Path) -> None:
-    """Mean 11-point interpolated precision/recall, one line per backbone, a panel per query mode
-    (cosine metric, the app's default)."""
+def plot_pr_curves(curves: list[PrCurve], collection: str, path: Path) -> None:
+    """Mean 11-point interpolated precision/recall, one line per recipe (and protocol, where a
+    collection has several), a panel per query mode (cosine metric, the app's default)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = [mode for mode in QUERY_MODES if any(c["query_mode"] == mode for c in curves)] or ["cropped"]
+    modes = [mode.value for mode in QueryMode if any(c.query_mode == mode.value for c in curves)] or ["cropped"]
+    several = len({c.protocol for c in curves}) > 1
     figure, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
     recall = np.linspace(0.0, 1.0, 11)
     for axis, mode in zip(axes[0], modes):
         for curve in curves:
-            if curve["query_mode"] != mode or curve["metric"] != "cosine" or not curve["precision"]:
+            if curve.query_mode != mode or curve.metric != Metric.COSINE.value or not curve.precision:
                 continue
-            label = curve["backbone"] + (" (untrained)" if curve["untrained"] else "")
-            axis.plot(recall, curve["precision"], marker="o", markersize=3, label=label)
+            label = curve.recipe + (f" ({curve.protocol})" if several else "") + (" (untrained)" if curve.untrained else "")
+            axis.plot(recall, curve.precision, marker="o", markersize=3, label=label)
         axis.set(xlabel="recall", ylabel="interpolated precision", xlim=(0, 1), ylim=(0, 1.02))
         axis.set_title(f"{collection}: {mode} queries, cosine")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=110)
+    with open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
 
 
-def format_summary(results: dict[str, Any]) -> str:
-    """A table a person can read, one row per backbone x metric x query mode."""
+def format_summary(results: Results) -> str:
+    """A table a person can read, one row per recipe x protocol x metric x query mode."""
     header = (
-        f"{'backbone':<20} {'metric':<9} {'queries':<7} {'mAP(Ox)':>8} {'mAP':>7} {'mAP11':>7} "
-        f"{'mAP@100A':>9} {'mP@1':>6} {'mP@10':>6} {'studyAP':>8} {'ms/query':>9}"
+        f"{'recipe':<20} {'protocol':<9} {'metric':<9} {'queries':<7} {'mAP(Ox)':>8} {'mAP':>7} {'mAP11':>7} "
+        f"{'mAP@100S':>9} {'mP@1':>6} {'mP@10':>6} {'studyAP':>8} {'ms/query':>9}"
     )
-    lines = [f"{results['collection']}: {len(results['rows'])} rows", header, "-" * len(header)]
-    for row in results["rows"]:
-        name = row["backbone"] + ("*" if row["untrained"] else "")
+    lines = [f"{results.collection}: {len(results.rows)} rows", header, "-" * len(header)]
+    for row in results.rows:
+        name = row.recipe + ("*" if row.untrained else "")
         lines.append(
-            f"{name:<20} {row['metric']:<9} {row['query_mode']:<7} {row['map_oxford']:>8.3f} {row['map']:>7.3f} "
-            f"{row['map_11point']:>7.3f} {row['map_at_100_annoy']:>9.3f} {row['mp_at_1']:>6.3f} "
-            f"{row['mp_at_10']:>6.3f} {row['study_map']:>8.3f} {1000 * row['mean_query_seconds']:>9.1f}"
+            f"{name:<20} {row.protocol:<9} {row.metric:<9} {row.query_mode:<7} {row.map_oxford:>8.3f} {row.map:>7.3f} "
+            f"{row.map_11point:>7.3f} {row.map_at_100_store:>9.3f} {row.mp_at_1:>6.3f} "
+            f"{row.mp_at_10:>6.3f} {row.study_map:>8.3f} {1000 * row.mean_query_seconds:>9.1f}"
         )
-    if any(row["untrained"] for row in results["rows"]):
+    if any(row.untrained for row in results.rows):
         lines.append("* untrained (random) weights: these numbers measure nothing but the code path")
-    lines.append(f"files: {results['files']}")
+    lines.append("mAP@100S: mAP of the top 100 returned by the index's store (Annoy by default)")
+    lines.append(f"files: {results.files}")
     return "\n".join(lines)
+
+
+def recipes_to_evaluate(text: str, pooling: Pooling, built: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(recipe keys to evaluate, keys asked for that are not built) for a --backbones value.
+
+    'all' means every backbone of the registry, as in build_index.py: the ones not built are
+    reported and left out. Backbones named one by one must be built.
+    """
+    from cbir.recipe import Recipe
+
+    keys = [Recipe.create(b.name, pooling=pooling, weights="none").key for b in parse_backbones(text)]
+    if text.strip().lower() == "all":
+        return [k for k in keys if k in built], [k for k in keys if k not in built]
+    return keys, []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,32 +539,55 @@ def main(argv: list[str] | None = None) -> int:
         description="mAP of built indexes on a collection's ground-truth queries; writes results files "
         "under INDEX_DIR/COLLECTION/evaluation/ that the app shows.",
     )
-    parser.add_argument("--collection", default="oxford5k", help="oxford5k or paris6k (must be built)")
-    parser.add_argument("--backbones", default="all", help="comma-separated backbones, or 'all' built ones")
+    parser.add_argument(
+        "--collection", "--dataset", "--name", dest="collection", default="oxford5k",
+        help="the collection to evaluate (oxford5k, paris6k, or the --name it was built with)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backbones",
+        default="all",
+        help="comma-separated backbones, or 'all' (every backbone, as in build_index.py; those not built "
+        "for the collection are listed and left out)",
+    )
+    parser.add_argument("--pooling", default=Pooling.GAP.value, choices=[p.value for p in Pooling])
     parser.add_argument("--index-dir", type=Path, default=Path(os.environ.get("CBIR_INDEX_DIR", "indexes")))
     parser.add_argument("--metrics", default="cosine,euclidean")
-    parser.add_argument("--modes", default=",".join(QUERY_MODES), help="cropped (standard), full, or both")
+    parser.add_argument("--modes", default="cropped,full", help="cropped (standard), full, or both")
+    parser.add_argument("--protocols", help="comma-separated protocols (default: every one the ground truth has)")
     parser.add_argument("--no-progress", action="store_true")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    backbones = None if arguments.backbones == "all" else [b.strip() for b in arguments.backbones.split(",")]
-    modes = [m.strip() for m in arguments.modes.split(",") if m.strip()]
-    if any(mode not in QUERY_MODES for mode in modes):
-        parser.error(f"--modes takes {', '.join(QUERY_MODES)}")
-    settings = EvaluationSettings(
-        index_root=arguments.index_dir,
-        collection=arguments.collection,
-        backbones=backbones,
-        metrics=[m.strip() for m in arguments.metrics.split(",") if m.strip()],
-        query_modes=modes,
-        progress=not arguments.no_progress,
-    )
     try:
-        results = evaluate_collection(settings)
-    except (IndexLoadError, ImageError, ValueError, RuntimeError, OSError) as error:
+        modes = [QueryMode(m.strip()) for m in arguments.modes.split(",") if m.strip()]
+    except ValueError:
+        parser.error(f"--modes takes {', '.join(m.value for m in QueryMode)}")
+    try:
+        return run(arguments, modes)
+    except CbirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(results))
+
+
+def run(arguments: argparse.Namespace, modes: list[QueryMode]) -> int:
+    engine = SearchEngine(arguments.index_dir)
+    built = [info.key for info in engine.available() if info.collection == arguments.collection]
+    recipes, not_built = recipes_to_evaluate(arguments.backbones, Pooling(arguments.pooling), built)
+    if not_built and recipes:
+        logger.info("not built for %s, left out: %s", arguments.collection, ", ".join(not_built))
+    if not recipes:
+        raise IndexLoadError(
+            f"nothing is built for {arguments.collection}. Build it: {build_command(arguments.collection)}"
+        )
+    settings = EvaluationSettings(
+        index_dir=arguments.index_dir,
+        collection=arguments.collection,
+        recipes=recipes,
+        metrics=[Metric.parse(m.strip()) for m in arguments.metrics.split(",") if m.strip()],
+        query_modes=modes,
+        protocols=[get_protocol(p.strip()) for p in arguments.protocols.split(",")] if arguments.protocols else None,
+        progress=not arguments.no_progress,
+    )
+    print(format_summary(evaluate_collection(settings, engine)))
     return 0
 
 

@@ -2,7 +2,10 @@
 
 Decoding and resizing run in a thread pool (Pillow releases the GIL while it decodes and resizes)
 a few batches ahead of the network, so the network is rarely waiting for pixels. Finished work is
-checkpointed in chunks, so an extraction killed half way resumes from what it finished.
+checkpointed every `checkpoint_every` images, so an extraction killed half way resumes from what it
+finished -- but only work made by the same recipe over the same files: a checkpoint records the
+recipe's identity and each image's size and modification time, and anything else is described
+again.
 """
 
 from __future__ import annotations
@@ -12,22 +15,27 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
+from cbir import atomic
 from cbir.backbones import FeatureExtractor
 from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, load_for_network
+from cbir.index import Skipped
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
 # Images per checkpoint: small enough that a kill loses little, large enough that the
 # checkpoint files stay few (5,062 Oxford images -> 10 files).
-DEFAULT_CHUNK_SIZE = 512
+DEFAULT_CHECKPOINT_EVERY = 512
+# With progress bars off, a log line at most this often, so a long build can be watched in a log.
+LOG_EVERY_SECONDS = 30.0
+IDENTITY_FILE = "checkpoint.json"
 
 
 @dataclass
@@ -36,9 +44,9 @@ class ExtractionResult:
 
     descriptors: np.ndarray  # (n, dim) float32
     images: list[str]  # relative paths, same order as the rows
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"image": ..., "reason": ...}
+    skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
-    resumed_images: int = 0  # rows taken from checkpoints of an earlier, interrupted run
+    resumed_images: int = 0  # inputs taken from checkpoints of an earlier, interrupted run
 
     @property
     def images_per_second(self) -> float:
@@ -46,78 +54,120 @@ class ExtractionResult:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class Chunk:
+    """`checkpoint_every` consecutive inputs: what became rows, and what was skipped."""
+
+    inputs: list[str] = field(default_factory=list)
+    stamps: list[tuple[int, int]] = field(default_factory=list)  # (size, mtime_ns) per input
+    images: list[str] = field(default_factory=list)
+    parts: list[np.ndarray] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def descriptors(self, dim: int) -> np.ndarray:
+        return np.concatenate(self.parts).astype(np.float32, copy=False) if self.parts else np.zeros((0, dim), np.float32)
+
+
 ProgressCallback = Callable[[int, int], None]  # (images done, images total)
 
 
-def _decode(root: Path, relpath: str, size: int, limits: ImageLimits) -> np.ndarray | str:
-    """Pixels for the network, or the reason the image cannot be used."""
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns): what tells a replaced image from the one described."""
     try:
-        return load_for_network(root / relpath, size, limits=limits)
+        status = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (status.st_size, status.st_mtime_ns)
+
+
+def _decode(root: Path, relpath: str, size: int, limits: ImageLimits) -> tuple[tuple[int, int], np.ndarray | str]:
+    """The file's stamp and its pixels for the network, or the reason the image cannot be used.
+
+    Stamped before reading: a file replaced from then on is seen as changed by the next run.
+    """
+    stamp = file_stamp(root / relpath)
+    try:
+        return stamp, load_for_network(root / relpath, size, limits=limits)
     except ImageError as error:
-        return str(error)
+        return stamp, str(error)
 
 
-def _checkpoint_identity(extractor: FeatureExtractor) -> dict[str, object]:
-    return {
-        "backbone": extractor.backbone.name,
-        "weights": extractor.weights.identity,
-        "input_size": extractor.input_size,
-        "dim": extractor.backbone.dim,
-    }
+class Checkpoints:
+    """Finished chunks of one extraction, in a folder of its own."""
 
+    def __init__(self, folder: Path, identity: dict[str, object]) -> None:
+        self.folder = Path(folder)
+        self.identity = identity
 
-def _load_checkpoints(
-    checkpoint_dir: Path, relpaths: Sequence[str], chunk_size: int, identity: dict[str, object]
-) -> list[dict]:
-    """Finished chunks of an earlier run of the same extraction, in order, from the start."""
-    identity_file = checkpoint_dir / "checkpoint.json"
-    expected = {**identity, "chunk_size": chunk_size, "n_images": len(relpaths)}
-    if not identity_file.exists() or json.loads(identity_file.read_text()) != expected:
-        # Another backbone, other weights or another image list: nothing there is reusable.
-        for stale in checkpoint_dir.glob("chunk_*.npz"):
-            stale.unlink()
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic_text(identity_file, json.dumps(expected, indent=1))
-        return []
-    chunks = []
-    for start in range(0, len(relpaths), chunk_size):
-        path = checkpoint_dir / f"chunk_{start:08d}.npz"
-        if not path.exists():
-            break
+    def chunk_path(self, start: int) -> Path:
+        return self.folder / f"chunk_{start:08d}.npz"
+
+    def load(self, root: Path, relpaths: Sequence[str], checkpoint_every: int) -> list[Chunk]:
+        """The chunks an earlier run of the same extraction finished, in order, from the start."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        identity_file = self.folder / IDENTITY_FILE
         try:
-            with np.load(path, allow_pickle=False) as data:
-                chunk = {
-                    "inputs": [str(x) for x in data["inputs"]],
-                    "descriptors": data["descriptors"].astype(np.float32, copy=False),
-                    "images": [str(x) for x in data["images"]],
-                    "skipped": json.loads(str(data["skipped"])),
-                }
-        except Exception as error:  # a chunk cut off mid-write is only lost work, never an error
-            logger.warning("ignoring unreadable checkpoint %s: %s", path.name, error)
-            break
-        if chunk["inputs"] != list(relpaths[start : start + chunk_size]):
-            break
-        chunks.append(chunk)
-    return chunks
+            recorded = json.loads(identity_file.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != self.identity:
+            if recorded is not None:
+                changed = sorted(k for k in set(recorded) | set(self.identity) if recorded.get(k) != self.identity.get(k))
+                logger.info(
+                    "checkpoints in %s were made with another %s; describing every image again",
+                    self.folder,
+                    ", ".join(changed),
+                )
+            for stale in self.folder.glob("chunk_*.npz"):
+                stale.unlink()
+            atomic.write_text(identity_file, json.dumps(self.identity, indent=1))
+            return []
+        chunks = []
+        for start in range(0, len(relpaths), checkpoint_every):
+            path = self.chunk_path(start)
+            if not path.exists():
+                break
+            try:
+                chunk = _read_chunk(path)
+            except Exception as error:  # a chunk cut off mid-write is only lost work, never an error
+                logger.warning("ignoring unreadable checkpoint %s: %s", path.name, error)
+                break
+            expected = list(relpaths[start : start + checkpoint_every])
+            if chunk.inputs != expected:
+                break
+            changed = [
+                relpath for relpath, stamp in zip(chunk.inputs, chunk.stamps) if file_stamp(root / relpath) != stamp
+            ]
+            if changed:
+                logger.info("%s changed since it was described; describing again from image %d", changed[0], start)
+                break
+            chunks.append(chunk)
+        return chunks
+
+    def save(self, start: int, chunk: Chunk, dim: int) -> None:
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:
+                np.savez(
+                    handle,
+                    inputs=np.array(chunk.inputs, dtype=str),
+                    stamps=np.array(chunk.stamps, dtype=np.int64).reshape(-1, 2),
+                    descriptors=chunk.descriptors(dim),
+                    images=np.array(chunk.images, dtype=str),
+                    skipped=np.array(json.dumps([[s.image, s.reason] for s in chunk.skipped])),
+                )
+
+        atomic.write_file(self.chunk_path(start), write)
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-def _save_checkpoint(checkpoint_dir: Path, start: int, chunk: dict) -> None:
-    path = checkpoint_dir / f"chunk_{start:08d}.npz"
-    temporary = checkpoint_dir / f"chunk_{start:08d}.tmp.npz"
-    np.savez(
-        temporary,
-        inputs=np.array(chunk["inputs"], dtype=str),
-        descriptors=chunk["descriptors"],
-        images=np.array(chunk["images"], dtype=str),
-        skipped=np.array(json.dumps(chunk["skipped"])),
-    )
-    os.replace(temporary, path)
+def _read_chunk(path: Path) -> Chunk:
+    with np.load(path, allow_pickle=False) as data:
+        return Chunk(
+            inputs=[str(x) for x in data["inputs"]],
+            stamps=[(int(a), int(b)) for a, b in data["stamps"]],
+            images=[str(x) for x in data["images"]],
+            parts=[data["descriptors"].astype(np.float32, copy=False)],
+            skipped=[Skipped(image, reason) for image, reason in json.loads(str(data["skipped"]))],
+        )
 
 
 def extract_descriptors(
@@ -128,7 +178,7 @@ def extract_descriptors(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     checkpoint_dir: Path | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     limits: ImageLimits = DEFAULT_LIMITS,
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
@@ -142,24 +192,19 @@ def extract_descriptors(
     root = Path(root)
     relpaths = list(relpaths)
     total = len(relpaths)
-    chunk_size = max(batch_size, chunk_size - chunk_size % batch_size)
-    chunks: list[dict] = []
+    dim = extractor.recipe.dim
+    checkpoint_every = max(batch_size, checkpoint_every - checkpoint_every % batch_size)
+    chunks: list[Chunk] = []
+    checkpoints = None
     if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        chunks = _load_checkpoints(checkpoint_dir, relpaths, chunk_size, _checkpoint_identity(extractor))
-    resumed = sum(len(c["inputs"]) for c in chunks)
+        identity = {**extractor.recipe.identity(), "checkpoint_every": checkpoint_every, "n_images": total}
+        checkpoints = Checkpoints(checkpoint_dir, identity)
+        chunks = checkpoints.load(root, relpaths, checkpoint_every)
+    resumed = sum(len(c.inputs) for c in chunks)
+    label = extractor.recipe.key + (" (untrained)" if extractor.recipe.untrained else "")
     if resumed:
-        logger.info("%s: resuming after %d of %d images already described", extractor.backbone.name, resumed, total)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        label = extractor.backbone.name + (" (untrained)" if extractor.weights.untrained else "")
-        bar = tqdm(total=total, initial=resumed, unit="img", desc=label, smoothing=0.1, dynamic_ncols=True)
-    if on_progress:
-        on_progress(resumed, total)
+        logger.info("%s: resuming after %d of %d images already described", label, resumed, total)
+    report = _Progress(label, total, resumed, progress, on_progress)
 
     size = extractor.input_size
     workers = workers or min(8, max(2, (os.cpu_count() or 2)))
@@ -176,9 +221,8 @@ def extract_descriptors(
                 pending.append((relpath, pool.submit(_decode, root, relpath, size, limits)))
                 next_index += 1
 
-        chunk = _empty_chunk()
+        chunk = Chunk()
         chunk_start = resumed
-        done = resumed
         fill()
         while pending:
             # A batch is the next batch_size inputs; the ones that fail to decode are skipped, so
@@ -188,51 +232,69 @@ def extract_descriptors(
             taken = min(batch_size, len(pending))
             for _ in range(taken):
                 relpath, future = pending.popleft()
-                result = future.result()
-                chunk["inputs"].append(relpath)
+                stamp, result = future.result()
+                chunk.stamps.append(stamp)
+                chunk.inputs.append(relpath)
                 if isinstance(result, str):
                     logger.warning("skipping %s: %s", relpath, result)
-                    chunk["skipped"].append({"image": relpath, "reason": result})
+                    chunk.skipped.append(Skipped(relpath, result))
                 else:
                     batch_paths.append(relpath)
                     batch_pixels.append(result)
             fill()
             if batch_pixels:
-                chunk["parts"].append(_describe_padded(extractor, batch_pixels, batch_size))
-                chunk["images"].extend(batch_paths)
-            if len(chunk["inputs"]) >= chunk_size or not pending:
-                finished = _finish_chunk(chunk, extractor.backbone.dim)
-                if checkpoint_dir is not None:
-                    _save_checkpoint(checkpoint_dir, chunk_start, finished)
-                chunks.append(finished)
-                chunk_start += len(finished["inputs"])
-                chunk = _empty_chunk()
+                chunk.parts.append(_describe_padded(extractor, batch_pixels, batch_size))
+                chunk.images.extend(batch_paths)
+            if len(chunk.inputs) >= checkpoint_every or not pending:
+                if checkpoints is not None:
+                    checkpoints.save(chunk_start, chunk, dim)
+                chunks.append(chunk)
+                chunk_start += len(chunk.inputs)
+                chunk = Chunk()
             # Reported after the checkpoint, so progress a caller saw is never lost to an interrupt.
-            done += taken
-            if bar is not None:
-                bar.update(taken)
-            if on_progress:
-                on_progress(done, total)
-    if bar is not None:
-        bar.close()
+            report.advance(taken)
+    report.close()
 
-    descriptors = (
-        np.concatenate([c["descriptors"] for c in chunks])
-        if chunks
-        else np.zeros((0, extractor.backbone.dim), np.float32)
-    )
-    images = [image for c in chunks for image in c["images"]]
-    skipped = [entry for c in chunks for entry in c["skipped"]]
+    descriptors = np.concatenate([c.descriptors(dim) for c in chunks]) if chunks else np.zeros((0, dim), np.float32)
+    images = [image for c in chunks for image in c.images]
+    skipped = [entry for c in chunks for entry in c.skipped]
     seconds = time.perf_counter() - started
     result = ExtractionResult(descriptors, images, skipped, seconds, resumed)
     logger.info(
-        "%s: %d images described, %d skipped, %.1f images/s",
-        extractor.backbone.name,
-        len(images),
-        len(skipped),
-        result.images_per_second,
+        "%s: %d images described, %d skipped, %.1f images/s", label, len(images), len(skipped), result.images_per_second
     )
     return result
+
+
+class _Progress:
+    """A progress bar, or, with bars off, a log line every LOG_EVERY_SECONDS; and the callback."""
+
+    def __init__(self, label: str, total: int, done: int, bar: bool, callback: ProgressCallback | None) -> None:
+        self.label, self.total, self.done, self.callback = label, total, done, callback
+        self.bar = None
+        self.started = self.last_log = time.monotonic()
+        self.first = done
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="img", desc=label, smoothing=0.1, dynamic_ncols=True)
+        if callback:
+            callback(done, total)
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif time.monotonic() - self.last_log >= LOG_EVERY_SECONDS:
+            self.last_log = time.monotonic()
+            rate = (self.done - self.first) / max(self.last_log - self.started, 1e-9)
+            logger.info("%s: %d / %d images (%.1f images/s)", self.label, self.done, self.total, rate)
+        if self.callback:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _describe_padded(extractor: FeatureExtractor, pixels: list[np.ndarray], batch_size: int) -> np.ndarray:
@@ -243,17 +305,3 @@ def _describe_padded(extractor: FeatureExtractor, pixels: list[np.ndarray], batc
         padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
         batch = np.concatenate([batch, padding])
     return extractor.describe(batch)[: len(pixels)]
-
-
-def _empty_chunk() -> dict:
-    return {"inputs": [], "images": [], "parts": [], "skipped": []}
-
-
-def _finish_chunk(chunk: dict, dim: int) -> dict:
-    descriptors = np.concatenate(chunk["parts"]) if chunk["parts"] else np.zeros((0, dim), np.float32)
-    return {
-        "inputs": list(chunk["inputs"]),
-        "descriptors": descriptors.astype(np.float32, copy=False),
-        "images": list(chunk["images"]),
-        "skipped": list(chunk["skipped"]),
-    }

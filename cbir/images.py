@@ -24,6 +24,8 @@ from typing import IO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cbir.errors import CbirError
+
 logger = logging.getLogger(__name__)
 
 # Lower-case suffixes that count as images when a folder is scanned for a collection.
@@ -49,7 +51,7 @@ ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, IO[byte
 Box = tuple[float, float, float, float]
 
 
-class ImageError(ValueError):
+class ImageError(CbirError, ValueError):
     """One clear error type for any image we cannot use; the message always names the file (or 'the uploaded image')."""
 
 

@@ -1,60 +1,55 @@
-"""What a build leaves on disk, per collection and backbone, and how it is loaded and searched.
+"""Index folders: what a build leaves on disk per collection and recipe, and loading it safely.
 
-    <index_root>/<collection>/<backbone>/
-        descriptors.npy   raw float32 descriptors, one row per image
-        cosine.ann        Annoy "angular" index (angular distance = sqrt(2 (1 - cos)))
-        euclidean.ann     Annoy "euclidean" index on the raw (not normalised) descriptors
-        manifest.json     what the files are: backbone, weights, versions, dim, image list, ...
+    <index root>/<collection>/<recipe key>/      (paths: cbir.layout)
+        descriptors.npy   float32 descriptors, one row per image, as the recipe made them
+        <store files>     those of the manifest's store (Annoy: cosine.ann, euclidean.ann)
+        manifest.json     the recipe, the image list, the store and its parameters, versions,
+                          timings, and the size of every file above
 
 A folder is written under a temporary name and renamed when complete, so a build that dies never
-leaves something that loads. Annoy files record neither metric nor dimension, and loading them with
-the wrong ones crashes the process: the manifest beside them is what makes loading safe.
+leaves something that loads. Loading checks the manifest against what the caller expects and every
+file against the size the manifest recorded: a damaged folder is reported, never searched.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cbir import atomic
+from cbir.distances import Metric, Neighbours
+from cbir.errors import SettingsError
+from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command
+from cbir.pooling import Pooling
+from cbir.recipe import Recipe
+from cbir.stores import Store, get_store_kind
+from cbir.stores.exact import ExactStore
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-DESCRIPTORS = "descriptors.npy"
-# The user-facing metric name -> Annoy's metric name. Adding a metric means a row here and a
-# branch in `exact_distances`.
-METRICS: dict[str, str] = {"cosine": "angular", "euclidean": "euclidean"}
-DEFAULT_N_TREES = 100
-# Annoy proposes this many candidates (at least k), which are then re-ranked exactly from the
-# stored descriptors: near-exact results at a fraction of the cost of a full scan.
-DEFAULT_CANDIDATES = 200
-TEMPORARY_MARK = ".partial-"
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: written before recipes (backbone + Annoy only), read by conversion
 
 
-class IndexLoadError(RuntimeError):
-    """An index that must not be loaded as it is; the message names the fix."""
+@dataclass(frozen=True)
+class Skipped:
+    """An image the build could not use, and why."""
+
+    image: str
+    reason: str
 
 
-def rebuild_command(collection: str, backbone: str) -> str:
-    if collection in {"oxford5k", "paris6k"}:
-        source = f"--dataset {collection}"
-    else:
-        source = f"--images <folder> --name {collection}"
-    return f"python build_index.py {source} --backbones {backbone} --force"
-
-
-def annoy_file(metric: str) -> str:
-    return f"{metric}.ann"
+@dataclass(frozen=True)
+class StoreSpec:
+    kind: str = "annoy"
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,267 +57,217 @@ class Manifest:
     """Everything needed to trust, load and rebuild an index folder."""
 
     collection: str
-    collection_root: str  # absolute path the image paths are relative to
-    backbone: str
-    weights: dict[str, Any]  # Weights.to_json()
-    input_size: int
-    dim: int
-    images: list[str]  # relative paths, same order as the descriptor rows
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    annoy: dict[str, Any] = field(default_factory=dict)  # n_trees, metrics, seed
+    recipe: Recipe
+    images: list[str]  # paths relative to the collection's images folder, in row order
+    # Width of the stored rows: the recipe's unless set (stores are tested and benchmarked on
+    # synthetic descriptors of other widths; the search engine refuses such a folder).
+    dim: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    store: StoreSpec = field(default_factory=StoreSpec)
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)  # file name -> size in bytes
     created: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        self.dim = self.dim or self.recipe.dim
+
+    @property
+    def key(self) -> str:
+        return self.recipe.key
+
     @property
     def untrained(self) -> bool:
-        return bool(self.weights.get("untrained"))
+        return self.recipe.untrained
 
-    @property
-    def weights_identity(self) -> str:
-        return str(self.weights.get("identity", self.weights.get("kind", "?")))
+    def rebuild_command(self) -> str:
+        return build_command(self.collection, self.key, force=True)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        data = {
+            "schema_version": self.schema_version,
+            "collection": self.collection,
+            "recipe": self.recipe.to_json(),
+            "dim": self.dim,
+            "images": self.images,
+            "skipped": [{"image": s.image, "reason": s.reason} for s in self.skipped],
+            "store": {"kind": self.store.kind, "params": self.store.params},
+            "versions": self.versions,
+            "timings": self.timings,
+            "files": self.files,
+            "created": self.created,
+        }
+        return json.dumps(data, indent=1)
 
     @classmethod
-    def read(cls, folder: Path) -> "Manifest":
-        path = folder / MANIFEST
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("schema_version")
+        if version == 1:
+            return cls._from_schema_1(data)
+        return cls(
+            collection=data["collection"],
+            recipe=Recipe.from_json(data["recipe"]),
+            images=list(data["images"]),
+            dim=int(data["dim"]),
+            skipped=[Skipped(s["image"], s["reason"]) for s in data.get("skipped", [])],
+            store=StoreSpec(data["store"]["kind"], dict(data["store"].get("params", {}))),
+            versions=dict(data.get("versions", {})),
+            timings=dict(data.get("timings", {})),
+            files={name: int(size) for name, size in data.get("files", {}).items()},
+            created=data.get("created", ""),
+            schema_version=version,
+        )
+
+    @classmethod
+    def _from_schema_1(cls, data: dict[str, Any]) -> Manifest:
+        """Folders written before recipes: the study descriptor of one backbone, two Annoy files."""
+        from cbir.backbones import Weights
+
+        recipe = Recipe(data["backbone"], Pooling.GAP, int(data["input_size"]), Weights.from_json(data["weights"]))
+        annoy = data.get("annoy", {})
+        return cls(
+            collection=data["collection"],
+            recipe=recipe,
+            images=list(data["images"]),
+            dim=int(data["dim"]),
+            skipped=[Skipped(s["image"], s["reason"]) for s in data.get("skipped", [])],
+            store=StoreSpec("annoy", {k: annoy[k] for k in ("n_trees", "seed") if k in annoy}),
+            versions=dict(data.get("versions", {})),
+            timings=dict(data.get("timings", {})),
+            created=data.get("created", ""),
+            schema_version=1,
+        )
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = Path(folder) / MANIFEST
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise IndexLoadError(f"{folder} has no {MANIFEST}; it is not a finished index") from None
         except (OSError, ValueError) as error:
             raise IndexLoadError(f"{path} is unreadable ({error})") from None
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version not in READABLE_SCHEMAS:
+            name = data.get("collection", "<name>") if isinstance(data, dict) else "<name>"
             raise IndexLoadError(
-                f"{path} has schema version {version}, this code reads version {SCHEMA_VERSION}. Rebuild it: "
-                + rebuild_command(data.get("collection", "<name>"), data.get("backbone", "<backbone>"))
+                f"{path} has schema version {version}, this code reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}. Rebuild it: "
+                + build_command(name, Path(folder).name, force=True)
             )
-        known = {name for name in cls.__dataclass_fields__}
         try:
-            return cls(**{key: value for key, value in data.items() if key in known})
-        except TypeError as error:
-            raise IndexLoadError(f"{path} is missing fields ({error})") from None
+            return cls.from_json(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise IndexLoadError(
+                f"{path} is missing or has wrong fields ({error!r}). Rebuild it: "
+                + build_command(data.get("collection", "<name>"), Path(folder).name, force=True)
+            ) from None
 
 
-def index_folder(index_root: Path, collection: str, backbone: str) -> Path:
-    return Path(index_root) / collection / backbone
+def write_index(folder: Path, descriptors: np.ndarray, manifest: Manifest) -> Manifest:
+    """Write descriptors, the manifest's store and the manifest, all or nothing.
 
-
-def write_index(
-    folder: Path,
-    descriptors: np.ndarray,
-    manifest: Manifest,
-    *,
-    n_trees: int = DEFAULT_N_TREES,
-    seed: int = 42,
-) -> Manifest:
-    """Write descriptors, both Annoy indexes and the manifest, all or nothing.
-
-    Everything goes into a sibling temporary folder which replaces `folder` only when complete.
+    Everything goes into a sibling temporary folder which replaces `folder` only when complete;
+    the manifest is written last and records the size of every file.
     """
-    from annoy import AnnoyIndex
-
-    folder = Path(folder)
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if descriptors.ndim != 2 or descriptors.shape != (len(manifest.images), manifest.dim):
         raise ValueError(
             f"descriptors of shape {descriptors.shape} do not match {len(manifest.images)} images x {manifest.dim}"
         )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = folder.parent / f"{folder.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
-    try:
+    kind = get_store_kind(manifest.store.kind)
+    with atomic.replacing_folder(folder) as temporary:
         np.save(temporary / DESCRIPTORS, descriptors)
-        timings = dict(manifest.timings)
-        for metric, annoy_metric in METRICS.items():
-            started = time.perf_counter()
-            index = AnnoyIndex(manifest.dim, annoy_metric)
-            index.set_seed(seed)
-            for row, vector in enumerate(descriptors):
-                index.add_item(row, vector)
-            index.build(n_trees, n_jobs=-1)
-            index.save(str(temporary / annoy_file(metric)))
-            index.unload()
-            timings[f"annoy_{metric}_seconds"] = round(time.perf_counter() - started, 3)
-        manifest.timings = timings
-        manifest.annoy = {"n_trees": n_trees, "seed": seed, "metrics": dict(METRICS)}
+        started = time.perf_counter()
+        params = kind.build(temporary, descriptors, dict(manifest.store.params))
+        manifest.timings = {**manifest.timings, "store_build_seconds": round(time.perf_counter() - started, 3)}
+        manifest.store = StoreSpec(kind.name, params)
+        manifest.files = {name: (temporary / name).stat().st_size for name in (DESCRIPTORS, *kind.files(params))}
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        # The manifest is written last: a folder without one is never a finished index.
+        manifest.schema_version = SCHEMA_VERSION
         (temporary / MANIFEST).write_text(manifest.to_json())
-        _replace_folder(temporary, folder)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return manifest
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put `new` in place of `target`. Between the two renames neither name holds a half index."""
-    if target.exists():
-        retired = target.parent / f"{target.name}{TEMPORARY_MARK}old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, retired)
-        os.replace(new, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(new, target)
-
-
-def remove_leftovers(collection_folder: Path) -> list[Path]:
-    """Delete temporary folders that a killed build left behind; returns what was removed."""
-    removed = []
-    if collection_folder.is_dir():
-        for path in collection_folder.iterdir():
-            if TEMPORARY_MARK in path.name and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
-
-
-def exact_distances(
-    descriptors: np.ndarray, query: np.ndarray, metric: str, squared_norms: np.ndarray | None = None
-) -> np.ndarray:
-    """Distance from `query` to every row, in the same units Annoy reports for that metric.
-
-    `squared_norms` (one per row) may be passed in when the rows are searched again and again: it
-    saves a second pass over the whole matrix per query.
-    """
-    query = np.asarray(query, dtype=np.float32).reshape(-1)
-    if squared_norms is None:
-        squared_norms = np.einsum("ij,ij->i", descriptors, descriptors)
-    products = descriptors @ query
-    if metric == "cosine":
-        cosine = products / np.maximum(np.sqrt(squared_norms) * np.linalg.norm(query), 1e-12)
-        return np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
-    if metric == "euclidean":
-        return np.sqrt(np.maximum(squared_norms - 2.0 * products + float(query @ query), 0.0))
-    raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
-
-
-def cosine_similarity(distance: np.ndarray | float) -> np.ndarray | float:
-    """Annoy's angular distance back to cosine similarity."""
-    return 1.0 - np.square(distance) / 2.0
-
-
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
-    return metric
+def damage(folder: Path, manifest: Manifest) -> list[str]:
+    """What is wrong with the files of an index folder (empty when it is whole)."""
+    try:
+        kind = get_store_kind(manifest.store.kind)
+    except SettingsError:
+        return [f"its store {manifest.store.kind!r} is not one this code knows (a newer version wrote it?)"]
+    problems = []
+    for name in (DESCRIPTORS, *kind.files(manifest.store.params)):
+        path = Path(folder) / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif name in manifest.files and path.stat().st_size != manifest.files[name]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest recorded {manifest.files[name]}")
+    return problems
 
 
 @dataclass
 class LoadedIndex:
-    """A loaded index folder: manifest, memory-mapped descriptors, lazily memory-mapped Annoy files."""
+    """A loaded index folder: its manifest, memory-mapped descriptors, the exact scan and its store."""
 
     folder: Path
     manifest: Manifest
     descriptors: np.ndarray = field(repr=False)
-    _annoy: dict[str, Any] = field(default_factory=dict, repr=False)
+    _store: Store | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _squared_norms: np.ndarray | None = field(default=None, repr=False)
 
-    @property
-    def squared_norms(self) -> np.ndarray:
-        """Per-row squared norms, computed once: every exact search needs them."""
-        if self._squared_norms is None:
-            self._squared_norms = np.einsum("ij,ij->i", self.descriptors, self.descriptors)
-        return self._squared_norms
+    def __post_init__(self) -> None:
+        self.exact = ExactStore(self.descriptors)
 
     def __len__(self) -> int:
         return len(self.manifest.images)
 
-    def annoy(self, metric: str):
-        from annoy import AnnoyIndex
-
-        check_metric(metric)
+    @property
+    def store(self) -> Store:
+        """The manifest's store, opened on first use."""
         with self._lock:
-            if metric not in self._annoy:
-                path = self.folder / annoy_file(metric)
-                index = AnnoyIndex(self.manifest.dim, METRICS[metric])
-                try:
-                    index.load(str(path))  # memory-mapped, not read into RAM
-                except OSError as error:
-                    raise IndexLoadError(
-                        f"cannot load {path} ({error}). Rebuild it: "
-                        + rebuild_command(self.manifest.collection, self.manifest.backbone)
-                    ) from None
-                if index.get_n_items() != len(self):
-                    raise IndexLoadError(
-                        f"{path} holds {index.get_n_items()} items but the manifest lists {len(self)} images. "
-                        "Rebuild it: " + rebuild_command(self.manifest.collection, self.manifest.backbone)
-                    )
-                self._annoy[metric] = index
-            return self._annoy[metric]
+            if self._store is None:
+                kind = get_store_kind(self.manifest.store.kind)
+                self._store = self.exact if kind.exact else kind.open(self.folder, self.descriptors, self.manifest.store.params)
+            return self._store
 
-    def search_exact(self, query: np.ndarray, metric: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Row ids and distances of the k nearest rows (all rows if k is None), nearest first.
-
-        Ties are broken by row order, so the ranking is deterministic.
-        """
-        check_metric(metric)
-        distances = exact_distances(self.descriptors, query, metric, self.squared_norms)
-        n = len(distances)
-        if k is None or k >= n:
-            order = np.argsort(distances, kind="stable")
-        else:
-            candidates = np.argpartition(distances, k - 1)[:k]
-            order = candidates[np.lexsort((candidates, distances[candidates]))]
-        return order, distances[order]
-
-    def search_annoy(
-        self, query: np.ndarray, metric: str, k: int, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Row ids and distances of the k nearest rows through Annoy.
-
-        Annoy proposes max(k, candidates) rows; with `rerank` their exact distances decide the
-        order, so Annoy only has to find the right neighbourhood.
-        """
-        index = self.annoy(metric)
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        pool = max(k, candidates if rerank else k)
-        rows, distances = index.get_nns_by_vector(query, pool, include_distances=True)
-        rows = np.asarray(rows, dtype=np.int64)
-        distances = np.asarray(distances, dtype=np.float32)
-        if rerank and len(rows):
-            distances = exact_distances(self.descriptors[rows], query, metric, self.squared_norms[rows])
-        order = np.lexsort((rows, distances))[:k]
-        return rows[order], distances[order]
+    def search(
+        self, query: np.ndarray, metric: Metric, k: int | None, *, exact: bool, candidates: int | None = None
+    ) -> Neighbours:
+        """The k nearest rows (k=None: every row, exact only)."""
+        if exact or k is None:
+            return self.exact.search(query, metric, k)
+        try:
+            return self.store.search(query, metric, min(k, len(self)), candidates=candidates)
+        except IndexLoadError as error:
+            raise IndexLoadError(f"{error} Rebuild it: {self.manifest.rebuild_command()}") from None
 
     def close(self) -> None:
         with self._lock:
-            for index in self._annoy.values():
-                index.unload()
-            self._annoy.clear()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
 
-def load_index(
-    folder: Path,
-    *,
-    expected_backbone: str | None = None,
-    expected_dim: int | None = None,
-) -> LoadedIndex:
-    """Load an index folder after checking that its manifest matches what the caller expects."""
+def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
+    """Load an index folder after checking that it is whole and holds what the caller expects."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise IndexLoadError(
-            f"no index at {folder}. Build it: "
-            + rebuild_command(folder.parent.name, folder.name).replace(" --force", "")
-        )
+        raise IndexLoadError(f"no index at {folder}. Build it: {build_command(folder.parent.name, folder.name)}")
     manifest = Manifest.read(folder)
-    fix = "Rebuild it: " + rebuild_command(manifest.collection, expected_backbone or manifest.backbone)
-    if expected_backbone is not None and manifest.backbone != expected_backbone:
+    fix = "Rebuild it: " + build_command(manifest.collection, expected.key if expected else manifest.key, force=True)
+    if expected is not None and manifest.recipe.backbone != expected.backbone:
         raise IndexLoadError(
-            f"{folder} was built by {manifest.backbone}, not {expected_backbone}; its descriptors cannot be "
-            f"compared with {expected_backbone}'s. {fix}"
+            f"{folder} was built by {manifest.recipe.backbone}, not {expected.backbone}; its descriptors cannot be "
+            f"compared with {expected.backbone}'s. {fix}"
         )
-    if expected_dim is not None and manifest.dim != expected_dim:
-        raise IndexLoadError(f"{folder} holds {manifest.dim}-d descriptors, expected {expected_dim}-d. {fix}")
-    missing = [name for name in (DESCRIPTORS, *map(annoy_file, METRICS)) if not (folder / name).is_file()]
-    if missing:
-        raise IndexLoadError(f"{folder} is missing {', '.join(missing)}. {fix}")
+    if expected is not None and manifest.recipe.key != expected.key:
+        raise IndexLoadError(f"{folder} holds {manifest.recipe.key} descriptors, not {expected.key}. {fix}")
+    if expected is not None and manifest.dim != expected.dim:
+        raise IndexLoadError(f"{folder} holds {manifest.dim}-d descriptors, expected {expected.dim}-d. {fix}")
+    problems = damage(folder, manifest)
+    if problems:
+        raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. {fix}")
     try:
         descriptors = np.load(folder / DESCRIPTORS, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -342,9 +287,9 @@ def version_warnings(manifest: Manifest, current: dict[str, str]) -> list[str]:
         now = current.get(package)
         if now and built_with and now != built_with:
             warnings.append(
-                f"{manifest.collection}/{manifest.backbone} was built with {package} {built_with}, "
+                f"{manifest.collection}/{manifest.key} was built with {package} {built_with}, "
                 f"this process runs {now}; descriptors may differ slightly. Rebuild to be sure: "
-                + rebuild_command(manifest.collection, manifest.backbone)
+                + manifest.rebuild_command()
             )
     return warnings
 
@@ -354,39 +299,57 @@ class IndexInfo:
     """One built index, as a list of what can be searched shows it."""
 
     collection: str
-    backbone: str
-    dim: int
+    recipe: Recipe
     n_images: int
-    weights_identity: str
-    untrained: bool
     folder: Path
+
+    @property
+    def key(self) -> str:
+        return self.recipe.key
+
+    @property
+    def backbone(self) -> str:
+        return self.recipe.backbone
+
+    @property
+    def dim(self) -> int:
+        return self.recipe.dim
+
+    @property
+    def untrained(self) -> bool:
+        return self.recipe.untrained
+
+
+@dataclass(frozen=True)
+class BrokenIndex:
+    """A folder that looks like an index but cannot be loaded, and why."""
+
+    collection: str
+    key: str
+    folder: Path
+    problem: str
+
+
+def scan_indexes(index_root: Path) -> tuple[list[IndexInfo], list[BrokenIndex]]:
+    """Every finished index under `index_root`, and the folders that are not loadable (with why).
+
+    Temporary folders of a build in progress are not listed at all.
+    """
+    found, broken = [], []
+    for folder in IndexLayout(index_root).index_dirs():
+        try:
+            manifest = Manifest.read(folder)
+            problems = damage(folder, manifest)
+            if problems:
+                raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. Rebuild it: {manifest.rebuild_command()}")
+        except IndexLoadError as error:
+            logger.warning("ignoring %s: %s", folder, error)
+            broken.append(BrokenIndex(folder.parent.name, folder.name, folder, str(error)))
+            continue
+        found.append(IndexInfo(manifest.collection, manifest.recipe, len(manifest.images), folder))
+    return found, broken
 
 
 def list_indexes(index_root: Path) -> list[IndexInfo]:
-    """Every finished index under `index_root` (temporary folders and broken manifests are left out)."""
-    found = []
-    root = Path(index_root)
-    if not root.is_dir():
-        return found
-    for manifest_path in sorted(root.glob(f"*/*/{MANIFEST}")):
-        folder = manifest_path.parent
-        if TEMPORARY_MARK in folder.name:
-            continue
-        try:
-            manifest = Manifest.read(folder)
-        except IndexLoadError as error:
-            logger.warning("ignoring %s: %s", folder, error)
-            continue
-        found.append(
-            IndexInfo(
-                manifest.collection,
-                manifest.backbone,
-                manifest.dim,
-                len(manifest.images),
-                manifest.weights_identity,
-                manifest.untrained,
-                folder,
-            )
-        )
-    return found
-
+    """Every finished, whole index under `index_root`."""
+    return scan_indexes(index_root)[0]

@@ -247,24 +247,25 @@ def study_scores(ranking: Sequence[str], positives: AbstractSet[str]) -> tuple[f
 
 def score_query(
     ranking: Sequence[str],
-    good: AbstractSet[str],
-    ok: AbstractSet[str],
-    junk: AbstractSet[str],
+    positives: AbstractSet[str],
+    ignored: AbstractSet[str],
     ks: Sequence[int] = DEFAULT_KS,
 ) -> QueryScores | None:
-    """Every measure for one query; None when the query has no positives (good | ok empty).
+    """Every measure for one query; None when the query has no positives.
 
-    Positives are good | ok; junk is removed for all but the study figures (module docstring).
+    Which images are positives and which are ignored is a protocol's choice (`cbir.protocols`:
+    for Oxford/Paris, good | ok and junk). Ignored images are removed for all but the study
+    figures (module docstring).
     """
-    positives = frozenset(good) | frozenset(ok)
+    positives = frozenset(positives)
     if not positives:
         return None
     study_ap, study_ap_11point = study_scores(ranking, positives)
     return QueryScores(
-        ap_oxford=ap_oxford(ranking, positives, junk),
-        ap=average_precision(ranking, positives, junk),
-        ap_11point=ap_11point(ranking, positives, junk),
-        precision_at={k: precision_at_k(ranking, positives, junk, k) for k in ks},
+        ap_oxford=ap_oxford(ranking, positives, ignored),
+        ap=average_precision(ranking, positives, ignored),
+        ap_11point=ap_11point(ranking, positives, ignored),
+        precision_at={k: precision_at_k(ranking, positives, ignored, k) for k in ks},
         study_ap=study_ap,
         study_ap_11point=study_ap_11point,
         n_positives=len(positives),

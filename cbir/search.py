@@ -1,9 +1,8 @@
 """Query image (+ optional box) -> ranked hits, over the indexes a build left on disk.
 
-`SearchEngine` keeps the explicit caches of the process: built networks and loaded indexes. A
-network is built on first use and kept; so is an index. The weights and input size a query is
-described with are read from the index's manifest, so a query is always described the way the
-collection was.
+`SearchEngine` keeps the explicit caches of the process: built networks, loaded indexes and
+collection records. A query is always described by the recipe its index records (backbone,
+pooling, weights, input size), so it is comparable with the collection's descriptors.
 """
 
 from __future__ import annotations
@@ -13,42 +12,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from cbir.backbones import BACKBONES, ExtractorCache, FeatureExtractor, Weights, get_backbone, keras_versions
+from cbir.backbones import ExtractorCache, FeatureExtractor, WeightsKind, keras_versions
+from cbir.datasets.model import Box
+from cbir.distances import Metric, cosine_similarity, exact_distances
 from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, to_network_input
-from cbir.index import (
-    DEFAULT_CANDIDATES,
-    IndexInfo,
-    IndexLoadError,
-    LoadedIndex,
-    check_metric,
-    cosine_similarity,
-    exact_distances,
-    index_folder,
-    list_indexes,
-    load_index,
-    rebuild_command,
-    version_warnings,
-)
-
-logger = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
-
-# Descriptor floats up to which a full numpy scan is the fastest way to recall@100 >= 0.95 on
-# 2 cores (bench/results/search.md, 100,000 rows: exact 21 ms vs Annoy 39 ms at 2048-d, 9.8 vs
-# 17 ms at 512-d, 6.0 vs 7.3 ms at 256-d). Above it Annoy's candidates, re-ranked exactly, take
-# about 3 ms at 1,000,000 x 512 where a scan takes 100 ms (bench/results/search-1m-default.md).
-EXACT_SEARCH_LIMIT = 100_000 * 2048
+from cbir.index import BrokenIndex, IndexInfo, LoadedIndex, load_index, scan_indexes, version_warnings
+from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
+from cbir.ranking import Ranking, Reranker, rank
+from cbir.stores.annoy import DEFAULT_CANDIDATES
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int  # 1-based
-    image: str  # path relative to the collection root, as in the manifest
+    image: str  # path relative to the collection's images folder, as in the manifest
     path: Path  # absolute path of the image file
     distance: float  # in the chosen metric (angular distance for cosine)
     similarity: float  # cosine similarity of the two descriptors, whatever the metric
@@ -58,8 +39,8 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     collection: str
-    backbone: str
-    metric: str
+    recipe: str  # the recipe key of the index searched
+    metric: Metric
     exact: bool
     describe_seconds: float
     search_seconds: float
@@ -67,39 +48,62 @@ class SearchResult:
     warnings: tuple[str, ...] = ()
 
 
+logger = logging.getLogger(__name__)
+
+
 class SearchEngine:
-    """Searches the indexes under `index_root`; safe to share between threads."""
+    """Searches the indexes under `index_dir`; safe to share between threads."""
 
     def __init__(
         self,
-        index_root: Path,
+        index_dir: Path,
         *,
         extractors: ExtractorCache | None = None,
         limits: ImageLimits = DEFAULT_LIMITS,
         candidates: int = DEFAULT_CANDIDATES,
     ) -> None:
-        self.index_root = Path(index_root)
+        self.layout = IndexLayout(index_dir)
         self.extractors = extractors or ExtractorCache()
         self.limits = limits
         self.candidates = candidates
         self._indexes: dict[tuple[str, str], LoadedIndex] = {}
+        self._records: dict[str, CollectionRecord] = {}
         self._warnings: dict[tuple[str, str], tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
-    def available(self) -> list[IndexInfo]:
-        """Finished indexes on disk, for backbones this code knows."""
-        return [info for info in list_indexes(self.index_root) if info.backbone in BACKBONES]
+    @property
+    def index_dir(self) -> Path:
+        return self.layout.root
 
-    def index(self, collection: str, backbone: str) -> LoadedIndex:
-        key = (collection, backbone)
+    def available(self) -> list[IndexInfo]:
+        """Finished, whole indexes on disk."""
+        return scan_indexes(self.layout.root)[0]
+
+    def broken(self) -> list[BrokenIndex]:
+        """Index folders that cannot be loaded, with what is wrong and the command that fixes it."""
+        return scan_indexes(self.layout.root)[1]
+
+    def record(self, collection: str) -> CollectionRecord:
+        with self._lock:
+            if collection not in self._records:
+                self._records[collection] = read_collection_record(self.layout, collection)
+            return self._records[collection]
+
+    def index(self, collection: str, recipe: str) -> LoadedIndex:
+        key = (collection, recipe)
         with self._lock:
             if key not in self._indexes:
-                get_backbone(backbone)
-                loaded = load_index(
-                    index_folder(self.index_root, collection, backbone),
-                    expected_backbone=backbone,
-                    expected_dim=BACKBONES[backbone].dim,
-                )
+                loaded = load_index(self.layout.index_dir(collection, recipe))
+                if loaded.manifest.dim != loaded.manifest.recipe.dim:
+                    raise IndexLoadError(
+                        f"{loaded.folder} holds {loaded.manifest.dim}-d rows, but its recipe gives "
+                        f"{loaded.manifest.recipe.dim}-d descriptors. Rebuild it: {loaded.manifest.rebuild_command()}"
+                    )
+                if loaded.manifest.key != recipe or loaded.manifest.collection != collection:
+                    raise IndexLoadError(
+                        f"{loaded.folder} holds {loaded.manifest.collection}/{loaded.manifest.key}, not "
+                        f"{collection}/{recipe}. Rebuild it: {loaded.manifest.rebuild_command()}"
+                    )
                 self._warnings[key] = tuple(version_warnings(loaded.manifest, keras_versions()))
                 for warning in self._warnings[key]:
                     logger.warning(warning)
@@ -107,22 +111,20 @@ class SearchEngine:
             return self._indexes[key]
 
     def extractor_for(self, loaded: LoadedIndex) -> FeatureExtractor:
-        manifest = loaded.manifest
-        weights = Weights.from_json(manifest.weights)
-        if weights.kind == "file" and (weights.path is None or not weights.path.is_file()):
+        recipe = loaded.manifest.recipe
+        weights = recipe.weights
+        if weights.kind is WeightsKind.FILE and (weights.path is None or not weights.path.is_file()):
             raise IndexLoadError(
-                f"{manifest.collection}/{manifest.backbone} was built with the weights file {weights.path}, "
-                "which is no longer there. Put it back, or rebuild: "
-                + rebuild_command(manifest.collection, manifest.backbone)
+                f"{loaded.manifest.collection}/{recipe.key} was built with the weights file {weights.path}, "
+                f"which is no longer there. Put it back, or rebuild: {loaded.manifest.rebuild_command()}"
             )
-        return self.extractors.get(get_backbone(manifest.backbone), weights, manifest.input_size)
+        return self.extractors.get(recipe)
 
     def describe(
-        self, image: Any, *, collection: str, backbone: str, box: Box | None = None, name: str | None = None
+        self, image: Any, *, collection: str, recipe: str, box: Box | None = None, name: str | None = None
     ) -> np.ndarray:
         """The descriptor of an image (path, bytes, PIL image or array), cropped to `box` if given."""
-        loaded = self.index(collection, backbone)
-        extractor = self.extractor_for(loaded)
+        extractor = self.extractor_for(self.index(collection, recipe))
         # A whole file is decoded exactly as the build decoded collection files (JPEG draft
         # scaling included), so a collection photo used as a query matches its own row.
         is_file = isinstance(image, (str, Path))
@@ -131,58 +133,66 @@ class SearchEngine:
         picture = crop_box(picture, box, limits=self.limits, name=name or "the image")
         return extractor.describe(to_network_input(picture, extractor.input_size))[0]
 
+    def rank(
+        self,
+        loaded: LoadedIndex,
+        query: np.ndarray,
+        metric: Metric | str,
+        k: int | None,
+        *,
+        exact: bool | None = None,
+        rerankers: Sequence[Reranker] = (),
+    ) -> Ranking:
+        return rank(loaded, query, metric, k, exact=exact, candidates=self.candidates, rerankers=rerankers)
+
     def search(
         self,
         image: Any,
         *,
         collection: str,
-        backbone: str,
-        metric: str = "cosine",
+        recipe: str,
+        metric: Metric | str = Metric.COSINE,
         k: int = 12,
         box: Box | None = None,
         exact: bool | None = None,
         name: str | None = None,
+        rerankers: Sequence[Reranker] = (),
     ) -> SearchResult:
         """The k most similar images of `collection` to `image`, best first.
 
-        exact=False goes through Annoy (candidates re-ranked exactly); exact=True scans every
-        stored descriptor with numpy; None picks exact up to EXACT_SEARCH_LIMIT descriptor floats,
-        where the scan is faster than Annoy at the same recall.
+        `recipe` is the key of one of the collection's indexes (for the study's descriptor, the
+        backbone's name). exact=None scans exactly when that is the faster way (cbir.ranking).
         """
-        check_metric(metric)
+        metric = Metric.parse(metric)
         if k < 1:
             raise ValueError("k must be at least 1")
-        loaded = self.index(collection, backbone)
+        loaded = self.index(collection, recipe)
         started = time.perf_counter()
-        query = self.describe(image, collection=collection, backbone=backbone, box=box, name=name)
+        query = self.describe(image, collection=collection, recipe=recipe, box=box, name=name)
         described = time.perf_counter()
-        if exact is None:
-            exact = len(loaded) * loaded.manifest.dim <= EXACT_SEARCH_LIMIT
-        rows, distances = self.rank(loaded, query, metric, k, exact=exact)
+        ranking = self.rank(loaded, query, metric, k, exact=exact, rerankers=rerankers)
         searched = time.perf_counter()
-        similarities = cosine_similarity(exact_distances(loaded.descriptors[rows], query, "cosine"))
-        root = Path(loaded.manifest.collection_root)
+        rows = ranking.rows
+        similarities = cosine_similarity(exact_distances(loaded.descriptors[rows], query, Metric.COSINE))
+        record = self.record(collection)
+        warnings = self._warnings.get((collection, recipe), ())
+        if not record.images_found:
+            warnings += (record.missing_images_message(),)
+        images = loaded.manifest.images
         hits = [
-            Hit(rank, loaded.manifest.images[row], root / loaded.manifest.images[row], float(distance), float(sim))
-            for rank, (row, distance, sim) in enumerate(zip(rows, distances, similarities), start=1)
+            Hit(position, images[row], record.root / images[row], float(distance), float(similarity))
+            for position, (row, distance, similarity) in enumerate(
+                zip(rows, ranking.distances, similarities), start=1
+            )
         ]
         return SearchResult(
             hits=hits,
             collection=collection,
-            backbone=backbone,
+            recipe=recipe,
             metric=metric,
-            exact=exact,
+            exact=ranking.exact,
             describe_seconds=described - started,
             search_seconds=searched - described,
             untrained=loaded.manifest.untrained,
-            warnings=self._warnings.get((collection, backbone), ()),
+            warnings=warnings,
         )
-
-    def rank(
-        self, loaded: LoadedIndex, query: np.ndarray, metric: str, k: int | None, *, exact: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and distances for a descriptor; k=None (exact only) ranks the whole collection."""
-        if exact or k is None:
-            return loaded.search_exact(query, metric, k)
-        return loaded.search_annoy(query, metric, min(k, len(loaded)), candidates=self.candidates)
-

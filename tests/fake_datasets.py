@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cbir.collections import Query
+from cbir.datasets import Query
 
 OXFORD_LANDMARKS = (
     "all_souls", "ashmolean", "balliol", "bodleian", "christ_church", "cornmarket",
@@ -83,7 +83,7 @@ def _write_ground_truth(
         (gt_dir / f"{name}_query.txt").write_text(f"{prefix}{image} {_format_box(box)}\n")
         for kind, members in (("good", good), ("ok", ok), ("junk", junk)):
             (gt_dir / f"{name}_{kind}.txt").write_text("".join(f"{member}\n" for member in members))
-        queries.append(Query(name, image, box, frozenset(good), frozenset(ok), frozenset(junk)))
+        queries.append(Query(name, image, box, {"good": good, "ok": ok, "junk": junk}))
     return queries
 
 
@@ -214,6 +214,9 @@ class ServerBehaviour:
     html_page: set[str] = field(default_factory=set)  # names answered with a 200 HTML page (a login form)
     cut_after: dict[str, int] = field(default_factory=dict)  # name -> body bytes sent before hanging up
     ignore_range: bool = False  # answer 200 with the whole file even when asked for a range
+    # Answer a range request with a 206 that starts this many bytes before the byte asked for (a
+    # broken proxy or server): the client must notice and not append it.
+    range_shift: int = 0
     requests: list[ServedRequest] = field(default_factory=list)
 
     def requests_for(self, name: str) -> list[ServedRequest]:
@@ -293,7 +296,7 @@ class _RangeRequestHandler(BaseHTTPRequestHandler):
             record(200)
             self.send_response(200)
         else:
-            start, end = span
+            start, end = max(0, span[0] - behaviour.range_shift), span[1]
             record(206)
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")

@@ -19,7 +19,8 @@ from PIL import Image
 
 from cbir.backbones import BACKBONES, Weights
 from cbir.build import BuildSettings, build_indexes
-from cbir.collections import folder_collection
+from cbir.datasets import folder_collection
+from cbir.distances import Metric
 from cbir.search import SearchEngine
 from synthetic import crop_of, make_gallery
 
@@ -43,7 +44,7 @@ def test_captions_and_status_line_say_rank_name_score_and_untrained():
 
     result = SearchResult(
         hits=[Hit(1, "a/b/picture_001.jpg", Path("/x/a/b/picture_001.jpg"), 0.1, 0.995)],
-        collection="demo", backbone="xception", metric="cosine", exact=False,
+        collection="demo", recipe="xception", metric=Metric.COSINE, exact=False,
         describe_seconds=0.120, search_seconds=0.0031, untrained=True,
     )  # fmt: skip
     assert app.gallery_items(result) == [("/x/a/b/picture_001.jpg", "#1 picture_001 · cos 0.995")]
@@ -77,7 +78,7 @@ def served(tmp_path_factory):
     photos = root / "photos"
     make_gallery(photos, 20)
     index_root = root / "indexes"
-    settings = BuildSettings(index_root=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
+    settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
     build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
     port = free_port()
     log = open(root / "app.log", "w")
@@ -165,7 +166,7 @@ def test_an_index_that_vanished_after_start_gives_the_build_command(served, tmp_
     index_root = tmp_path / "indexes"
     shutil.copytree(served["root"] / "indexes", index_root)
     page = app.SearchPage(SearchEngine(index_root), index_root)
-    assert page.backbone_choices("demo") == [("xception (2048-d, UNTRAINED)", "xception")]
+    assert page.recipe_choices("demo") == [("xception (2048-d, UNTRAINED)", "xception")]
     shutil.rmtree(index_root / "demo" / "xception")
     picture = Image.open(served["photos"] / "picture_001.jpg")
     with pytest.raises(gr.Error) as raised:

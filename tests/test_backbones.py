@@ -5,7 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights, build_extractor, get_backbone, parse_backbones, resolve_input_size
+from cbir.backbones import (
+    BACKBONES,
+    ExtractorCache,
+    Weights,
+    WeightsError,
+    WeightsKind,
+    build_extractor,
+    get_backbone,
+    parse_backbones,
+    resolve_input_size,
+)
+from cbir.recipe import Recipe
+
+
+def recipe(name: str, size: int, weights: str = "none") -> Recipe:
+    return Recipe.create(name, input_size=size, weights=weights)
 
 
 def test_registry_holds_the_six_networks_of_the_study():
@@ -43,7 +58,7 @@ def test_weights_parsing(tmp_path):
     weights_file = tmp_path / "my.weights.h5"
     weights_file.write_bytes(b"123")
     from_file = Weights.parse(str(weights_file))
-    assert from_file.kind == "file" and from_file.identity.startswith("file my.weights.h5 sha256:a665a459")
+    assert from_file.kind is WeightsKind.FILE and from_file.identity.startswith("file my.weights.h5 sha256:a665a459")
     assert Weights.from_json(from_file.to_json()) == from_file
     with pytest.raises(ValueError, match="'imagenet', 'none' or a path"):
         Weights.parse(str(tmp_path / "missing.h5"))
@@ -70,7 +85,7 @@ def test_each_network_gets_its_own_preprocessing():
 def test_every_backbone_builds_and_describes(name):
     backbone = BACKBONES[name]
     size = backbone.input_size if backbone.fixed_input_size else max(backbone.min_input_size, 80)
-    extractor = build_extractor(backbone, Weights.parse("none"), size)
+    extractor = build_extractor(recipe(name, size))
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, size=(3, size, size, 3), dtype=np.uint8)
     batch[2] = batch[0]
@@ -79,8 +94,14 @@ def test_every_backbone_builds_and_describes(name):
     assert descriptors.shape == (3, backbone.dim) and descriptors.dtype == np.float32
     assert np.isfinite(descriptors).all()
     assert np.array_equal(batch, kept), "describe must not write into the caller's pixels"
-    assert np.allclose(descriptors[0], descriptors[2], atol=1e-5)
     assert not np.allclose(descriptors[0], descriptors[1])
+    if name == "efficientnet_v2_l":
+        # Untrained EfficientNetV2-L's activations reach 1e8-1e9 and its output is dominated by
+        # round-off: on an AMD EPYC the same image twice in one batch already gives different
+        # descriptors, on an Intel Xeon batch 1 and batch 3 disagree. The comparisons below mean
+        # nothing for it; with ImageNet weights it is well conditioned like the others.
+        return
+    assert np.allclose(descriptors[0], descriptors[2], rtol=1e-5, atol=1e-5 * np.abs(descriptors).max())
     # Images in one batch must not influence each other (no batch statistics at inference time):
     # replacing the middle image leaves the others' descriptors as they were.
     swapped = batch.copy()
@@ -89,12 +110,8 @@ def test_every_backbone_builds_and_describes(name):
     assert not np.allclose(again[1], descriptors[1])
     for row in (0, 2):
         assert cosine(again[row], descriptors[row]) > 0.99999
-    # Batch size must not change a descriptor beyond float noise. Untrained EfficientNetV2-L is
-    # the exception: its activations reach 1e9 and its output is dominated by round-off, so on
-    # some CPUs (an Intel Xeon here, not an AMD EPYC) batch 1 and batch 3 disagree about as much
-    # as two different images do. With ImageNet weights it is well conditioned like the others.
-    if name != "efficientnet_v2_l":
-        assert cosine(extractor.describe(batch[1])[0], descriptors[1]) > 0.999
+    # Batch size must not change a descriptor beyond float noise.
+    assert cosine(extractor.describe(batch[1])[0], descriptors[1]) > 0.999
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,30 +123,28 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_untrained_weights_are_the_same_in_every_build():
     backbone = BACKBONES["xception"]
     pixels = np.random.default_rng(1).integers(0, 256, size=(1, 80, 80, 3), dtype=np.uint8)
-    first = build_extractor(backbone, Weights.parse("none"), 80).describe(pixels)
-    second = build_extractor(backbone, Weights.parse("none"), 80).describe(pixels)
+    first = build_extractor(recipe("xception", 80)).describe(pixels)
+    second = build_extractor(recipe("xception", 80)).describe(pixels)
     assert np.array_equal(first, second)
 
 
 @pytest.mark.slow
 def test_cache_builds_once():
     cache = ExtractorCache()
-    backbone = BACKBONES["xception"]
-    first = cache.get(backbone, Weights.parse("none"), 80)
-    assert cache.get(backbone, Weights.parse("none"), 80) is first
-    assert cache.get(backbone, Weights.parse("none"), 96) is not first
+    first = cache.get(recipe("xception", 80))
+    assert cache.get(recipe("xception", 80)).trunk is first.trunk
+    assert cache.get(recipe("xception", 96)).trunk is not first.trunk
     assert len(cache) == 2
 
 
 @pytest.mark.slow
 def test_a_local_weights_file_gives_the_same_network(tmp_path):
     # The air-gapped path: weights saved on one machine, loaded from a file on another.
-    backbone = BACKBONES["xception"]
-    source = build_extractor(backbone, Weights.parse("none"), 80)
+    source = build_extractor(recipe("xception", 80))
     path = tmp_path / "xception_notop.weights.h5"
     source.model.save_weights(path)
-    loaded = build_extractor(backbone, Weights.parse(str(path)), 80)
-    assert loaded.weights.kind == "file" and not loaded.weights.untrained
+    loaded = build_extractor(recipe("xception", 80, weights=str(path)))
+    assert loaded.weights.kind is WeightsKind.FILE and not loaded.weights.untrained
     pixels = np.random.default_rng(2).integers(0, 256, size=(2, 80, 80, 3), dtype=np.uint8)
     assert np.allclose(loaded.describe(pixels), source.describe(pixels), rtol=1e-5, atol=1e-5)
 
@@ -143,8 +158,8 @@ def test_imagenet_weights_unreachable_gives_a_clear_message(tmp_path, monkeypatc
         monkeypatch.setenv(variable, "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    with pytest.raises(RuntimeError) as raised:
-        build_extractor(BACKBONES["xception"], Weights.parse("imagenet"), 80)
+    with pytest.raises(WeightsError) as raised:
+        build_extractor(recipe("xception", 80, weights="imagenet"))
     message = str(raised.value)
     assert "could not build xception with weights imagenet" in message
     assert "--weights PATH" in message

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.index import DEFAULT_CANDIDATES, DEFAULT_N_TREES, Manifest, load_index, write_index
+from cbir.distances import Metric
+from cbir.stores import annoy as annoy_store
+from cbir.stores.annoy import DEFAULT_CANDIDATES, DEFAULT_N_TREES
+from cbir.stores.exact import ExactStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +52,12 @@ def test_default_annoy_settings_reach_recall_at_10_of_095(tmp_path):
     bench = load_bench()
     descriptors = bench.clustered(5000, 256, centres=100, seed=1)
     queries = bench.clustered(100, 256, centres=100, seed=2)
-    manifest = Manifest(collection="recall", collection_root=str(tmp_path), backbone="bench", weights={"kind": "none"},
-                        input_size=0, dim=256, images=[str(i) for i in range(len(descriptors))])  # fmt: skip
-    write_index(tmp_path / "recall" / "bench", descriptors, manifest, n_trees=DEFAULT_N_TREES)
-    loaded = load_index(tmp_path / "recall" / "bench")
+    params = annoy_store.KIND.build(tmp_path, descriptors, {"n_trees": DEFAULT_N_TREES})
+    store = annoy_store.KIND.open(tmp_path, descriptors, params)
+    exact = ExactStore(descriptors)
     recalls = []
     for query in queries:
-        truth = loaded.search_exact(query, "cosine", 10)[0]
-        found = loaded.search_annoy(query, "cosine", 10, candidates=DEFAULT_CANDIDATES)[0]
+        truth = exact.search(query, Metric.COSINE, 10).rows
+        found = store.search(query, Metric.COSINE, 10, candidates=DEFAULT_CANDIDATES).rows
         recalls.append(len(set(truth.tolist()) & set(found.tolist())) / 10)
     assert np.mean(recalls) >= 0.95

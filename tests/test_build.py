@@ -19,10 +19,12 @@ import pytest
 from PIL import Image
 
 from cbir.backbones import BACKBONES, ExtractorCache, Weights
-from cbir.build import BuildSettings, build_indexes, read_collection
-from cbir.collections import folder_collection
+from cbir.build import BuildSettings, BuildStatus, build_indexes
+from cbir.datasets import folder_collection
 from cbir.images import ImageError
-from cbir.index import IndexLoadError, list_indexes, load_index
+from cbir.index import list_indexes, load_index
+from cbir.layout import IndexLayout, IndexLoadError, read_collection_record
+from cbir.recipe import Recipe
 from cbir.search import SearchEngine
 from synthetic import crop_of, make_gallery
 
@@ -52,7 +54,7 @@ def gallery(tmp_path_factory) -> Path:
 
 def settings_for(index_root: Path, **overrides) -> BuildSettings:
     values = dict(
-        index_root=index_root,
+        index_dir=index_root,
         weights=Weights.parse("none"),
         input_size=SMALL,
         progress=False,
@@ -69,7 +71,7 @@ def built(gallery, tmp_path_factory, extractors) -> Path:
     index_root = tmp_path_factory.mktemp("indexes")
     collection = folder_collection(gallery, "demo")
     outcomes = build_indexes(collection, [XCEPTION], settings_for(index_root), extractors=extractors)
-    assert [outcome.status for outcome in outcomes] == ["built"]
+    assert [outcome.status for outcome in outcomes] == [BuildStatus.BUILT]
     return index_root
 
 
@@ -82,15 +84,17 @@ def test_build_writes_a_complete_folder_and_lists_skipped_files(built):
         "manifest.json",
     ]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["backbone"] == "xception" and manifest["dim"] == 2048
-    assert manifest["weights"]["untrained"] is True and "untrained" in manifest["weights"]["identity"]
-    assert manifest["input_size"] == SMALL
+    recipe = manifest["recipe"]
+    assert recipe["backbone"] == "xception" and recipe["pooling"] == "gap" and manifest["dim"] == 2048
+    assert recipe["weights"]["untrained"] is True and "untrained" in recipe["weights"]["identity"]
+    assert recipe["input_size"] == SMALL
     assert len(manifest["images"]) == 24
     skipped = {entry["image"]: entry["reason"] for entry in manifest["skipped"]}
     assert sorted(skipped) == ["empty.jpg", "notes.png", "truncated.jpg"]
     assert "empty" in skipped["empty.jpg"]
     assert set(manifest["versions"]) == {"keras", "tensorflow"}
-    assert manifest["annoy"]["n_trees"] == 10
+    assert manifest["store"]["kind"] == "annoy" and manifest["store"]["params"]["n_trees"] == 10
+    assert manifest["files"]["descriptors.npy"] == (folder / "descriptors.npy").stat().st_size
     assert np.load(folder / "descriptors.npy").shape == (24, 2048)
     # No checkpoint or temporary folder is left beside the index.
     assert sorted(p.name for p in (built / "demo").iterdir()) == ["collection.json", "xception"]
@@ -103,7 +107,7 @@ def test_a_crop_finds_its_source_at_rank_1_through_annoy_and_exact(built, galler
         query = crop_of(gallery / source, fraction=0.8, scale=1.2)
         for exact in (False, True):
             for metric in ("cosine", "euclidean"):
-                result = engine.search(query, collection="demo", backbone="xception", metric=metric, k=5, exact=exact)
+                result = engine.search(query, collection="demo", recipe="xception", metric=metric, k=5, exact=exact)
                 assert result.hits[0].image == source, (metric, exact, [h.image for h in result.hits])
                 assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
                 assert result.hits[0].path == gallery / source
@@ -116,10 +120,10 @@ def test_box_query_crops_before_describing(built, gallery, extractors):
     canvas = Image.new("RGB", (400, 300), (128, 128, 128))
     with Image.open(gallery / "picture_007.jpg") as picture:
         canvas.paste(picture, (230, 170))
-    boxed = engine.search(canvas, collection="demo", backbone="xception", k=3, box=(230, 170, 390, 290))
+    boxed = engine.search(canvas, collection="demo", recipe="xception", k=3, box=(230, 170, 390, 290))
     assert boxed.hits[0].image == "picture_007.jpg"
-    described = engine.describe(canvas, collection="demo", backbone="xception", box=(230, 170, 390, 290))
-    direct = engine.describe(gallery / "picture_007.jpg", collection="demo", backbone="xception")
+    described = engine.describe(canvas, collection="demo", recipe="xception", box=(230, 170, 390, 290))
+    direct = engine.describe(gallery / "picture_007.jpg", collection="demo", recipe="xception")
     assert np.allclose(described, direct, atol=1e-3 * np.abs(direct).max())
 
 
@@ -128,20 +132,20 @@ def test_annoy_and_exact_agree_on_top10(built, gallery, extractors):
     for index in range(0, 24, 4):
         query = crop_of(gallery / f"picture_{index:03d}.jpg", fraction=0.6, scale=0.9)
         for metric in ("cosine", "euclidean"):
-            annoy = engine.search(query, collection="demo", backbone="xception", metric=metric, k=10)
-            exact = engine.search(query, collection="demo", backbone="xception", metric=metric, k=10, exact=True)
+            annoy = engine.search(query, collection="demo", recipe="xception", metric=metric, k=10)
+            exact = engine.search(query, collection="demo", recipe="xception", metric=metric, k=10, exact=True)
             assert [h.image for h in annoy.hits] == [h.image for h in exact.hits]
 
 
 def test_second_query_reuses_the_model_and_the_index(built, gallery):
     engine = SearchEngine(built)
     query = gallery / "picture_003.jpg"
-    engine.search(query, collection="demo", backbone="xception")
-    model = engine.extractors.get(XCEPTION, Weights.parse("none"), SMALL).model
+    engine.search(query, collection="demo", recipe="xception")
+    model = engine.extractors.get(Recipe.create("xception", weights="none", input_size=SMALL)).model
     index = engine.index("demo", "xception")
-    second = engine.search(query, collection="demo", backbone="xception")
+    second = engine.search(query, collection="demo", recipe="xception")
     assert len(engine.extractors) == 1
-    assert engine.extractors.get(XCEPTION, Weights.parse("none"), SMALL).model is model
+    assert engine.extractors.get(Recipe.create("xception", weights="none", input_size=SMALL)).model is model
     assert engine.index("demo", "xception") is index
     assert second.hits[0].image == "picture_003.jpg"
     assert second.hits[0].similarity == pytest.approx(1.0, abs=1e-4)
@@ -152,32 +156,34 @@ def test_bad_queries_raise_the_clear_error(built, tmp_path, extractors):
     text = tmp_path / "query.jpg"
     text.write_text("hello")
     with pytest.raises(ImageError, match="query.jpg"):
-        engine.search(text, collection="demo", backbone="xception")
+        engine.search(text, collection="demo", recipe="xception")
     with pytest.raises(ImageError):
-        engine.search(np.zeros((50, 50, 3), np.uint8), collection="demo", backbone="xception", box=(10, 10, 12, 12))
+        engine.search(np.zeros((50, 50, 3), np.uint8), collection="demo", recipe="xception", box=(10, 10, 12, 12))
     with pytest.raises(IndexLoadError, match="--backbones vgg16"):
-        engine.search(np.zeros((50, 50, 3), np.uint8), collection="demo", backbone="vgg16")
+        engine.search(np.zeros((50, 50, 3), np.uint8), collection="demo", recipe="vgg16")
 
 
 def test_rebuild_is_a_no_op_and_force_rebuilds(built, gallery, extractors):
     collection = folder_collection(gallery, "demo")
     manifest_before = (built / "demo" / "xception" / "manifest.json").read_text()
     outcomes = build_indexes(collection, [XCEPTION], settings_for(built), extractors=extractors)
-    assert [outcome.status for outcome in outcomes] == ["up to date"]
+    assert [outcome.status for outcome in outcomes] == [BuildStatus.UP_TO_DATE]
     assert (built / "demo" / "xception" / "manifest.json").read_text() == manifest_before
     # Other weights or another input size are a different index: rebuilt, not reused.
     changed = build_indexes(collection, [XCEPTION], settings_for(built, input_size=80), extractors=extractors)
-    assert changed[0].status == "built"
-    assert json.loads((built / "demo" / "xception" / "manifest.json").read_text())["input_size"] == 80
+    assert changed[0].status is BuildStatus.BUILT
+    assert json.loads((built / "demo" / "xception" / "manifest.json").read_text())["recipe"]["input_size"] == 80
     forced = build_indexes(collection, [XCEPTION], settings_for(built, force=True), extractors=extractors)
-    assert forced[0].status == "built"
-    assert load_index(built / "demo" / "xception").manifest.input_size == SMALL
+    assert forced[0].status is BuildStatus.BUILT
+    assert load_index(built / "demo" / "xception").manifest.recipe.input_size == SMALL
 
 
 def test_collection_file_records_root_and_queries(built, gallery):
-    saved = read_collection(built, "demo")
-    assert saved.root == gallery.resolve()
+    saved = read_collection_record(IndexLayout(built), "demo")
+    assert saved.root == gallery.resolve() and saved.images_found
     assert saved.queries == ()
+    record = json.loads((built / "demo" / "collection.json").read_text())
+    assert not Path(record["images_root"]).is_absolute()
 
 
 def test_an_interrupted_build_leaves_no_index_and_the_rerun_resumes(gallery, tmp_path, extractors):
@@ -198,7 +204,7 @@ def test_an_interrupted_build_leaves_no_index_and_the_rerun_resumes(gallery, tmp
     assert checkpoints == ["chunk_00000000.npz", "chunk_00000008.npz"]
 
     outcome = build_indexes(collection, [XCEPTION], settings_for(tmp_path), extractors=extractors)[0]
-    assert outcome.status == "built" and outcome.resumed_images == 16
+    assert outcome.status is BuildStatus.BUILT and outcome.resumed_images == 16
     resumed = load_index(tmp_path / "demo" / "xception")
     fresh = build_indexes(collection, [XCEPTION], settings_for(tmp_path / "fresh"), extractors=extractors)[0]
     reference = load_index(fresh.folder)
@@ -266,13 +272,13 @@ def test_cli_killed_mid_extraction_leaves_no_index_and_rerun_completes(gallery, 
 
 
 def test_small_collections_are_searched_exactly_unless_annoy_is_asked_for(built, gallery, extractors, monkeypatch):
-    import cbir.search
+    import cbir.ranking
 
     engine = SearchEngine(built, extractors=extractors)
     query = gallery / "picture_004.jpg"
-    assert engine.search(query, collection="demo", backbone="xception").exact is True
-    assert engine.search(query, collection="demo", backbone="xception", exact=False).exact is False
+    assert engine.search(query, collection="demo", recipe="xception").exact is True
+    assert engine.search(query, collection="demo", recipe="xception", exact=False).exact is False
     # Above the limit the default goes through Annoy.
-    monkeypatch.setattr(cbir.search, "EXACT_SEARCH_LIMIT", 10)
-    result = engine.search(query, collection="demo", backbone="xception")
+    monkeypatch.setattr(cbir.ranking, "EXACT_SEARCH_LIMIT", 10)
+    result = engine.search(query, collection="demo", recipe="xception")
     assert result.exact is False and result.hits[0].image == "picture_004.jpg"

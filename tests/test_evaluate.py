@@ -15,7 +15,9 @@ from PIL import Image
 
 from cbir.backbones import BACKBONES, ExtractorCache, Weights
 from cbir.build import BuildSettings, build_indexes
-from cbir.collections import DownloadSettings, prepare_dataset
+from cbir.datasets import DownloadSettings, prepare_dataset
+from cbir.distances import Metric
+from cbir.errors import CbirError
 from cbir.evaluate import (
     EvaluationSettings,
     evaluate_collection,
@@ -25,6 +27,7 @@ from cbir.evaluate import (
     study_reported,
 )
 from cbir.metrics import average_precision, score_query
+from cbir.protocols import STANDARD, QueryMode
 from cbir.search import SearchEngine
 from fake_datasets import make_oxford_layout, serve_directory
 
@@ -43,7 +46,7 @@ def oxford(tmp_path_factory):
         )
     index_root = root / "indexes"
     settings = BuildSettings(
-        index_root=index_root, weights=Weights.parse("none"), input_size=80, progress=False, n_trees=10
+        index_dir=index_root, weights=Weights.parse("none"), input_size=80, progress=False, n_trees=10
     )
     extractors = ExtractorCache()
     build_indexes(collection, [BACKBONES["xception"]], settings, extractors=extractors)
@@ -55,10 +58,11 @@ def test_results_files_are_written_and_agree_with_the_metrics(oxford):
     index_root = oxford["index_root"]
     engine = SearchEngine(index_root, extractors=oxford["extractors"])
     results = evaluate_collection(
-        EvaluationSettings(index_root=index_root, collection="oxford5k", progress=False), engine=engine
+        EvaluationSettings(index_dir=index_root, collection="oxford5k", progress=False), engine=engine
     )
-    assert load_results(index_root, "oxford5k") == json.loads(json.dumps(results))
-    rows = {(r["backbone"], r["metric"], r["query_mode"]): r for r in results["rows"]}
+    assert load_results(index_root, "oxford5k") == results
+    rows = {(r.recipe, r.metric, r.query_mode): r for r in results.rows}
+    assert {r.protocol for r in results.rows} == {"standard"}
     assert sorted(rows) == [
         ("xception", "cosine", "cropped"),
         ("xception", "cosine", "full"),
@@ -66,11 +70,9 @@ def test_results_files_are_written_and_agree_with_the_metrics(oxford):
         ("xception", "euclidean", "full"),
     ]
     for row in rows.values():
-        assert row["n_queries"] == 6 and row["n_skipped"] == 0
-        assert row["untrained"] is True and "untrained" in row["weights"]
-        for field in ("map_oxford", "map", "map_11point", "map_at_100_annoy", "mp_at_1", "study_map"):
-            assert 0.0 <= row[field] <= 1.0
-        assert row["mean_query_seconds"] > 0
+        assert row.n_queries == 6 and row.n_skipped == 0
+        assert row.untrained is True and "untrained" in row.weights
+        assert row.mean_query_seconds > 0
 
     # Recompute one row from the rankings, independently of the evaluation loop.
     collection = oxford["collection"]
@@ -79,17 +81,17 @@ def test_results_files_are_written_and_agree_with_the_metrics(oxford):
     expected_ap, expected_annoy = [], []
     for query in collection.queries:
         descriptor = engine.describe(
-            collection.path_of(query.image), collection="oxford5k", backbone="xception", box=query.box
+            collection.path_of(query.image), collection="oxford5k", recipe="xception", box=query.box
         )
-        ranking = [ids[row] for row in loaded.search_exact(descriptor, "euclidean")[0]]
-        scores = score_query(ranking, query.good, query.ok, query.junk)
+        ranking = [ids[row] for row in loaded.search(descriptor, Metric.EUCLIDEAN, None, exact=True).rows]
+        scores = score_query(ranking, STANDARD.positives(query), STANDARD.ignored_ids(query))
         expected_ap.append((scores.ap_oxford, scores.ap, scores.ap_11point, scores.precision_at[5], scores.study_ap))
-        annoy = [ids[row] for row in loaded.search_annoy(descriptor, "euclidean", 100)[0]]
-        expected_annoy.append(average_precision(annoy, query.positives, query.junk))
+        annoy = [ids[row] for row in loaded.search(descriptor, Metric.EUCLIDEAN, 100, exact=False).rows]
+        expected_annoy.append(average_precision(annoy, STANDARD.positives(query), STANDARD.ignored_ids(query)))
     row = rows[("xception", "euclidean", "cropped")]
     means = np.mean(expected_ap, axis=0)
-    assert [row["map_oxford"], row["map"], row["map_11point"], row["mp_at_5"], row["study_map"]] == pytest.approx(means)
-    assert row["map_at_100_annoy"] == pytest.approx(np.mean(expected_annoy))
+    assert [row.map_oxford, row.map, row.map_11point, row.mp_at_5, row.study_map] == pytest.approx(means)
+    assert row.map_at_100_store == pytest.approx(np.mean(expected_annoy))
 
     folder = results_folder(index_root, "oxford5k")
     with open(folder / "per_query.csv", newline="") as handle:
@@ -101,8 +103,8 @@ def test_results_files_are_written_and_agree_with_the_metrics(oxford):
 
     with Image.open(folder / "pr_curves.png") as picture:
         assert picture.format == "PNG" and picture.size[0] > 400
-    curve = next(c for c in results["pr_curves"] if c["metric"] == "cosine" and c["query_mode"] == "cropped")
-    assert len(curve["precision"]) == 11 and curve["precision"][0] >= curve["precision"][-1]
+    curve = next(c for c in results.pr_curves if c.metric == "cosine" and c.query_mode == "cropped")
+    assert len(curve.precision) == 11
 
     summary = format_summary(results)
     assert "xception*" in summary and "untrained" in summary
@@ -112,12 +114,12 @@ def test_evaluating_again_keeps_rows_of_other_runs(oxford):
     index_root = oxford["index_root"]
     engine = SearchEngine(index_root, extractors=oxford["extractors"])
     evaluate_collection(
-        EvaluationSettings(index_root=index_root, collection="oxford5k", metrics=["cosine"], query_modes=["cropped"],
-                           progress=False),
+        EvaluationSettings(index_dir=index_root, collection="oxford5k", metrics=[Metric.COSINE],
+                           query_modes=[QueryMode.CROPPED], progress=False),
         engine=engine,
     )  # fmt: skip
     results = load_results(index_root, "oxford5k")
-    assert len(results["rows"]) == 4  # the three other combinations survive from the earlier run
+    assert len(results.rows) == 4  # the three other combinations survive from the earlier run
 
 
 def test_cli_downloads_builds_and_evaluates(oxford, tmp_path):
@@ -144,13 +146,13 @@ def test_cli_downloads_builds_and_evaluates(oxford, tmp_path):
 def test_evaluating_a_folder_without_ground_truth_says_so(tmp_path):
     from synthetic import make_gallery
 
-    from cbir.collections import folder_collection
+    from cbir.datasets import folder_collection
 
     make_gallery(tmp_path / "photos", 3)
-    settings = BuildSettings(index_root=tmp_path / "idx", weights=Weights.parse("none"), input_size=80, progress=False)
+    settings = BuildSettings(index_dir=tmp_path / "idx", weights=Weights.parse("none"), input_size=80, progress=False)
     build_indexes(folder_collection(tmp_path / "photos", "mine"), [BACKBONES["xception"]], settings)
-    with pytest.raises(ValueError, match="no ground-truth queries"):
-        evaluate_collection(EvaluationSettings(index_root=tmp_path / "idx", collection="mine", progress=False))
+    with pytest.raises(CbirError, match="no ground-truth queries"):
+        evaluate_collection(EvaluationSettings(index_dir=tmp_path / "idx", collection="mine", progress=False))
 
 
 def test_study_table_is_data_labelled_as_reported():

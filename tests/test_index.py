@@ -8,28 +8,34 @@ import numpy as np
 import pytest
 
 from cbir import index as index_module
-from cbir.index import (
-    IndexLoadError,
-    Manifest,
-    cosine_similarity,
-    exact_distances,
-    list_indexes,
-    load_index,
-    write_index,
-)
+from cbir.distances import Metric, cosine_similarity, exact_distances
+from cbir.index import IndexLoadError, LoadedIndex, Manifest, StoreSpec, list_indexes, load_index, scan_indexes
+from cbir.recipe import Recipe
 
 
-def make_manifest(n: int, dim: int, backbone: str = "xception", collection: str = "demo") -> Manifest:
+def make_manifest(n: int, dim: int, backbone: str = "xception", collection: str = "demo", n_trees: int = 5) -> Manifest:
     return Manifest(
         collection=collection,
-        collection_root="/photos",
-        backbone=backbone,
-        weights={"kind": "none", "identity": "untrained (random init, seed 1234)", "untrained": True},
-        input_size=96,
-        dim=dim,
+        recipe=Recipe.create(backbone, weights="none", input_size=None if backbone == "vgg16" else 96),
         images=[f"img_{i:03d}.jpg" for i in range(n)],
+        dim=dim,
+        store=StoreSpec("annoy", {"n_trees": n_trees}),
         versions={"keras": "3.0.0", "tensorflow": "2.0.0"},
     )
+
+
+def write_index(folder, descriptors, manifest: Manifest, n_trees: int | None = None) -> Manifest:
+    if n_trees is not None:
+        manifest.store = StoreSpec("annoy", {"n_trees": n_trees})
+    return index_module.write_index(folder, descriptors, manifest)
+
+
+def exact(loaded: LoadedIndex, query, metric: str, k: int | None = None):
+    return loaded.search(np.asarray(query, np.float32), Metric(metric), k, exact=True)
+
+
+def annoy(loaded: LoadedIndex, query, metric: str, k: int, **options):
+    return loaded.store.search(np.asarray(query, np.float32), Metric(metric), k, **options)
 
 
 def clustered(n: int, dim: int, seed: int = 0, centres: int = 10) -> np.ndarray:
@@ -44,11 +50,11 @@ def test_exact_search_returns_the_hand_computed_order(tmp_path):
     folder = tmp_path / "demo" / "xception"
     write_index(folder, descriptors, make_manifest(4, 2), n_trees=5)
     loaded = load_index(folder)
-    rows, distances = loaded.search_exact(np.array([1.0, 0.2]), "cosine")
+    rows, distances = exact(loaded, np.array([1.0, 0.2]), "cosine")
     # cos to [1,0] = 0.981, to [1,1] = 0.832, to [0,1] = 0.196, to [-1,0] = -0.981
     assert rows.tolist() == [0, 2, 1, 3]
     assert cosine_similarity(distances[0]) == pytest.approx(1 / np.sqrt(1.04), abs=1e-6)
-    rows, distances = loaded.search_exact(np.array([1.0, 0.2]), "euclidean", k=2)
+    rows, distances = exact(loaded, np.array([1.0, 0.2]), "euclidean", k=2)
     # |q-[1,0]| = 0.2, |q-[1,1]| = 0.8
     assert rows.tolist() == [0, 2]
     assert distances.tolist() == pytest.approx([0.2, 0.8], abs=1e-6)
@@ -62,8 +68,8 @@ def test_annoy_and_exact_agree_on_top10(tmp_path):
     queries = clustered(20, 32, seed=7)
     for metric in ("cosine", "euclidean"):
         for query in queries:
-            exact_rows, exact_distances_ = loaded.search_exact(query, metric, 10)
-            annoy_rows, annoy_distances = loaded.search_annoy(query, metric, 10)
+            exact_rows, exact_distances_ = exact(loaded, query, metric, 10)
+            annoy_rows, annoy_distances = annoy(loaded, query, metric, 10)
             assert annoy_rows.tolist() == exact_rows.tolist()
             assert annoy_distances == pytest.approx(exact_distances_, rel=1e-4, abs=1e-4)
 
@@ -74,7 +80,7 @@ def test_annoy_distances_without_rerank_are_in_the_same_units(tmp_path):
     write_index(folder, descriptors, make_manifest(50, 8), n_trees=10)
     loaded = load_index(folder)
     for metric in ("cosine", "euclidean"):
-        rows, distances = loaded.search_annoy(descriptors[3], metric, 5, rerank=False)
+        rows, distances = annoy(loaded, descriptors[3], metric, 5, rerank=False)
         assert rows[0] == 3
         expected = exact_distances(descriptors[rows], descriptors[3], metric)
         assert distances == pytest.approx(expected, rel=1e-3, abs=1e-3)
@@ -87,17 +93,17 @@ def test_cosine_and_euclidean_rank_differently_on_raw_descriptors(tmp_path):
     write_index(folder, descriptors, make_manifest(2, 2), n_trees=2)
     loaded = load_index(folder)
     query = np.array([1.0, 0.0])
-    assert loaded.search_exact(query, "cosine")[0].tolist() == [0, 1]
-    assert loaded.search_exact(query, "euclidean")[0].tolist() == [1, 0]
-    assert loaded.search_annoy(query, "cosine", 2)[0].tolist() == [0, 1]
-    assert loaded.search_annoy(query, "euclidean", 2)[0].tolist() == [1, 0]
+    assert exact(loaded, query, "cosine")[0].tolist() == [0, 1]
+    assert exact(loaded, query, "euclidean")[0].tolist() == [1, 0]
+    assert annoy(loaded, query, "cosine", 2)[0].tolist() == [0, 1]
+    assert annoy(loaded, query, "euclidean", 2)[0].tolist() == [1, 0]
 
 
 def test_single_item_index_round_trips(tmp_path):
     folder = tmp_path / "demo" / "xception"
     write_index(folder, np.ones((1, 3), np.float32), make_manifest(1, 3), n_trees=1)
     loaded = load_index(folder)
-    assert loaded.search_annoy(np.ones(3), "cosine", 10)[0].tolist() == [0]
+    assert annoy(loaded, np.ones(3), "cosine", 10)[0].tolist() == [0]
     assert json.loads((folder / "manifest.json").read_text())["images"] == ["img_000.jpg"]
 
 
@@ -105,7 +111,7 @@ def test_manifest_from_another_backbone_is_refused_with_the_rebuild_command(tmp_
     folder = tmp_path / "demo" / "vgg16"
     write_index(folder, clustered(5, 4), make_manifest(5, 4, backbone="xception"), n_trees=2)
     with pytest.raises(IndexLoadError) as raised:
-        load_index(folder, expected_backbone="vgg16")
+        load_index(folder, expected=Recipe.create("vgg16", weights="none"))
     message = str(raised.value)
     assert "built by xception, not vgg16" in message
     assert "python build_index.py --images <folder> --name demo --backbones vgg16 --force" in message
@@ -115,18 +121,19 @@ def test_wrong_dimension_unknown_schema_and_missing_file_are_refused(tmp_path):
     folder = tmp_path / "oxford5k" / "xception"
     write_index(folder, clustered(5, 4), make_manifest(5, 4, collection="oxford5k"), n_trees=2)
     with pytest.raises(IndexLoadError, match="holds 4-d descriptors, expected 2048-d"):
-        load_index(folder, expected_dim=2048)
+        load_index(folder, expected=Recipe.create("xception", weights="none", input_size=96))
 
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["schema_version"] = 99
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexLoadError, match="schema version 99.*--dataset oxford5k --backbones xception"):
         load_index(folder)
+    assert scan_indexes(tmp_path)[1][0].problem.startswith(f"{folder / 'manifest.json'} has schema version 99")
 
     manifest["schema_version"] = index_module.SCHEMA_VERSION
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "euclidean.ann").unlink()
-    with pytest.raises(IndexLoadError, match="missing euclidean.ann"):
+    with pytest.raises(IndexLoadError, match="damaged: euclidean.ann is missing"):
         load_index(folder)
     with pytest.raises(IndexLoadError, match="no index at"):
         load_index(tmp_path / "oxford5k" / "vgg16")
@@ -136,6 +143,12 @@ def test_descriptor_rows_that_disagree_with_the_manifest_are_refused(tmp_path):
     folder = tmp_path / "demo" / "xception"
     write_index(folder, clustered(5, 4), make_manifest(5, 4), n_trees=2)
     np.save(folder / "descriptors.npy", clustered(3, 4))
+    # The size recorded in the manifest gives it away before numpy reads the file.
+    with pytest.raises(IndexLoadError, match=r"damaged: descriptors.npy has \d+ bytes, the manifest recorded \d+"):
+        load_index(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"].pop("descriptors.npy")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexLoadError, match=r"shape \(3, 4\).*5 x 4"):
         load_index(folder)
 
@@ -190,9 +203,12 @@ def test_annoy_file_that_disagrees_with_the_manifest_is_refused(tmp_path):
     other = tmp_path / "other" / "xception"
     write_index(other, clustered(8, 4), make_manifest(8, 4), n_trees=2)
     (folder / "cosine.ann").write_bytes((other / "cosine.ann").read_bytes())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["cosine.ann"] = (folder / "cosine.ann").stat().st_size  # sizes alike, content not
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     loaded = load_index(folder)
-    with pytest.raises(IndexLoadError, match="holds 8 items but the manifest lists 5"):
-        loaded.annoy("cosine")
+    with pytest.raises(IndexLoadError, match="holds 8 items but the manifest lists 5 images. Rebuild it"):
+        loaded.search(np.ones(4, np.float32), Metric.COSINE, 3, exact=False)
 
 
 def test_version_drift_is_reported(tmp_path):

@@ -124,7 +124,7 @@ def test_junk_before_between_and_after_positives_is_removed_before_ranking():
 
 def test_perfect_ranking_scores_one_everywhere():
     positives = frozenset({"p1", "p2", "p3"})
-    scores = score_query(["p1", "p3", "p2", "n1", "n2"], positives, NO_JUNK, NO_JUNK)
+    scores = score_query(["p1", "p3", "p2", "n1", "n2"], positives, NO_JUNK)
     assert scores is not None
     assert scores.ap_oxford == approx(1.0)  # 3 steps of 1/3 * (1 + 1) / 2
     assert scores.ap == approx(1.0)
@@ -206,8 +206,12 @@ def test_study_measure_with_nothing_found_in_top_g():
 
 
 def test_score_query_hand_worked_with_good_ok_and_junk():
+    from cbir.datasets import Query
+    from cbir.protocols import STANDARD
+
     ranking = ["a", "j", "x", "b"]  # non-junk: a x b
-    scores = score_query(ranking, good=frozenset({"a"}), ok=frozenset({"b"}), junk=frozenset({"j"}))
+    query = Query("q", "a", (0, 0, 1, 1), {"good": {"a"}, "ok": {"b"}, "junk": {"j"}})
+    scores = score_query(ranking, STANDARD.positives(query), STANDARD.ignored_ids(query))
     assert scores is not None
     assert scores.n_positives == 2  # ok counts as positive
     assert scores.ap == approx((1 / 1 + 2 / 3) / 2)
@@ -221,7 +225,7 @@ def test_score_query_hand_worked_with_good_ok_and_junk():
 
 
 def test_query_without_positives_is_skipped_and_counted():
-    assert score_query(["a", "b"], frozenset(), frozenset(), frozenset({"a"})) is None
+    assert score_query(["a", "b"], frozenset(), frozenset({"a"})) is None
     first = QueryScores(0.5, 0.6, 0.7, {1: 1.0, 5: 0.4}, 0.8, 0.3, 2)
     second = QueryScores(0.25, 0.2, 0.1, {1: 0.0, 5: 0.2}, 0.4, 0.1, 5)
     means = mean_scores([first, None, second])
@@ -384,7 +388,7 @@ def queries(draw):
 @given(queries())
 def test_all_measures_lie_in_unit_interval(query):
     ranking, positives, junk = query
-    scores = score_query(ranking, positives, NO_JUNK, junk, ks=(1, 3, 10))
+    scores = score_query(ranking, positives, junk, ks=(1, 3, 10))
     assert scores is not None
     values = [
         scores.ap_oxford,
@@ -423,9 +427,7 @@ def test_shuffling_the_tail_after_the_last_positive_changes_nothing(query, data)
     last_hit = max((i for i, img in enumerate(ranking) if img in positives), default=-1)
     head, tail = ranking[: last_hit + 1], ranking[last_hit + 1 :]
     shuffled = head + data.draw(st.permutations(tail))
-    assert score_query(shuffled, positives, NO_JUNK, junk) == score_query(
-        ranking, positives, NO_JUNK, junk
-    )
+    assert score_query(shuffled, positives, junk) == score_query(ranking, positives, junk)
 
 
 @PROPERTY_SETTINGS
@@ -447,7 +449,7 @@ def test_inserting_junk_anywhere_changes_nothing(query, insert_at):
 def test_putting_every_positive_first_scores_one(query):
     ranking, positives, junk = query
     perfect = sorted(positives) + [img for img in ranking if img not in positives]
-    scores = score_query(perfect, positives, NO_JUNK, junk)
+    scores = score_query(perfect, positives, junk)
     assert scores is not None
     for value in (scores.ap_oxford, scores.ap, scores.ap_11point):
         assert value == approx(1.0)

@@ -13,19 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from cbir.collections import (
+from cbir.datasets import (
     DATASETS,
     Collection,
     DatasetError,
     DownloadSettings,
     dataset_dir,
-    download,
     folder_collection,
     load_collection_dir,
     parse_ground_truth,
     prepare_dataset,
-    safe_extract,
 )
+from cbir.download import download
 from fake_datasets import (
     ServerBehaviour,
     draw_landmark_image,
@@ -90,10 +89,10 @@ def test_oxford_ground_truth_strips_prefix_and_reads_boxes_and_lists(oxford: dic
     first = queries[0]
     assert first.image == "all_souls_000000"
     assert first.box == (3.5, 1.5, 41.7, 30.1)
-    assert first.good == {"all_souls_000000", "all_souls_000001"}
-    assert first.ok == {"all_souls_000002"}
-    assert first.junk == {"all_souls_000003"}
-    assert first.positives == first.good | first.ok
+    assert first.label("good") == {"all_souls_000000", "all_souls_000001"}
+    assert first.label("ok") == {"all_souls_000002"}
+    assert first.label("junk") == {"all_souls_000003"}
+    assert sorted(first.labels) == ["good", "junk", "ok"]
 
 
 def test_ground_truth_with_a_malformed_query_line_names_the_file(tmp_path: Path, oxford: dict) -> None:
@@ -239,10 +238,29 @@ def test_a_server_that_ignores_ranges_makes_the_download_start_over(tmp_path: Pa
     behaviour = ServerBehaviour(ignore_range=True)
 
     with serve_directory(oxford["archive_dir"], behaviour) as base_url:
-        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path))
+        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path).http)
 
     assert behaviour.requests[0].range == "bytes=29-" and behaviour.requests[0].status == 200
     assert dest.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("shift", [10, -10])
+def test_a_resume_answered_from_another_byte_is_refused_and_the_download_starts_over(
+    tmp_path: Path, oxford: dict, shift: int
+) -> None:
+    source = oxford["archives"]["oxbuild_images-v1.tgz"].read_bytes()
+    dest = tmp_path / "images.tgz"
+    offset = len(source) // 2
+    (tmp_path / "images.tgz.part").write_bytes(source[:offset])
+    behaviour = ServerBehaviour(range_shift=shift)
+
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        download(f"{base_url}/oxbuild_images-v1.tgz", dest, quiet_settings(tmp_path).http)
+
+    first, second = behaviour.requests
+    assert first.range == f"bytes={offset}-" and first.status == 206  # answered from offset - shift
+    assert second.range is None and second.status == 200  # the .part was dropped, the file fetched anew
+    assert dest.read_bytes() == source
 
 
 def test_a_complete_part_file_is_finished_without_downloading_again(tmp_path: Path, oxford: dict) -> None:
@@ -252,7 +270,7 @@ def test_a_complete_part_file_is_finished_without_downloading_again(tmp_path: Pa
     behaviour = ServerBehaviour()
 
     with serve_directory(oxford["archive_dir"], behaviour) as base_url:
-        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path))
+        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path).http)
 
     assert [request.status for request in behaviour.requests] == [416]
     assert dest.read_bytes() == source.read_bytes()
@@ -310,14 +328,14 @@ def test_basic_auth_falls_back_to_netrc(tmp_path: Path, oxford: dict) -> None:
     behaviour = ServerBehaviour(credentials=("alice", "s3cret"))
 
     with serve_directory(oxford["archive_dir"], behaviour) as base_url:
-        download(f"{base_url}/gt_files_170407.tgz", tmp_path / "gt.tgz", quiet_settings(tmp_path))
+        download(f"{base_url}/gt_files_170407.tgz", tmp_path / "gt.tgz", quiet_settings(tmp_path).http)
 
     assert (tmp_path / "gt.tgz").read_bytes() == oxford["archives"]["gt_files_170407.tgz"].read_bytes()
 
 
 def test_unknown_dataset_name_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="oxford5k, paris6k"):
-        prepare_dataset("holidays", quiet_settings(tmp_path))
+        prepare_dataset("holidays", quiet_settings(tmp_path).http)
 
 
 def test_settings_come_from_the_environment_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,94 +350,6 @@ def test_settings_come_from_the_environment_and_overrides_win(monkeypatch: pytes
     assert settings.user == "alice" and settings.password is None
     assert settings.progress is False
     assert DownloadSettings.from_env(data_dir="elsewhere").data_dir == Path("elsewhere")
-
-
-# --------------------------------------------------------------------------------------------
-# safe_extract
-
-
-def make_tar(path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for info, data in members:
-            info.size = len(data) if info.isfile() else 0
-            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
-    return path
-
-
-def file_member(name: str) -> tuple[tarfile.TarInfo, bytes]:
-    return tarfile.TarInfo(name), b"payload"
-
-
-def link_member(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = target
-    return info, b""
-
-
-@pytest.mark.parametrize("evil_name", ["../evil.txt", "sub/../../evil.txt"])
-def test_extract_refuses_members_that_climb_out(tmp_path: Path, evil_name: str) -> None:
-    archive = make_tar(tmp_path / "evil.tgz", file_member("fine.txt"), file_member(evil_name))
-    dest = tmp_path / "out"
-
-    with pytest.raises(DatasetError, match="evil.txt"):
-        safe_extract(archive, dest)
-
-    assert not (tmp_path / "evil.txt").exists()
-
-
-def test_extract_refuses_absolute_member_paths(tmp_path: Path) -> None:
-    target = tmp_path / "absolute.txt"
-    archive = make_tar(tmp_path / "evil.tgz", file_member(str(target)))
-
-    with pytest.raises(DatasetError, match="absolute"):
-        safe_extract(archive, tmp_path / "out")
-
-    assert not target.exists()
-    assert not list((tmp_path / "out").rglob("absolute.txt"))
-
-
-@pytest.mark.parametrize(
-    "members",
-    [
-        [link_member("escape", "../../outside")],
-        [link_member("escape", "/etc/passwd")],
-        [link_member("hard", "../outside", tarfile.LNKTYPE)],
-        [link_member("inner", "."), file_member("inner/../../outside.txt")],
-        [link_member("jump", "sub/.."), file_member("jump/x.txt")],
-    ],
-    ids=["relative-symlink", "absolute-symlink", "hardlink", "through-dot", "through-link"],
-)
-def test_extract_refuses_links_leaving_the_folder(tmp_path: Path, members: list) -> None:
-    archive = make_tar(tmp_path / "evil.tgz", *members)
-
-    with pytest.raises(DatasetError, match="refusing"):
-        safe_extract(archive, tmp_path / "out")
-
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tgz", "home", "out"]
-
-
-def test_extract_keeps_inner_links_and_skips_device_files(tmp_path: Path) -> None:
-    device = tarfile.TarInfo("dev/null-ish")
-    device.type = tarfile.CHRTYPE
-    archive = make_tar(
-        tmp_path / "ok.tgz", file_member("a/real.txt"), link_member("a/alias.txt", "real.txt"), (device, b"")
-    )
-
-    safe_extract(archive, tmp_path / "out")
-
-    assert (tmp_path / "out/a/alias.txt").read_bytes() == b"payload"
-    assert not (tmp_path / "out/dev/null-ish").exists()
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_corrupt_archive_says_to_delete_it(tmp_path: Path, oxford: dict, damage: str) -> None:
-    archive = tmp_path / "oxbuild_images-v1.tgz"
-    good = oxford["archives"]["oxbuild_images-v1.tgz"].read_bytes()
-    archive.write_bytes(b"\x1f\x8b not really gzip" * 50 if damage == "garbage" else good[: len(good) // 2])
-
-    with pytest.raises(DatasetError, match="corrupt.*delete it"):
-        safe_extract(archive, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Distances between descriptors, in the project's own metric names.
+
+Each store maps these names to its own (Annoy: "angular" / "euclidean") inside the store. Cosine
+distances are reported as Annoy reports them, the angular distance sqrt(2 (1 - cos)), so a ranking
+reads the same whichever store made it; `cosine_similarity` turns one back.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+import numpy as np
+
+from cbir.errors import SettingsError
+
+
+class Metric(str, Enum):
+    COSINE = "cosine"  # on L2-normalised descriptors
+    EUCLIDEAN = "euclidean"  # on the raw (or whitened, unnormalised) descriptors
+
+    @classmethod
+    def parse(cls, value: str | Metric) -> Metric:
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(m.value for m in cls)
+            raise SettingsError(f"unknown metric {value!r}; known metrics: {known}") from None
+
+
+class Neighbours(NamedTuple):
+    """Row ids and their distances, nearest first."""
+
+    rows: np.ndarray
+    distances: np.ndarray
+
+
+def squared_norms(descriptors: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", descriptors, descriptors)
+
+
+def exact_distances(
+    descriptors: np.ndarray, query: np.ndarray, metric: Metric | str, norms: np.ndarray | None = None
+) -> np.ndarray:
+    """Distance from `query` to every row.
+
+    `norms` (squared, one per row) may be passed in when the rows are searched again and again: it
+    saves a second pass over the whole matrix per query.
+    """
+    metric = Metric.parse(metric)
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    if norms is None:
+        norms = squared_norms(descriptors)
+    products = descriptors @ query
+    if metric is Metric.COSINE:
+        cosine = products / np.maximum(np.sqrt(norms) * np.linalg.norm(query), 1e-12)
+        return np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
+    return np.sqrt(np.maximum(norms - 2.0 * products + float(query @ query), 0.0))
+
+
+def cosine_similarity(distance: np.ndarray | float) -> np.ndarray | float:
+    """An angular distance back to cosine similarity."""
+    return 1.0 - np.square(distance) / 2.0
+
+
+def nearest(distances: np.ndarray, k: int | None, rows: np.ndarray | None = None) -> Neighbours:
+    """The k smallest distances (all if k is None), ties broken by row id so rankings are stable."""
+    rows = np.arange(len(distances)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if k is None or k >= len(distances):
+        order = np.lexsort((rows, distances))
+    else:
+        candidates = np.argpartition(distances, k - 1)[:k]
+        order = candidates[np.lexsort((rows[candidates], distances[candidates]))]
+    return Neighbours(rows[order], distances[order])

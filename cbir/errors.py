@@ -1,0 +1,16 @@
+"""The one base class for problems a user can fix.
+
+Everything raised as a `CbirError` carries a message that says what went wrong and what to do
+next (usually a command to run). The shells (`app.py`, `build_index.py`, `python -m
+cbir.evaluate`) catch `CbirError` and show its message; anything else is a bug and surfaces as one.
+"""
+
+from __future__ import annotations
+
+
+class CbirError(Exception):
+    """A problem the user can fix; the message names the fix."""
+
+
+class SettingsError(CbirError, ValueError):
+    """An argument or setting that cannot be used as given (unknown name, bad value)."""

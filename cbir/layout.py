@@ -1,0 +1,146 @@
+"""The only owner of paths under the index root, and of the collection record.
+
+    <index root>/<collection>/
+        collection.json         the collection record: where its images are, its queries
+        <recipe key>/           one index folder per recipe (cbir.index)
+        .extract-<recipe key>/  checkpoints of an extraction in progress (removed when done)
+        evaluation/             results files (cbir.evaluate)
+
+The collection record stores the images folder relative to the record itself (and, as a fallback,
+where it was when built), so an index root copied together with its images -- or a folder of
+photos next to its indexes -- loads from anywhere. Image paths in manifests are relative to that
+images folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cbir import atomic
+from cbir.datasets.model import Collection, Query
+from cbir.datasets.registry import DATASETS
+from cbir.errors import CbirError
+
+logger = logging.getLogger(__name__)
+
+COLLECTION_RECORD = "collection.json"
+RECORD_SCHEMA_VERSION = 2
+MANIFEST = "manifest.json"
+DESCRIPTORS = "descriptors.npy"
+RESULTS_DIR = "evaluation"
+CHECKPOINT_PREFIX = ".extract-"
+
+
+class IndexLoadError(CbirError):
+    """An index or collection record that must not be loaded as it is; the message names the fix."""
+
+
+def build_command(collection: str, recipe_key: str | None = None, *, force: bool = False) -> str:
+    """The command that (re)builds one index of a collection."""
+    source = f"--dataset {collection}" if collection in DATASETS else f"--images <folder> --name {collection}"
+    command = f"python build_index.py {source}"
+    if recipe_key:
+        command += f" --backbones {recipe_key.split('-', 1)[0]}"
+    return command + (" --force" if force else "")
+
+
+class IndexLayout:
+    """Paths under one index root."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def collection_dir(self, collection: str) -> Path:
+        return self.root / collection
+
+    def record_path(self, collection: str) -> Path:
+        return self.collection_dir(collection) / COLLECTION_RECORD
+
+    def index_dir(self, collection: str, recipe_key: str) -> Path:
+        return self.collection_dir(collection) / recipe_key
+
+    def checkpoint_dir(self, collection: str, recipe_key: str) -> Path:
+        # Beside the index, never inside it: the index folder is replaced whole when it is written.
+        return self.collection_dir(collection) / f"{CHECKPOINT_PREFIX}{recipe_key}"
+
+    def results_dir(self, collection: str) -> Path:
+        return self.collection_dir(collection) / RESULTS_DIR
+
+    def index_dirs(self) -> Iterator[Path]:
+        """Every folder that holds a manifest (finished or not), temporary folders left out."""
+        if not self.root.is_dir():
+            return
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            if not atomic.is_temporary(manifest.parent):
+                yield manifest.parent
+
+    def collection_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(path.parent.name for path in self.root.glob(f"*/{COLLECTION_RECORD}"))
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    """What the build recorded about a collection: enough to show example queries and to evaluate."""
+
+    name: str
+    root: Path  # the images folder, absolute, as found now
+    queries: tuple[Query, ...]
+    n_images: int
+    images_found: bool  # False: the images are not where the record says (a moved index root)
+    recorded_root: str  # where the record says they are, for messages
+
+    def missing_images_message(self) -> str:
+        return (
+            f"the images of {self.name} are not at {self.recorded_root} (where they were when it was built). "
+            f"Put them back, or rebuild: {build_command(self.name)}"
+        )
+
+
+def write_collection_record(layout: IndexLayout, collection: Collection) -> Path:
+    path = layout.record_path(collection.name)
+    root = Path(collection.root).resolve()
+    data = {
+        "schema_version": RECORD_SCHEMA_VERSION,
+        "name": collection.name,
+        "images_root": os.path.relpath(root, path.parent.resolve()),
+        "images_root_as_built": str(root),
+        "n_images": len(collection.images),
+        "queries": [query.to_json() for query in collection.queries],
+    }
+    atomic.write_text(path, json.dumps(data, indent=1))
+    return path
+
+
+def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
+    path = layout.record_path(name)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IndexLoadError(
+            f"no collection {name!r} under {layout.root} ({path} is missing). Build it: {build_command(name)}"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise IndexLoadError(f"{path} is unreadable ({error}). Rebuild it: {build_command(name, force=True)}") from None
+    if "root" in data and "images_root" not in data:  # written before records were relocatable
+        candidates = [Path(data["root"])]
+        recorded = data["root"]
+    else:
+        candidates = [(path.parent / data["images_root"]).resolve(), Path(data["images_root_as_built"])]
+        recorded = str(candidates[0])
+    found = next((candidate for candidate in candidates if candidate.is_dir()), None)
+    queries = tuple(Query.from_json(query) for query in data.get("queries", []))
+    return CollectionRecord(
+        name=data["name"],
+        root=found or candidates[0],
+        queries=queries,
+        n_images=int(data.get("n_images", 0)),
+        images_found=found is not None,
+        recorded_root=recorded,
+    )

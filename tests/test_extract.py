@@ -1,0 +1,116 @@
+"""Extraction checkpoints: only work of the same recipe over the same files is ever resumed.
+
+A stub extractor (the mean colour of each image, repeated to the recipe's width) stands in for the
+network, so these run in a second and the expected rows are known.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.extract import extract_descriptors
+from cbir.recipe import Recipe
+from synthetic import make_gallery
+
+
+@dataclass
+class MeanColour:
+    """Describes an image by its mean colour; counts the images it was asked to describe."""
+
+    recipe: Recipe
+    described: int = 0
+
+    @property
+    def input_size(self) -> int:
+        return self.recipe.input_size
+
+    def describe(self, batch: np.ndarray) -> np.ndarray:
+        self.described += len(batch)
+        means = batch.reshape(len(batch), -1, 3).mean(axis=1).astype(np.float32)
+        return np.tile(means, (1, self.recipe.dim // 3 + 1))[:, : self.recipe.dim]
+
+
+def stub(input_size: int = 96, weights: str = "none") -> MeanColour:
+    return MeanColour(Recipe.create("xception", input_size=input_size, weights=weights))
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    make_gallery(tmp_path / "photos", 12)
+    return tmp_path / "photos"
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def interrupted_run(extractor, photos: Path, checkpoints: Path, after: int) -> None:
+    def stop(done: int, total: int) -> None:
+        if done >= after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_descriptors(extractor, photos, names(photos), batch_size=4, checkpoint_dir=checkpoints,
+                            checkpoint_every=4, progress=False, on_progress=stop)  # fmt: skip
+
+
+def run(extractor, photos: Path, checkpoints: Path):
+    return extract_descriptors(extractor, photos, names(photos), batch_size=4, checkpoint_dir=checkpoints,
+                               checkpoint_every=4, progress=False)  # fmt: skip
+
+
+def test_a_rerun_of_the_same_recipe_resumes_from_the_checkpoints(photos, tmp_path):
+    interrupted_run(stub(), photos, tmp_path / "ck", after=8)
+    extractor = stub()
+    result = run(extractor, photos, tmp_path / "ck")
+    assert result.resumed_images == 8 and extractor.described == 4  # only the last chunk was described
+    fresh = run(stub(), photos, tmp_path / "fresh")
+    assert result.images == fresh.images and np.array_equal(result.descriptors, fresh.descriptors)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [lambda: stub(input_size=80), lambda: stub(weights="imagenet"), lambda: MeanColour(Recipe.create("inception_v3", input_size=96, weights="none"))],
+    ids=["input-size", "weights", "backbone"],
+)
+def test_checkpoints_of_another_recipe_are_never_resumed(photos, tmp_path, caplog, other):
+    interrupted_run(stub(), photos, tmp_path / "ck", after=8)
+    extractor = other()
+    with caplog.at_level(logging.INFO, logger="cbir.extract"):
+        result = run(extractor, photos, tmp_path / "ck")
+    assert result.resumed_images == 0 and extractor.described == 12
+    assert "describing every image again" in caplog.text
+    assert np.array_equal(result.descriptors, run(other(), photos, tmp_path / "fresh").descriptors)
+
+
+def test_an_image_replaced_between_runs_is_described_again(photos, tmp_path, caplog):
+    interrupted_run(stub(), photos, tmp_path / "ck", after=8)
+    replaced = photos / "picture_005.jpg"  # in the second finished chunk
+    Image.new("RGB", (160, 120), (250, 10, 10)).save(replaced)
+    os.utime(replaced, ns=(1, 1))  # even with an old modification time: its size changed
+    extractor = stub()
+    with caplog.at_level(logging.INFO, logger="cbir.extract"):
+        result = run(extractor, photos, tmp_path / "ck")
+    assert "picture_005.jpg changed since it was described" in caplog.text
+    assert result.resumed_images == 4 and extractor.described == 8
+    row = result.images.index("picture_005.jpg")
+    assert result.descriptors[row][:3] == pytest.approx([250, 10, 10], abs=3)
+
+
+def test_an_image_rewritten_with_the_same_size_is_caught_by_its_modification_time(photos, tmp_path):
+    interrupted_run(stub(), photos, tmp_path / "ck", after=8)
+    target = photos / "picture_002.jpg"
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0xFF  # same size, other content
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(10**18, 10**18))
+    extractor = stub()
+    result = run(extractor, photos, tmp_path / "ck")
+    assert result.resumed_images == 0 and extractor.described == 12
