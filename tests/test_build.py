@@ -127,16 +127,6 @@ def test_box_query_crops_before_describing(built, gallery, extractors):
     assert np.allclose(described, direct, atol=1e-3 * np.abs(direct).max())
 
 
-def test_annoy_and_exact_agree_on_top10(built, gallery, extractors):
-    engine = SearchEngine(built, extractors=extractors)
-    for index in range(0, 24, 4):
-        query = crop_of(gallery / f"picture_{index:03d}.jpg", fraction=0.6, scale=0.9)
-        for metric in ("cosine", "euclidean"):
-            annoy = engine.search(query, collection="demo", recipe="xception", metric=metric, k=10)
-            exact = engine.search(query, collection="demo", recipe="xception", metric=metric, k=10, exact=True)
-            assert [h.image for h in annoy.hits] == [h.image for h in exact.hits]
-
-
 def test_second_query_reuses_the_model_and_the_index(built, gallery):
     engine = SearchEngine(built)
     query = gallery / "picture_003.jpg"

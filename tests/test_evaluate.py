@@ -161,3 +161,81 @@ def test_study_table_is_data_labelled_as_reported():
     oxford = {row[0]: row[1:] for row in study["tables"]["oxford5k"]}
     assert oxford["xception"] == [0.68, 0.34, 39.94]
     assert set(oxford) == set(BACKBONES)
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-worked: six images on a circle, two queries, every number worked out below.
+
+
+def on_circle(degrees: float) -> list[float]:
+    return [float(np.cos(np.radians(degrees))), float(np.sin(np.radians(degrees)))]
+
+
+# Database angles: a 0, d 20, c 40, f 60, b 80, e 100 degrees. A query at angle phi ranks the
+# images by |angle - phi| (cosine), so each query direction below fixes one ranking.
+ANGLES = {"a": 0, "b": 80, "c": 40, "d": 20, "e": 100, "f": 60}
+QUERY_ANGLES = {("a", True): 0, ("a", False): 85, ("e", True): 58, ("e", False): 100}
+
+
+@pytest.fixture
+def hand_made(tmp_path):
+    from stubs import StubbedEngine, wide, write_collection
+
+    from cbir.datasets import Collection, Query
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    images = tuple(f"{name}.jpg" for name in sorted(ANGLES))
+    for image in images:
+        (photos / image).write_bytes(b"never decoded: the network is stubbed")
+    queries = (
+        Query("q1", "a", (0, 0, 10, 10), {"good": {"b"}, "ok": {"c"}, "junk": {"d"}}),
+        Query("q2", "e", (5, 5, 20, 20), {"good": {"f"}}),
+    )
+    rows = wide(*(on_circle(ANGLES[name.removesuffix(".jpg")]) for name in images))
+    write_collection(tmp_path / "idx", Collection("hand", photos, images, queries), rows)
+    described = {key: wide(on_circle(angle))[0] for key, angle in QUERY_ANGLES.items()}
+    return StubbedEngine(tmp_path / "idx", described), tmp_path / "idx"
+
+
+def test_evaluation_reproduces_hand_worked_map_in_both_query_modes(hand_made):
+    from fractions import Fraction as F
+
+    from cbir.protocols import Protocol
+
+    engine, index_dir = hand_made
+    good_only = Protocol("good-only", positive={"good"}, ignored={"ok", "junk"}, description="a test's protocol")
+    results = evaluate_collection(
+        EvaluationSettings(index_dir=index_dir, collection="hand", metrics=[Metric.COSINE],
+                           protocols=[STANDARD, good_only], progress=False),
+        engine=engine,
+    )  # fmt: skip
+    rows = {(r.protocol, r.query_mode): r for r in results.rows}
+    # Standard protocol (positives good + ok, junk removed):
+    # q1 cropped, phi 0:  a d c f b e -> without junk d: a c f b e; positives c@2, b@4.
+    #   AP = (1/2 + 2/4) / 2 = 1/2. Oxford (trapezoid, previous precision updated at every rank):
+    #   a: p 0; c: r 1/2, p 1/2 -> 1/2 * (0 + 1/2) / 2 = 1/8; f: p 1/3; b: r 1, p 1/2 ->
+    #   1/2 * (1/3 + 1/2) / 2 = 5/24; total 1/3. P@1 0, P@5 2/5, P@10 2/10.
+    # q2 cropped, phi 58: f c b d e a; positive f@1: AP 1, Oxford 1, P@1 1, P@5 1/5, P@10 1/10.
+    cropped = rows[("standard", "cropped")]
+    assert cropped.map == pytest.approx(float((F(1, 2) + 1) / 2))
+    assert cropped.map_oxford == pytest.approx(float((F(1, 3) + 1) / 2))
+    assert [cropped.mp_at_1, cropped.mp_at_5, cropped.mp_at_10] == pytest.approx([0.5, 0.3, 0.15])
+    # q1 full, phi 85: b e f c d a -> without d: b e f c a; positives b@1, c@4.
+    #   AP = (1 + 2/4) / 2 = 3/4. Oxford: b: 1/2 * (1 + 1) / 2 = 1/2; e, f: p 1/2, 1/3;
+    #   c: 1/2 * (1/3 + 1/2) / 2 = 5/24; total 17/24. P@1 1, P@5 2/5, P@10 2/10.
+    # q2 full, phi 100: e b f c d a; positive f@3: AP 1/3; Oxford: e p 0, b p 0, f: 1 * (0 + 1/3) / 2
+    #   = 1/6. P@1 0, P@5 1/5, P@10 1/10.
+    full = rows[("standard", "full")]
+    assert full.map == pytest.approx(float((F(3, 4) + F(1, 3)) / 2))
+    assert full.map_oxford == pytest.approx(float((F(17, 24) + F(1, 6)) / 2))
+    assert [full.mp_at_1, full.mp_at_5, full.mp_at_10] == pytest.approx([0.5, 0.3, 0.15])
+    # The protocol defined here, scored by the same code (positives good; ok and junk removed):
+    # q1 cropped: a f b e -> b@3: AP 1/3; q2 cropped: f@1: AP 1.
+    assert rows[("good-only", "cropped")].map == pytest.approx(float((F(1, 3) + 1) / 2))
+    # The exact store answers the top 100 too, so mAP@100 (store) is the same number.
+    assert cropped.map_at_100_store == pytest.approx(cropped.map)
+    # Each query was described from its own file: cropped to its box, and whole.
+    assert set(engine.calls) == {("a.jpg", None), ("a.jpg", (0.0, 0.0, 10.0, 10.0)),
+                                 ("e.jpg", None), ("e.jpg", (5.0, 5.0, 20.0, 20.0))}  # fmt: skip
+    assert results.protocols["good-only"] == "a test's protocol"
