@@ -223,6 +223,10 @@ class LoadedIndex:
         return len(self.manifest.images)
 
     @property
+    def store_is_exact(self) -> bool:
+        return get_store_kind(self.manifest.store.kind).exact
+
+    @property
     def store(self) -> Store:
         """The manifest's store, opened on first use."""
         with self._lock:

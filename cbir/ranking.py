@@ -59,7 +59,7 @@ def rank(
     if exact is None:
         exact = k is None or prefers_exact(index)
     found: Neighbours = index.search(query, metric, k, exact=exact, candidates=candidates)
-    ranking = Ranking(found.rows, found.distances, exact or k is None)
+    ranking = Ranking(found.rows, found.distances, exact or k is None or index.store_is_exact)
     for reranker in rerankers:
         ranking = reranker(index, query, metric, ranking)
     return ranking

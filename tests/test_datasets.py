@@ -263,6 +263,19 @@ def test_a_resume_answered_from_another_byte_is_refused_and_the_download_starts_
     assert dest.read_bytes() == source
 
 
+def test_a_part_file_longer_than_the_archive_is_dropped_and_fetched_anew(tmp_path: Path, oxford: dict) -> None:
+    source = oxford["archives"]["gt_files_170407.tgz"].read_bytes()
+    dest = tmp_path / "gt.tgz"
+    (tmp_path / "gt.tgz.part").write_bytes(source + b"trailing bytes of something else")
+    behaviour = ServerBehaviour()
+
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        download(f"{base_url}/gt_files_170407.tgz", dest, quiet_settings(tmp_path).http)
+
+    assert [request.status for request in behaviour.requests] == [416, 200]
+    assert dest.read_bytes() == source
+
+
 def test_a_complete_part_file_is_finished_without_downloading_again(tmp_path: Path, oxford: dict) -> None:
     source = oxford["archives"]["gt_files_170407.tgz"]
     dest = tmp_path / "gt.tgz"

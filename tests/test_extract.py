@@ -114,3 +114,24 @@ def test_an_image_rewritten_with_the_same_size_is_caught_by_its_modification_tim
     extractor = stub()
     result = run(extractor, photos, tmp_path / "ck")
     assert result.resumed_images == 0 and extractor.described == 12
+
+
+def test_unreadable_files_are_skipped_with_the_reason_and_rows_stay_aligned(photos, tmp_path):
+    (photos / "picture_006.jpg").write_bytes(b"")  # in the middle of a batch: a short batch follows
+    (photos / "zz_notes.png").write_text("not a picture")
+    result = run(stub(), photos, tmp_path / "ck")
+    assert [(s.image, "empty" in s.reason) for s in result.skipped] == [("picture_006.jpg", True), ("zz_notes.png", False)]
+    assert len(result.images) == len(result.descriptors) == 11 and "picture_006.jpg" not in result.images
+    for image, row in zip(result.images, result.descriptors):
+        with Image.open(photos / image) as picture:
+            mean = np.asarray(picture.convert("RGB").resize((96, 96)), np.float32).reshape(-1, 3).mean(0)
+        assert row[:3] == pytest.approx(mean, abs=1.0), image
+
+
+def test_a_renamed_image_is_described_again_even_when_the_count_is_the_same(photos, tmp_path):
+    interrupted_run(stub(), photos, tmp_path / "ck", after=8)
+    (photos / "picture_001.jpg").rename(photos / "picture_001b.jpg")
+    extractor = stub()
+    result = run(extractor, photos, tmp_path / "ck")
+    assert result.resumed_images == 0 and extractor.described == 12
+    assert "picture_001b.jpg" in result.images

@@ -47,3 +47,12 @@ def test_an_unknown_metric_is_refused_with_the_known_ones(engine):
 
     with pytest.raises(SettingsError, match="known metrics: cosine, euclidean"):
         engine.search("q.jpg", collection="mine", recipe="xception", metric="manhattan")
+
+
+def test_small_collections_are_scanned_exactly_and_large_ones_go_through_their_store(engine, monkeypatch):
+    import cbir.ranking
+
+    assert engine.search("q.jpg", collection="mine", recipe="xception", k=1).exact is True
+    monkeypatch.setattr(cbir.ranking, "EXACT_SEARCH_LIMIT", 2 * 2048 - 1)  # one float under this index
+    store_kind = engine.index("mine", "xception").manifest.store.kind
+    assert engine.search("q.jpg", collection="mine", recipe="xception", k=1).exact is (store_kind == "exact")
