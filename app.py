@@ -24,14 +24,20 @@ from cbir.datasets.model import ids_to_paths
 from cbir.distances import Metric
 from cbir.errors import CbirError
 from cbir.evaluate import STUDY_MEASURE_NOTE, Results, load_results, results_folder, study_reported
-from cbir.images import crop_box, load_image
+from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
 from cbir.index import IndexInfo
+from cbir.layout import IndexLayout
 from cbir.pooling import Pooling
 from cbir.search import SearchEngine, SearchResult
+from cbir.thumbnails import ThumbnailFolder
 
 logger = logging.getLogger("app")
 
 METRICS = [metric.value for metric in Metric]
+# Bounds on what one request may cost, checked before anything is decoded (see README, "Limits").
+MAX_UPLOAD = "25mb"
+# Gradio's own cache of uploads and outputs: files older than this are deleted, checked as often.
+CACHE_MAX_AGE_SECONDS = 3600
 DEFAULT_K = 12
 MAX_K = 100
 EXAMPLES_SHOWN = 8
@@ -47,15 +53,23 @@ document.addEventListener("keydown", (event) => {
 """
 
 
-def readable_upload_errors(editor: gr.ImageEditor) -> gr.ImageEditor:
-    """Gradio decodes an upload before our handler runs, and its own error would say only "Error".
+def guarded_upload(editor: gr.ImageEditor) -> gr.ImageEditor:
+    """Check an upload's header against the app's limits before Gradio decodes it, and turn an
+    unreadable upload into a message (Gradio's own would say only "Error").
 
-    Wrapping this one component's preprocess (not subclassing: a component subclass makes Gradio
-    write a .pyi file beside this module) turns an unreadable upload into a message.
+    Gradio decodes the editor's images in the component's preprocess, before our handler runs: a
+    20 KB PNG claiming 13,000 x 13,000 pixels would cost gigabytes there. Wrapping this one
+    component's preprocess (not subclassing: a component subclass makes Gradio write a .pyi file
+    beside this module) puts `check_header` first.
     """
     decode = editor.preprocess
 
     def preprocess(payload):
+        for part in _uploaded_parts(payload):
+            try:
+                check_header(part, name="the uploaded image", limits=DEFAULT_LIMITS)
+            except CbirError as error:
+                raise gr.Error(_sentence(str(error))) from None
         try:
             return decode(payload)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
@@ -63,6 +77,21 @@ def readable_upload_errors(editor: gr.ImageEditor) -> gr.ImageEditor:
 
     editor.preprocess = preprocess
     return editor
+
+
+def _uploaded_parts(payload) -> list:
+    """The files (paths) or blobs (bytes) of an editor payload: background, layers, composite."""
+    if payload is None:
+        return []
+    if getattr(payload, "id", None) is not None:
+        return []  # blobs Gradio already holds were checked when they arrived as files
+    parts = [payload.background, *(payload.layers or []), payload.composite]
+    found = []
+    for part in parts:
+        if part is None:
+            continue
+        found.append(part if isinstance(part, bytes) else part.path)
+    return found
 
 
 class SearchPage:
@@ -73,6 +102,16 @@ class SearchPage:
         self.index_root = Path(index_root)
         self.indexes: list[IndexInfo] = engine.available()
         self.broken = engine.broken()
+        self._thumbnails: dict[str, ThumbnailFolder] = {}
+
+    def served(self, collection: str, image: str) -> str | None:
+        """The thumbnail the page shows for an indexed image (never the image file itself)."""
+        if collection not in self._thumbnails:
+            record = self.engine.record(collection)
+            folder = IndexLayout(self.index_root).thumbnails_dir(collection)
+            self._thumbnails[collection] = ThumbnailFolder(folder, collection, record.root)
+        path = self._thumbnails[collection].path_for(image)
+        return str(path) if path is not None else None
 
     def collections(self) -> list[str]:
         return sorted({info.collection for info in self.indexes})
@@ -90,8 +129,8 @@ class SearchPage:
         keys = [value for _, value in self.recipe_choices(collection)]
         return DEFAULT_BACKBONE if DEFAULT_BACKBONE in keys else (keys[0] if keys else None)
 
-    def example_queries(self, collection: str | None) -> list[tuple[Path, str, tuple | None]]:
-        """(image file, caption, box) for the collection's own query images, or a few of its photos."""
+    def example_queries(self, collection: str | None) -> list[tuple[str, str, tuple | None]]:
+        """(indexed image, caption, box) for the collection's own query images, or a few of its photos."""
         infos = [i for i in self.indexes if i.collection == collection]
         if not collection or not infos:
             return []
@@ -108,10 +147,10 @@ class SearchPage:
                 landmark = query.name.rsplit("_", 1)[0]
                 if landmark not in seen and query.image in paths:
                     seen.add(landmark)
-                    examples.append((record.root / paths[query.image], query.name, query.box))
+                    examples.append((paths[query.image], query.name, query.box))
             return examples[:EXAMPLES_SHOWN]
         step = max(1, len(images) // EXAMPLES_SHOWN)
-        return [(record.root / image, Path(image).stem, None) for image in images[::step][:EXAMPLES_SHOWN]]
+        return [(image, readable(Path(image).stem), None) for image in images[::step][:EXAMPLES_SHOWN]]
 
     def search(self, editor: dict | None, collection: str | None, recipe: str | None, metric: str, k: float):
         """The search event: (gallery items, status line). Problems a user can fix become messages."""
@@ -129,7 +168,7 @@ class SearchPage:
             )
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
-        return gallery_items(result), status_line(result)
+        return gallery_items(result, lambda image: self.served(collection, image)), status_line(result)
 
 
 def recipe_label(info: IndexInfo) -> str:
@@ -160,13 +199,22 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def gallery_items(result: SearchResult) -> list[tuple[str, str]]:
+def gallery_items(result: SearchResult, served=lambda image: None) -> list[tuple[str, str]]:
+    """(file the page may serve, caption) per hit; `served` maps an indexed image to its thumbnail.
+    A hit whose image cannot be read (deleted since the build) is left out rather than failing."""
     items = []
     for hit in result.hits:
         # Short enough to fit under a thumbnail: cosine similarity, or Euclidean (L2) distance.
         score = f"cos {hit.similarity:.3f}" if result.metric is Metric.COSINE else f"L2 {hit.distance:.3g}"
-        items.append((str(hit.path), f"#{hit.rank} {Path(hit.image).stem} · {score}"))
+        path = served(hit.image)
+        if path is not None:
+            items.append((path, f"#{hit.rank} {readable(Path(hit.image).stem)} · {score}"))
     return items
+
+
+def readable(name: str) -> str:
+    """A file name fit for the page: bytes that are not UTF-8 (legal on Linux) shown as �."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def status_line(result: SearchResult) -> str:
@@ -256,7 +304,8 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
     first = collections[0] if collections else None
 
     def examples_for(collection: str | None) -> list[tuple[str, str]]:
-        return [(str(path), caption) for path, caption, _ in page.example_queries(collection)]
+        examples = [(page.served(collection, image), caption) for image, caption, _ in page.example_queries(collection)]
+        return [(path, caption) for path, caption in examples if path is not None]
 
     def on_collection(collection: str | None):
         return (
@@ -268,14 +317,15 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
         examples = page.example_queries(collection)
         if not examples or event.index is None or event.index >= len(examples):
             return gr.update()
-        path, _, box = examples[event.index]
+        image, _, box = examples[event.index]
+        path = page.engine.record(collection).root / image
         try:
             picture = crop_box(load_image(path), box) if box else load_image(path)
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
         return {"background": picture, "layers": [], "composite": picture}
 
-    with gr.Blocks(title="Building image search") as demo:
+    with gr.Blocks(title="Building image search", delete_cache=(CACHE_MAX_AGE_SECONDS, CACHE_MAX_AGE_SECONDS)) as demo:
         gr.Markdown(
             "# Building image search\n"
             "Upload, paste or take a photo, crop the part to search (crop tool), and press **Search**."
@@ -301,7 +351,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                         canvas_size=(640, 640),
                         fixed_canvas=True,
                     )
-                    readable_upload_errors(editor)
+                    guarded_upload(editor)
                     examples = gr.Gallery(
                         value=examples_for(first),
                         label="Example queries from the collection (click one)",
@@ -346,15 +396,14 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
     return demo
 
 
-def collection_roots(engine: SearchEngine) -> list[str]:
-    """The only folders the page may serve files from."""
-    roots = set()
-    for collection in {info.collection for info in engine.available()}:
-        try:
-            roots.add(str(engine.record(collection).root))
-        except CbirError as error:
-            logger.warning("not serving %s: %s", collection, error)
-    return sorted(roots)
+def thumbnail_dirs(engine: SearchEngine) -> list[str]:
+    """The only folders the page serves files from: each served collection's thumbnails."""
+    folders = []
+    for collection in sorted({info.collection for info in engine.available()}):
+        folder = engine.layout.thumbnails_dir(collection)
+        folder.mkdir(parents=True, exist_ok=True)
+        folders.append(str(folder.resolve()))
+    return folders
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -409,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     except CbirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # Pillow's own decompression-bomb guard at the app's limit too, for anything decoded here.
+    Image.MAX_IMAGE_PIXELS = DEFAULT_LIMITS.max_pixels
     engine = SearchEngine(arguments.index_dir)
     demo = build_ui(engine, arguments.index_dir)
     demo.queue(default_concurrency_limit=1, max_size=32)
@@ -416,7 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         server_name=arguments.host,
         server_port=arguments.port,
         share=arguments.share,
-        allowed_paths=collection_roots(engine),
+        # Only thumbnail folders: never a collection's own folder, so nothing beside its images
+        # (a .env, a .git) is reachable.
+        allowed_paths=thumbnail_dirs(engine),
+        max_file_size=MAX_UPLOAD,
         head=ENTER_TO_SEARCH,
     )
     return 0

@@ -18,8 +18,8 @@ is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N
 
 - exact: numpy over every row (the `exact` store, what the evaluation uses);
 - annoy: the project's own store and search path (`cbir.stores.annoy`: build, open, search) for a
-  few tree counts and candidate pools, with exact re-ranking of the candidates (the app's path) and
-  without it (plain Annoy);
+  few tree counts and candidate pools (Annoy proposes that many rows, the nearest k are kept: the
+  app's path) and plain Annoy asked for k rows at a few `search_k`;
 - annoy on PCA: Annoy built on the descriptors projected to fewer dimensions (PCA fitted on a
   sample), its candidates re-ranked exactly at full d: smaller trees, same final distances;
 - hnswlib (if installed): the peer a user would pick instead, at a few `ef` values;
@@ -27,8 +27,8 @@ is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N
 
 Reported per row: build seconds, file size, resident memory the loaded index adds to the process
 after the queries (memory-mapped pages that were touched count), p50/p99 query ms, recall@10 and
-recall@100 against exact. The Annoy rows' memory includes the memory-mapped descriptors read for
-re-ranking (the app holds them too); the PCA and hnswlib rows count their index alone. At a few
+recall@100 against exact. The Annoy rows' memory includes the memory-mapped descriptors (the app
+holds them too); the PCA and hnswlib rows count their index alone. At a few
 thousand rows the allocator reuses pages freed by earlier rows, so small values there (even 0)
 only mean "too small to see"; read memory off the 100k and 1M rows. Results go to
 bench/results/<name>.json and <name>.md.
@@ -158,7 +158,7 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
             loaded = annoy_store.KIND.open(folder, np.load(folder / "descriptors.npy", mmap_mode="r"), params)
             size = (folder / "cosine.ann").stat().st_size / 2**20
             for pool in pools:
-                add("annoy + exact rerank", {"n_trees": n_trees, "candidates": pool},
+                add("annoy, k of candidates", {"n_trees": n_trees, "candidates": pool},
                     lambda q: loaded.search(q, Metric.COSINE, 100, candidates=pool).rows, build, size, before)  # fmt: skip
             index = loaded.forest(Metric.COSINE)
             for search_k in (-1, 20_000):

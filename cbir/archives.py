@@ -97,7 +97,8 @@ def _climbs_out(path: str) -> bool:
 
 
 def _parents(normal: str) -> Iterator[str]:
-    parent = posixpath.dirname(normal)
-    while parent:
+    """'a/b/c' -> 'a/b', 'a'. Stops at a root ('/'), whose parent is itself."""
+    parent, child = posixpath.dirname(normal), normal
+    while parent and parent != child:
         yield parent
-        parent = posixpath.dirname(parent)
+        parent, child = posixpath.dirname(parent), parent

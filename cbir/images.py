@@ -107,6 +107,33 @@ def load_image(
     raise ImageError(f"{name or UPLOAD_NAME}: cannot read an image from a {type(source).__name__}")
 
 
+def check_header(source: str | os.PathLike[str] | bytes, *, name: str | None = None, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """(width, height) read from the header alone, after checking them against `limits`.
+
+    Nothing is decoded: this is what runs before anyone (Gradio included) decodes an upload, so a
+    20 KB file that claims 13,000 x 13,000 pixels costs nothing. Raises ImageError.
+    """
+    label = name or (UPLOAD_NAME if isinstance(source, bytes) else os.fspath(source))
+    try:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as error:
+        raise ImageError(f"{label}: cannot open the file ({error.strerror or error})") from None
+    with stream:
+        head = stream.read(16)
+        stream.seek(0)
+        if not head:
+            raise ImageError(f"{label}: file is empty")
+        try:
+            with Image.open(stream, formats=_allowed_formats()) as image:
+                size = image.size
+        except Image.DecompressionBombError:
+            raise ImageError(f"{label}: at most {limits.max_pixels:,} pixels are allowed") from None
+        except Exception as error:  # noqa: BLE001 - see _explain
+            raise _explain(error, label, head) from error
+    _check_size(size, label, limits)
+    return size
+
+
 def crop_box(
     image: Image.Image,
     box: Box | None,
@@ -207,6 +234,8 @@ def _load_stream(stream: IO[bytes], label: str, limits: ImageLimits, draft_size:
             return _decode(image, label, limits, draft_size)
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own guard, where a process set it below ours
+        raise ImageError(f"{label}: at most {limits.max_pixels:,} pixels are allowed") from None
     except Exception as error:  # noqa: BLE001 - see _explain: malformed files make Pillow raise almost anything
         raise _explain(error, label, head) from error
 

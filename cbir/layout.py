@@ -5,6 +5,7 @@
         <recipe key>/           one index folder per recipe (cbir.index)
         .extract-<recipe key>/  checkpoints of an extraction in progress (removed when done)
         evaluation/             results files (cbir.evaluate)
+        thumbnails/             the only image files the page serves (cbir.thumbnails)
 
 The collection record stores the images folder relative to the record itself (and, as a fallback,
 where it was when built), so an index root copied together with its images -- or a folder of
@@ -33,6 +34,7 @@ RECORD_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 DESCRIPTORS = "descriptors.npy"
 RESULTS_DIR = "evaluation"
+THUMBNAILS_DIR = "thumbnails"
 CHECKPOINT_PREFIX = ".extract-"
 
 
@@ -70,6 +72,9 @@ class IndexLayout:
 
     def results_dir(self, collection: str) -> Path:
         return self.collection_dir(collection) / RESULTS_DIR
+
+    def thumbnails_dir(self, collection: str) -> Path:
+        return self.collection_dir(collection) / THUMBNAILS_DIR
 
     def index_dirs(self) -> Iterator[Path]:
         """Every folder that holds a manifest (finished or not), temporary folders left out."""

@@ -47,7 +47,8 @@ def test_captions_and_status_line_say_rank_name_score_and_untrained():
         collection="demo", recipe="xception", metric=Metric.COSINE, exact=False,
         describe_seconds=0.120, search_seconds=0.0031, untrained=True,
     )  # fmt: skip
-    assert app.gallery_items(result) == [("/x/a/b/picture_001.jpg", "#1 picture_001 · cos 0.995")]
+    served = {"a/b/picture_001.jpg": "/thumbs/0123.jpg"}
+    assert app.gallery_items(result, served.get) == [("/thumbs/0123.jpg", "#1 picture_001 · cos 0.995")]
     line = app.status_line(result)
     assert "descriptor 120 ms" in line and "search 3.1 ms" in line and "untrained" in line
 
@@ -77,6 +78,11 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     photos = root / "photos"
     make_gallery(photos, 20)
+    # What a real photo folder may hold beside its images, which must never be served.
+    (photos / ".env").write_text("SECRET=x\n")
+    (photos / ".git").mkdir()
+    (photos / ".git" / "config").write_text("[remote]\n")
+    (root / "secret.txt").write_text("outside the collection")
     index_root = root / "indexes"
     settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
     build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
@@ -188,7 +194,7 @@ def test_bad_inputs_give_readable_messages(served, client, tmp_path):
     assert "Add an image first" in message_for(None)
     text_file = tmp_path / "notes.png"
     text_file.write_text("not a picture")
-    assert "not an image this app can read" in message_for(text_file)
+    assert "not an image file" in message_for(text_file)
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (5, 4), "red").save(tiny)
     assert "at least 8 x 8 px" in message_for(tiny)
@@ -213,21 +219,22 @@ def test_an_index_that_vanished_after_start_gives_the_build_command(served, tmp_
 
 
 @pytest.mark.slow
-def test_only_collection_images_are_served(served, client, tmp_path):
+def test_only_thumbnails_of_indexed_images_are_served(served, client, tmp_path):
+    import numpy as np
+
     gallery, _ = ask(client, served["photos"] / "picture_002.jpg", k=1)
-    served_url = gallery[0]["image"]
-    assert served_url  # gradio_client downloaded it, so the server served it
-    assert Path(served_url).read_bytes() == (served["photos"] / "picture_002.jpg").read_bytes()
-    secret = served["root"] / "secret.txt"
-    secret.write_text("outside the collection")
-    for target in ("/etc/passwd", str(secret), str(REPO / "app.py")):
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(served["url"] + "gradio_api/file=" + target, timeout=10)
-        assert refused.value.code in (403, 404)
+    with Image.open(gallery[0]["image"]) as thumbnail, Image.open(served["photos"] / "picture_002.jpg") as original:
+        assert thumbnail.format == "JPEG" and thumbnail.size == original.size  # 160 px: under 512, not shrunk
+        difference = np.abs(np.asarray(thumbnail, np.int16) - np.asarray(original.convert("RGB"), np.int16))
+        assert difference.mean() < 3
+    secrets = [served["photos"] / ".env", served["photos"] / ".git" / "config", served["root"] / "secret.txt"]
+    for target in (*secrets, served["photos"] / "picture_002.jpg", Path("/etc/passwd"), REPO / "app.py"):
+        for route in ("gradio_api/file=", "file="):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(served["url"] + route + str(target), timeout=10)
+            assert refused.value.code in (403, 404), (route, target)
 
 
-@pytest.mark.slow
-@pytest.mark.browser
 # Locally a missing browser skips; in CI (CI=true, as .ci/run runs) it fails, so the page is never
 # left untested by accident.
 @pytest.mark.skipif(

@@ -35,7 +35,7 @@ def test_quick_run_writes_results_with_recall_in_range(tmp_path):
     report = json.loads((tmp_path / "search-quick.json").read_text())
     assert report["cores"] >= 1 and report["cpu"]  # which machine the numbers belong to
     measured = [row for row in report["rows"] if "note" not in row]
-    assert {row["method"] for row in measured} >= {"exact numpy", "annoy + exact rerank", "annoy plain",
+    assert {row["method"] for row in measured} >= {"exact numpy", "annoy, k of candidates", "annoy plain",
                                                    "annoy on PCA-16 + exact rerank at 64"}  # fmt: skip
     for row in measured:
         assert 0.0 <= row["recall_at_10"] <= 1.0 and 0.0 <= row["recall_at_100"] <= 1.0
@@ -43,7 +43,7 @@ def test_quick_run_writes_results_with_recall_in_range(tmp_path):
     exact = next(row for row in measured if row["method"] == "exact numpy")
     assert exact["recall_at_10"] == exact["recall_at_100"] == 1.0
     assert exact["resident_mb"] == exact["size_mb"] == round(2000 * 64 * 4 / 2**20, 1)  # the matrix itself
-    annoy = [row for row in measured if row["method"] == "annoy + exact rerank"]
+    annoy = [row for row in measured if row["method"] == "annoy, k of candidates"]
     assert all(row["size_mb"] > 0 and row["build_seconds"] > 0 for row in annoy)
     assert "| 2000 | 64 | 40 | exact numpy |" in (tmp_path / "search-quick.md").read_text()  # 2,000 / 50 centres
 

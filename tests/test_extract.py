@@ -135,3 +135,13 @@ def test_a_renamed_image_is_described_again_even_when_the_count_is_the_same(phot
     result = run(extractor, photos, tmp_path / "ck")
     assert result.resumed_images == 0 and extractor.described == 12
     assert "picture_001b.jpg" in result.images
+
+
+def test_checkpoints_of_another_image_list_of_the_same_length_are_not_resumed(photos, tmp_path):
+    interrupted_run(stub(), photos, tmp_path / "ck", after=8)
+    # One image added at the front, one removed at the end: same count, every old file unchanged.
+    (photos / "picture_011.jpg").rename(tmp_path / "moved_away.jpg")
+    Image.new("RGB", (160, 120), (0, 200, 0)).save(photos / "picture_000a.jpg")
+    result = run(stub(), photos, tmp_path / "ck")
+    assert result.images == names(photos)  # every image once, in order
+    assert result.resumed_images == 0
