@@ -52,7 +52,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         reason = " ".join(str(error).split())  # tarfile lists one line per compression it tried
         raise ArchiveError(
-            f"the archive {archive} is corrupt or incomplete ({reason}): delete it and run again to download it anew."
+            f"the archive {archive} is corrupt or incomplete ({reason})."
         ) from None
 
 

@@ -8,7 +8,9 @@ download starts over.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import logging
 import netrc
 import urllib.error
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from cbir import __version__
+from cbir import __version__, atomic
 from cbir.errors import CbirError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ def download(url: str, dest: Path, settings: HttpSettings) -> Path:
         offset = partial.stat().st_size if partial.exists() else 0
         if _fetch_into(opener, url, partial, offset, settings):
             partial.replace(dest)
+            write_record(dest)
             return dest
         partial.unlink(missing_ok=True)
     raise DownloadError(f"the server for {url} cannot resume nor restart the download", url=url, problem=DownloadProblem.HTTP)
@@ -222,3 +225,42 @@ def _http_failure(url: str, code: int, reason: str) -> DownloadError:
     if code in (404, 410):
         return DownloadError(f"{url} does not exist (HTTP {code}).", url=url, problem=DownloadProblem.NOT_FOUND, status=code)
     return DownloadError(f"the download of {url} failed (HTTP {code} {reason}).", url=url, problem=DownloadProblem.HTTP, status=code)
+
+
+# --------------------------------------------------------------------------------------------
+# What was downloaded: size and sha256 beside the file, checked whenever it is used again
+
+
+def record_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".record.json")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_record(path: Path) -> None:
+    record = {"size": Path(path).stat().st_size, "sha256": sha256_file(path)}
+    atomic.write_text(record_path(path), json.dumps(record, indent=1))
+
+
+def matches_record(path: Path) -> bool | None:
+    """Whether a downloaded file is still what was downloaded: None when it has no record (placed
+    by hand), else whether its size and sha256 match the record written after the download."""
+    try:
+        record = json.loads(record_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or Path(path).stat().st_size != record.get("size"):
+        return False
+    return sha256_file(path) == record.get("sha256")
+
+
+def forget(path: Path) -> None:
+    """Delete a downloaded file and its record."""
+    Path(path).unlink(missing_ok=True)
+    record_path(path).unlink(missing_ok=True)

@@ -87,7 +87,8 @@ def _decode(root: Path, relpath: str, size: int, limits: ImageLimits) -> tuple[t
     """
     stamp = file_stamp(root / relpath)
     try:
-        return stamp, load_for_network(root / relpath, size, limits=limits)
+        # Named by its path relative to the collection: skip reasons in a manifest travel with it.
+        return stamp, load_for_network(root / relpath, size, limits=limits, name=relpath)
     except ImageError as error:
         return stamp, str(error)
 

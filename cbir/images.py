@@ -191,10 +191,12 @@ def to_network_input(image: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.array(resized, dtype=np.uint8))
 
 
-def load_for_network(path: ImageSource, size: int, *, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+def load_for_network(
+    path: ImageSource, size: int, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+) -> np.ndarray:
     """What batch extraction calls for each collection file: decode (JPEGs at a reduced scale that is
-    still >= size) and resize to (size, size, 3) uint8. Raises ImageError."""
-    return to_network_input(load_image(path, limits=limits, draft_size=size), size)
+    still >= size) and resize to (size, size, 3) uint8. Raises ImageError (naming `name` if given)."""
+    return to_network_input(load_image(path, name=name, limits=limits, draft_size=size), size)
 
 
 # --- reading --------------------------------------------------------------------------------------

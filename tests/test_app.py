@@ -83,6 +83,10 @@ def served(tmp_path_factory):
     (photos / ".git").mkdir()
     (photos / ".git" / "config").write_text("[remote]\n")
     (root / "secret.txt").write_text("outside the collection")
+    # A name that is not UTF-8 (legal on Linux): indexed, searched and shown like any other.
+    from synthetic import draw_picture
+
+    draw_picture(99).save(os.fsdecode(bytes(photos) + b"/bad_\xff\xfe_name.jpg"), quality=92)
     index_root = root / "indexes"
     settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
     build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
@@ -108,7 +112,7 @@ def served(tmp_path_factory):
     else:
         process.kill()
         pytest.fail("the app did not start: " + (root / "app.log").read_text())
-    yield {"url": url, "photos": photos, "root": root, "metric_query_norm": metric_query_norm}
+    yield {"url": url, "photos": photos, "root": root, "metric_query_norm": metric_query_norm, "pid": process.pid}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -270,3 +274,76 @@ def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "search.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_file_name_that_is_not_utf8_is_searchable_and_shown(served, client, tmp_path):
+    from synthetic import draw_picture
+
+    query = tmp_path / "query.png"
+    draw_picture(99).save(query)
+    gallery, status = ask(client, query, k=3)
+    assert gallery[0]["caption"].startswith("#1 bad_\ufffd\ufffd_name · cos ")
+    with Image.open(gallery[0]["image"]) as thumbnail:
+        assert thumbnail.format == "JPEG"
+
+
+def resident_megabytes(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_pixel_bombs_are_refused_from_their_header_at_no_memory_cost(served, client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (13_000, 13_000)).save(bomb)  # 20 KB on disk, 169 megapixels
+    huge = tmp_path / "huge.jpg"
+    Image.new("L", (12_000, 12_000), 128).save(huge, quality=50)
+    assert bomb.stat().st_size < 100_000
+    before = resident_megabytes(served["pid"])
+    for _ in range(3):
+        for path in (bomb, huge):
+            with pytest.raises(AppError) as raised:
+                ask(client, path)
+            assert "at most 64,000,000 pixels are allowed" in str(raised.value)
+            assert "Traceback" not in str(raised.value)
+    assert resident_megabytes(served["pid"]) - before < 200
+
+
+@pytest.mark.slow
+def test_an_upload_over_the_size_limit_is_refused_by_the_server(served, client, tmp_path):
+    import httpx
+
+    big = b"\xff\xd8\xff" + os.urandom(26 * 1024 * 1024)
+    # gradio_client refuses it before sending (it reads the limit from the page's config) ...
+    path = tmp_path / "big.jpg"
+    path.write_bytes(big)
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 26214400 bytes"):
+        ask(client, path)
+    # ... and the server refuses it from any other client.
+    answer = httpx.post(served["url"] + "gradio_api/upload", files={"files": ("big.jpg", big, "image/jpeg")}, timeout=60)
+    assert answer.status_code in (400, 413) and "maximum" in answer.text.lower()
+
+
+@pytest.mark.slow
+def test_a_damaged_index_is_reported_on_the_page_and_the_others_are_served(served, tmp_path):
+    import app
+
+    root = tmp_path / "indexes"
+    shutil.copytree(served["root"] / "indexes", root)
+    damaged = root / "metric" / "xception" / "descriptors.npy"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    page = app.SearchPage(SearchEngine(root), root)
+    assert page.collections() == ["demo"]
+    notice = app.broken_notice(page)
+    assert "metric/xception" in notice and "descriptors.npy has 1000 bytes" in notice
+    assert "python build_index.py --images <folder> --name metric --backbones xception --force" in notice
+    demo = app.build_ui(SearchEngine(root), root)  # what `python app.py --no-build` builds: no exception
+    assert "Not served (damaged or unreadable)" in str(demo.get_config_file())
+    picture = Image.open(served["photos"] / "picture_003.jpg")
+    gallery, _ = page.search({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 3)
+    assert gallery[0][1].startswith("#1 picture_003 ")

@@ -272,3 +272,15 @@ def test_small_collections_are_searched_exactly_unless_annoy_is_asked_for(built,
     monkeypatch.setattr(cbir.ranking, "EXACT_SEARCH_LIMIT", 10)
     result = engine.search(query, collection="demo", recipe="xception")
     assert result.exact is False and result.hits[0].image == "picture_004.jpg"
+
+
+def test_a_damaged_index_is_rebuilt_not_called_up_to_date(built, gallery, extractors, tmp_path):
+    import shutil
+
+    root = tmp_path / "indexes"
+    shutil.copytree(built, root)
+    descriptors = root / "demo" / "xception" / "descriptors.npy"
+    descriptors.write_bytes(descriptors.read_bytes()[:4096])
+    outcome = build_indexes(folder_collection(gallery, "demo"), [XCEPTION], settings_for(root), extractors=extractors)[0]
+    assert outcome.status is BuildStatus.BUILT and outcome.reason.startswith("damaged (descriptors.npy has 4096 bytes")
+    assert len(load_index(root / "demo" / "xception")) == 24

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -397,3 +398,56 @@ def test_folder_collection_refuses_empty_or_missing_folders(tmp_path: Path) -> N
         folder_collection(tmp_path / "empty", "empty")
     with pytest.raises(DatasetError, match="not a folder"):
         folder_collection(tmp_path / "nowhere", "nowhere")
+
+
+# --------------------------------------------------------------------------------------------
+# What was downloaded is recorded, checked when reused, and never kept when refused
+
+
+def test_a_downloaded_archive_changed_on_disk_is_fetched_again(tmp_path: Path, oxford: dict) -> None:
+    from cbir.download import matches_record, record_path
+
+    behaviour = ServerBehaviour()
+    with serve_directory(oxford["archive_dir"], behaviour) as base_url:
+        settings = quiet_settings(tmp_path / "data", mirror=base_url)
+        prepare_dataset("oxford5k", settings)
+        archive = tmp_path / "data" / "oxford5k" / "archives" / "gt_files_170407.tgz"
+        record = json.loads(record_path(archive).read_text())
+        assert record["size"] == archive.stat().st_size and len(record["sha256"]) == 64
+        assert matches_record(archive) is True
+        # Flip one byte, same size; and make the dataset extract again.
+        data = bytearray(archive.read_bytes())
+        data[100] ^= 0xFF
+        archive.write_bytes(bytes(data))
+        assert matches_record(archive) is False
+        shutil.rmtree(tmp_path / "data" / "oxford5k" / "gt")
+        (tmp_path / "data" / "oxford5k" / ".complete").unlink()
+        before = len(behaviour.requests_for("gt_files_170407.tgz"))
+        collection = prepare_dataset("oxford5k", settings)
+
+    assert len(behaviour.requests_for("gt_files_170407.tgz")) == before + 1
+    assert archive.read_bytes() == oxford["archives"]["gt_files_170407.tgz"].read_bytes()
+    assert collection.queries == oxford["queries"]
+
+
+def test_a_refused_download_is_deleted_so_the_next_run_fetches_it_anew(tmp_path: Path, oxford: dict) -> None:
+    from cbir.archives import ArchiveError
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for name, path in oxford["archives"].items():
+        shutil.copy(path, evil / name)
+    with tarfile.open(evil / "gt_files_170407.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("../../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with serve_directory(evil) as base_url:
+        with pytest.raises(ArchiveError, match="escaped.txt.*It was deleted; run the same command"):
+            prepare_dataset("oxford5k", quiet_settings(tmp_path / "data", mirror=base_url))
+    archives = tmp_path / "data" / "oxford5k" / "archives"
+    assert not (archives / "gt_files_170407.tgz").exists()
+    assert not (archives / "gt_files_170407.tgz.record.json").exists()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    with serve_directory(oxford["archive_dir"]) as base_url:
+        collection = prepare_dataset("oxford5k", quiet_settings(tmp_path / "data", mirror=base_url))
+    assert collection.queries == oxford["queries"]

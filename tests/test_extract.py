@@ -121,6 +121,7 @@ def test_unreadable_files_are_skipped_with_the_reason_and_rows_stay_aligned(phot
     (photos / "zz_notes.png").write_text("not a picture")
     result = run(stub(), photos, tmp_path / "ck")
     assert [(s.image, "empty" in s.reason) for s in result.skipped] == [("picture_006.jpg", True), ("zz_notes.png", False)]
+    assert result.skipped[0].reason == "picture_006.jpg: file is empty"  # relative: no machine's path in it
     assert len(result.images) == len(result.descriptors) == 11 and "picture_006.jpg" not in result.images
     for image, row in zip(result.images, result.descriptors):
         with Image.open(photos / image) as picture:
@@ -145,3 +146,13 @@ def test_checkpoints_of_another_image_list_of_the_same_length_are_not_resumed(ph
     result = run(stub(), photos, tmp_path / "ck")
     assert result.images == names(photos)  # every image once, in order
     assert result.resumed_images == 0
+
+
+def test_with_bars_off_progress_goes_to_the_log(photos, tmp_path, caplog, monkeypatch):
+    import cbir.extract
+
+    monkeypatch.setattr(cbir.extract, "LOG_EVERY_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="cbir.extract"):
+        run(stub(), photos, tmp_path / "ck")
+    lines = [r.getMessage() for r in caplog.records if "images/s)" in r.getMessage()]
+    assert lines[0].startswith("xception (untrained): 4 / 12 images (") and lines[-1].startswith("xception (untrained): 12 / 12 images")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbir import atomic
-from cbir.archives import safe_extract
+from cbir.archives import ArchiveError, safe_extract
 from cbir.datasets.folders import load_collection_dir
 from cbir.datasets.model import Collection, DatasetError
 from cbir.datasets.registry import ArchiveKind, ArchiveSpec, DatasetSpec, get_dataset
-from cbir.download import DownloadError, DownloadProblem, HttpSettings, download
+from cbir.download import DownloadError, DownloadProblem, HttpSettings, download, forget, matches_record
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +122,17 @@ def _has_files(folder: Path) -> bool:
 
 
 def _local_archive(root: Path, archive: ArchiveSpec) -> Path | None:
-    """An archive the user placed in the dataset folder, or one downloaded earlier."""
-    for candidate in (root / archive.file_name, root / ARCHIVES_DIR / archive.file_name):
-        if candidate.is_file():
-            return candidate
+    """An archive the user placed in the dataset folder, or one downloaded earlier and unchanged
+    since (its size and sha256 are checked against the record the download wrote)."""
+    placed, downloaded = root / archive.file_name, root / ARCHIVES_DIR / archive.file_name
+    if placed.is_file():
+        return placed
+    if downloaded.is_file():
+        if matches_record(downloaded) is False:
+            logger.warning("%s is not what was downloaded (size or sha256 differ): downloading it again", downloaded)
+            forget(downloaded)
+            return None
+        return downloaded
     return None
 
 
@@ -187,7 +194,13 @@ def _extract_part(root: Path, final_folder: Path, archives: list[Path]) -> None:
     try:
         for archive in archives:
             logger.info("extracting %s into %s", archive.name, final_folder)
-            safe_extract(archive, staging)
+            try:
+                safe_extract(archive, staging)
+            except ArchiveError as error:
+                if archive.parent == root / ARCHIVES_DIR:  # downloaded here: never keep a refused one
+                    forget(archive)
+                    raise ArchiveError(f"{error} It was deleted; run the same command to download it anew.") from None
+                raise ArchiveError(f"{error} It was placed by hand in {root}: replace or delete it.") from None
         if final_folder.exists():
             logger.info("replacing %s, which was never completed", final_folder)
             shutil.rmtree(final_folder)
