@@ -127,11 +127,18 @@ def check_header(source: str | os.PathLike[str] | bytes, *, name: str | None = N
             with Image.open(stream, formats=_allowed_formats()) as image:
                 size = image.size
         except Image.DecompressionBombError:
-            raise ImageError(f"{label}: at most {limits.max_pixels:,} pixels are allowed") from None
+            raise _bomb(label, limits) from None
         except Exception as error:  # noqa: BLE001 - see _explain
             raise _explain(error, label, head) from error
     _check_size(size, label, limits)
     return size
+
+
+def _bomb(label: str, limits: ImageLimits) -> ImageError:
+    """Pillow refuses in Image.open what claims over twice its MAX_IMAGE_PIXELS, before the size is
+    known to us: say what is allowed, in the same words as our own check."""
+    allowed = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
+    return ImageError(f"{label}: image is too large; at most {allowed:,} pixels are allowed")
 
 
 def crop_box(
@@ -236,8 +243,8 @@ def _load_stream(stream: IO[bytes], label: str, limits: ImageLimits, draft_size:
             return _decode(image, label, limits, draft_size)
     except ImageError:
         raise
-    except Image.DecompressionBombError:  # Pillow's own guard, where a process set it below ours
-        raise ImageError(f"{label}: at most {limits.max_pixels:,} pixels are allowed") from None
+    except Image.DecompressionBombError:  # Pillow's own guard refused it in Image.open
+        raise _bomb(label, limits) from None
     except Exception as error:  # noqa: BLE001 - see _explain: malformed files make Pillow raise almost anything
         raise _explain(error, label, head) from error
 
