@@ -38,6 +38,11 @@ METRICS = [metric.value for metric in Metric]
 MAX_UPLOAD = "25mb"
 # Gradio's own cache of uploads and outputs: files older than this are deleted, checked as often.
 CACHE_MAX_AGE_SECONDS = 3600
+# Searches waiting at once, beyond the one running; past it a visitor is told at once that the app
+# is busy and to retry ("Queue is full"), before any work. Searches run one at a time (a forward
+# pass already uses every core), so the last in the queue waits about this many search times:
+# bench/results/load.md measures them (docs/performance.md, "Load").
+DEFAULT_QUEUE_SIZE = 120
 DEFAULT_K = 12
 MAX_K = 100
 EXAMPLES_SHOWN = 8
@@ -423,6 +428,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", default="imagenet", help="weights for what is built: imagenet, none, or a file")
     parser.add_argument("--backbones", default=DEFAULT_BACKBONE, help="backbones to build at start, or 'all'")
     parser.add_argument("--input-size", type=int, help="build networks at this input size (smoke tests only)")
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=int(os.environ.get("CBIR_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
+        help="searches that may wait at once; more are told the app is busy (env CBIR_QUEUE_SIZE)",
+    )
     return parser.parse_args(argv)
 
 
@@ -462,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     Image.MAX_IMAGE_PIXELS = DEFAULT_LIMITS.max_pixels
     engine = SearchEngine(arguments.index_dir)
     demo = build_ui(engine, arguments.index_dir)
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.queue(default_concurrency_limit=1, max_size=arguments.queue_size)
     demo.launch(
         server_name=arguments.host,
         server_port=arguments.port,

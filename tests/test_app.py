@@ -347,3 +347,13 @@ def test_a_damaged_index_is_reported_on_the_page_and_the_others_are_served(serve
     picture = Image.open(served["photos"] / "picture_003.jpg")
     gallery, _ = page.search({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 3)
     assert gallery[0][1].startswith("#1 picture_003 ")
+
+
+@pytest.mark.slow
+def test_a_hundred_concurrent_visitors_all_get_their_answer(served):
+    sys.path.insert(0, str(REPO))
+    from bench.load import run_clients
+
+    queries = sorted(served["photos"].glob("picture_01*.jpg"))
+    row = run_clients(served["url"], queries, clients=100, per_client=1, collection="demo", backbone="xception")
+    assert row["answered"] == 100 and row["busy"] == 0 and row["other"] == 0, row

@@ -62,7 +62,9 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
+@pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists() and not os.environ.get("CI"), reason="Debian's chromium is not installed"
+)
 def test_page_benchmark_quick_run_writes_results(tmp_path):
     run_bench("page.py", "--quick", "--query-width", "320", "--out", str(tmp_path))
     report = json.loads((tmp_path / "page-quick.json").read_text())
@@ -110,3 +112,17 @@ def test_runtime_benchmark_keeps_the_rows_measured_before_a_worker_is_killed(mon
     assert rows[0] == measured
     assert rows[1]["setting"] == "openvino" and "out-of-memory" in rows[1]["note"]
     assert len(rows) == 2
+
+
+@pytest.mark.slow
+def test_load_benchmark_quick_run_answers_everyone_or_says_busy(tmp_path):
+    run_bench("load.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "load-quick.json").read_text())
+    within, over = report["rows"][:-1], report["rows"][-1]
+    assert [row["clients"] for row in within] == [1, 4]
+    for row in within:  # inside the queue: every search answered
+        assert row["answered"] == row["requests"] and row["busy"] == row["other"] == 0
+    # Past the queue (4 waiting + 1 running): the rest are told the app is busy, nothing else.
+    assert over["clients"] == 54 and over["other"] == 0
+    assert over["answered"] >= 5 and over["busy"] >= 40 and over["answered"] + over["busy"] == 54
+    assert [b["batch"] for b in report["network_batches"]] == [1, 4, 8]
