@@ -157,6 +157,21 @@ class SearchPage:
         step = max(1, len(images) // EXAMPLES_SHOWN)
         return [(image, readable(Path(image).stem), None) for image in images[::step][:EXAMPLES_SHOWN]]
 
+    def example_picture(self, collection: str, image: str, box: tuple | None) -> Image.Image:
+        """An example query as the editor gets it: the image cropped to its box. A bundle has
+        thumbnails only: the box, in the original's pixels, is scaled onto the thumbnail."""
+        record = self.engine.record(collection)
+        if not record.thumbnails_only:
+            path = record.root / image
+            return crop_box(load_image(path), box) if box else load_image(path)
+        picture = load_image(self.served(collection, image))
+        size = (record.image_sizes or {}).get(Path(image).stem)
+        if box and size:
+            scale_x, scale_y = picture.width / size[0], picture.height / size[1]
+            box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
+            return crop_box(picture, box)
+        return picture
+
     def search(self, editor: dict | None, collection: str | None, recipe: str | None, metric: str, k: float):
         """The search event: (gallery items, status line). Problems a user can fix become messages."""
         image = query_image(editor)
@@ -323,9 +338,8 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
         if not examples or event.index is None or event.index >= len(examples):
             return gr.update()
         image, _, box = examples[event.index]
-        path = page.engine.record(collection).root / image
         try:
-            picture = crop_box(load_image(path), box) if box else load_image(path)
+            picture = page.example_picture(collection, image, box)
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
         return {"background": picture, "layers": [], "composite": picture}
@@ -425,6 +439,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, help="index and serve this folder of your own photos")
     parser.add_argument("--name", help="collection name for --images (default: the folder's name)")
     parser.add_argument("--no-build", action="store_true", help="serve what is built; never build at start")
+    parser.add_argument(
+        "--bundle",
+        default=os.environ.get("CBIR_BUNDLE"),
+        help="serve a bundle made by build_index.py --export-bundle: a .tar path or an https:// URL (a Hugging "
+        "Face resolve/main/... URL works); downloaded, checked and unpacked into --cache-dir once (env CBIR_BUNDLE)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("CBIR_CACHE_DIR", Path.home() / ".cache" / "cbir")),
+        help="where bundles are downloaded and unpacked (env CBIR_CACHE_DIR)",
+    )
     parser.add_argument("--weights", default="imagenet", help="weights for what is built: imagenet, none, or a file")
     parser.add_argument("--backbones", default=DEFAULT_BACKBONE, help="backbones to build at start, or 'all'")
     parser.add_argument("--input-size", type=int, help="build networks at this input size (smoke tests only)")
@@ -457,17 +483,50 @@ def build_at_start(arguments: argparse.Namespace) -> None:
     build_indexes(collection, parse_backbones(arguments.backbones), settings)
 
 
+def first_start_help(error: Exception, arguments: argparse.Namespace) -> str:
+    """What to do when the default first start (download Oxford5k) cannot go on: three ways, each a
+    command to copy."""
+    return (
+        f"error: {error}\n\n"
+        "Three ways on:\n"
+        "  1. Oxford5k itself: ask for access at https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/, then\n"
+        "       CBIR_DATA_USER=... CBIR_DATA_PASSWORD=... python app.py\n"
+        f"     or place the archives in {arguments.data_dir / 'oxford5k'} (or pass --mirror URL) and run python app.py\n"
+        "  2. A bundle someone built (no images, no build):\n"
+        "       python app.py --bundle https://.../oxford5k.tar\n"
+        "  3. Your own photos:\n"
+        "       python app.py --images ~/Pictures"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from cbir.datasets import DatasetError
+
     try:
-        if not arguments.no_build:
+        if arguments.bundle:
+            from cbir.bundle import open_bundle
+            from cbir.datasets import DownloadSettings
+
+            http = DownloadSettings.from_env(data_dir=arguments.data_dir).http
+            arguments.index_dir = open_bundle(arguments.bundle, arguments.cache_dir, http)
+        elif not arguments.no_build:
             build_at_start(arguments)
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept; start again to resume", file=sys.stderr)
         return 130
+    except DatasetError as error:
+        if arguments.images is None and not arguments.bundle:
+            print(first_start_help(error, arguments), file=sys.stderr)
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     except CbirError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a folder that cannot be written: say which, no traceback
+        print(f"error: {error.strerror or error}: {error.filename or ''}", file=sys.stderr)
         return 2
     # Pillow's own decompression-bomb guard at the app's limit too, for anything decoded here.
     Image.MAX_IMAGE_PIXELS = DEFAULT_LIMITS.max_pixels

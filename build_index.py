@@ -89,6 +89,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--evaluate", action="store_true", help="after building, run the mAP evaluation (collections with ground truth)"
     )
+    parser.add_argument(
+        "--export-bundle",
+        type=Path,
+        metavar="FILE",
+        help="after building, pack the collection's indexes, results and thumbnails into FILE (.tar) for "
+        "app.py --bundle: a laptop or a Space serves it without the images or a rebuild",
+    )
+    parser.add_argument("--thumbnail-size", type=int, default=512, help="longest side of a bundle's thumbnails, px")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     arguments = parser.parse_args(argv)
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                    progress=not arguments.no_progress),
             )
             print(format_summary(results))
+        if arguments.export_bundle:
+            export(arguments, collection.name, [outcome.key for outcome in outcomes])
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -160,6 +170,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def export(arguments: argparse.Namespace, collection: str, recipes: list[str]) -> None:
+    from cbir.bundle import OXFORD_PARIS_TERMS, export_bundle
+
+    if arguments.dataset:
+        source, terms = f"{arguments.dataset} ({DATASETS[arguments.dataset].access_page})", OXFORD_PARIS_TERMS
+    else:
+        source, terms = f"the folder {arguments.images.name}", "Your own photos: their terms are whoever took them."
+    manifest = export_bundle(arguments.index_dir, collection, arguments.export_bundle, recipes=recipes,
+                             max_side=arguments.thumbnail_size, source=source, terms=terms,
+                             progress=not arguments.no_progress)  # fmt: skip
+    size = arguments.export_bundle.stat().st_size
+    print(f"bundle: {arguments.export_bundle} ({size / 2**20:.1f} MB, {manifest.n_images} thumbnails, "
+          f"{', '.join(manifest.recipes)}). Serve it with: python app.py --bundle {arguments.export_bundle}")  # fmt: skip
+    print(f"terms of the images: {terms}")
 
 
 def print_summary(outcomes, untrained: bool) -> None:

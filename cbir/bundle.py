@@ -32,7 +32,7 @@ from cbir.archives import ArchiveError, safe_extract
 from cbir.download import HttpSettings, download, sha256_file
 from cbir.errors import CbirError
 from cbir.index import Manifest
-from cbir.layout import IndexLayout, read_collection_record, RESULTS_DIR
+from cbir.layout import RESULTS_DIR, IndexLayout, read_collection_record
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder, thumbnail_name
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def export_bundle(
     for image in images:
         name = thumbnail_name(collection, image, max_side)
         files.append((f"{prefix}/thumbnails/{name}", thumbnails.folder / name))
-    record_text = _bundle_record(collection, record, max_side)
+    record_text = _bundle_record(collection, record, max_side, images)
     record_file = Path(dest).with_name(Path(dest).name + ".collection.json")
     record_file.write_text(record_text)
     files.append((f"{prefix}/collection.json", record_file))
@@ -177,17 +177,25 @@ def export_bundle(
     return manifest
 
 
-def _bundle_record(collection: str, record, max_side: int) -> str:
-    """The collection record as a bundle carries it: no images folder, the queries kept."""
+def _bundle_record(collection: str, record, max_side: int, images: Sequence[str]) -> str:
+    """The collection record as a bundle carries it: no images folder, the queries kept, and the
+    size of each query image (its box is in those pixels; the page crops the thumbnail instead)."""
+    from cbir.datasets.model import ids_to_paths
+    from cbir.images import check_header
+
+    paths, _ = ids_to_paths(images)
+    sizes = {}
+    for query in record.queries:
+        if query.image in paths:
+            sizes[query.image] = list(check_header(record.root / paths[query.image]))
     return json.dumps(
         {
             "schema_version": 2,
             "name": collection,
-            "images_root": None,
-            "images_root_as_built": None,
             "thumbnails_only": True,
             "thumbnail_max_side": max_side,
             "n_images": record.n_images,
+            "image_sizes": sizes,
             "queries": [query.to_json() for query in record.queries],
         },
         indent=1,

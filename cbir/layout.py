@@ -100,8 +100,16 @@ class CollectionRecord:
     n_images: int
     images_found: bool  # False: the images are not where the record says (a moved index root)
     recorded_root: str  # where the record says they are, for messages
+    # A bundle's record: the images did not travel, the thumbnails under the index root stand in.
+    thumbnails_only: bool = False
+    image_sizes: dict[str, tuple[int, int]] | None = None  # query image id -> (width, height)
 
     def missing_images_message(self) -> str:
+        if self.thumbnails_only:
+            return (
+                f"{self.name} came as a bundle: it holds thumbnails, not its images. Evaluate it where the "
+                f"images are: {build_command(self.name)} --evaluate"
+            )
         return (
             f"the images of {self.name} are not at {self.recorded_root} (where they were when it was built). "
             f"Put them back, or rebuild: {build_command(self.name)}"
@@ -133,6 +141,19 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
         ) from None
     except (OSError, ValueError) as error:
         raise IndexLoadError(f"{path} is unreadable ({error}). Rebuild it: {build_command(name, force=True)}") from None
+    queries = tuple(Query.from_json(query) for query in data.get("queries", []))
+    if data.get("thumbnails_only"):
+        sizes = {image: (int(w), int(h)) for image, (w, h) in data.get("image_sizes", {}).items()}
+        return CollectionRecord(
+            name=data["name"],
+            root=layout.thumbnails_dir(name),
+            queries=queries,
+            n_images=int(data.get("n_images", 0)),
+            images_found=False,
+            recorded_root="(a bundle: thumbnails only)",
+            thumbnails_only=True,
+            image_sizes=sizes,
+        )
     if "root" in data and "images_root" not in data:  # written before records were relocatable
         candidates = [Path(data["root"])]
         recorded = data["root"]
@@ -140,7 +161,6 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
         candidates = [(path.parent / data["images_root"]).resolve(), Path(data["images_root_as_built"])]
         recorded = str(candidates[0])
     found = next((candidate for candidate in candidates if candidate.is_dir()), None)
-    queries = tuple(Query.from_json(query) for query in data.get("queries", []))
     return CollectionRecord(
         name=data["name"],
         root=found or candidates[0],

@@ -176,7 +176,7 @@ class SearchEngine:
         similarities = cosine_similarity(exact_distances(loaded.descriptors[rows], query, Metric.COSINE))
         record = self.record(collection)
         warnings = self._warnings.get((collection, recipe), ())
-        if not record.images_found:
+        if not record.images_found and not record.thumbnails_only:
             warnings += (record.missing_images_message(),)
         images = loaded.manifest.images
         hits = [
