@@ -35,25 +35,26 @@ sys.path.insert(0, str(REPO / "tests"))
 from bench.common import write_report  # noqa: E402
 
 
-def start_app(index_dir: Path, queue_size: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_app(index_dir: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`python app.py --index-dir DIR --no-build OPTIONS` on a free port; returns once it answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_dir), "--no-build", "--port", str(port),
-         "--queue-size", str(queue_size)],
+         *options],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GRADIO_ANALYTICS_ENABLED="False"),
         stdout=open(log, "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    for _ in range(480):
+    for _ in range(4800):
         if process.poll() is not None:
             raise SystemExit("the app stopped: " + log.read_text()[-2000:])
         try:
             urllib.request.urlopen(url, timeout=2)
             return process, url
         except OSError:
-            time.sleep(0.25)
+            time.sleep(0.1)
     process.kill()
     raise SystemExit("the app did not start: " + log.read_text()[-2000:])
 
@@ -124,6 +125,35 @@ def run_clients(url: str, queries: list[Path], clients: int, per_client: int, co
     }
 
 
+def largest_image_cost(url: str, pid: int, scratch: Path, repeats: int = 3) -> dict:
+    """Resident memory of the app before and after searches with the largest image it accepts
+    (8,000 x 8,000 = 64,000,000 pixels, a JPEG), and the time each took."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    def resident(field: str = "VmRSS") -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    path = scratch / "largest.jpg"
+    Image.new("RGB", (8000, 8000), (120, 130, 140)).save(path, quality=90)
+    client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 300})
+    before, peak_before = resident(), resident("VmHWM")
+    seconds, peaks = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        client.predict({"background": handle_file(str(path)), "layers": [], "composite": None}, "bench",
+                       "xception", "cosine", 12, api_name="/search")  # fmt: skip
+        seconds.append(time.perf_counter() - started)
+        peaks.append(resident())
+    client.close()
+    return {"image": "8000 x 8000 JPEG", "bytes": path.stat().st_size, "resident_mb_before": round(before, 1),
+            "resident_mb_after_each": [round(p, 1) for p in peaks], "peak_mb_before": round(peak_before, 1),
+            "peak_mb_after": round(resident("VmHWM"), 1), "seconds_each": [round(s, 2) for s in seconds]}  # fmt: skip
+
+
 def network_batches(backbone: str, input_size: int | None, repeats: int = 5) -> list[dict]:
     """Images/s of the bare network at batch 1, 4, 8: the ceiling on what event batching adds."""
     import numpy as np
@@ -158,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20, help="searches in all per client count (at least one each)")
     parser.add_argument("--queue-size", type=int, default=120)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--largest-only", action="store_true", help="only the largest accepted image's cost")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--name", default="load")
     arguments = parser.parse_args(argv)
@@ -180,25 +211,34 @@ def main(argv: list[str] | None = None) -> int:
         settings = BuildSettings(index_dir=scratch / "indexes", weights=Weights.parse("none"),
                                  input_size=arguments.input_size, progress=False)  # fmt: skip
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
-        process, url = start_app(scratch / "indexes", arguments.queue_size, scratch / "app.log")
+        process, url = start_app(scratch / "indexes", scratch / "app.log", "--queue-size", str(arguments.queue_size))
         rows = []
         try:
             run_clients(url, queries, 1, 2, "bench", arguments.backbone)  # builds the network: not measured
-            for clients in (int(c) for c in arguments.clients.split(",")):
+            for clients in (int(c) for c in arguments.clients.split(",") if not arguments.largest_only):
                 per_client = max(1, arguments.requests // clients)
                 rows.append(run_clients(url, queries, clients, per_client, "bench", arguments.backbone))
                 print(rows[-1], flush=True)
-            over = run_clients(url, queries, arguments.queue_size + 50, 1, "bench", arguments.backbone)
-            over["note"] = "queue size + 50 clients at once"
-            rows.append(over)
-            print(over, flush=True)
+            if not arguments.largest_only:
+                over = run_clients(url, queries, arguments.queue_size + 50, 1, "bench", arguments.backbone)
+                over["note"] = "queue size + 50 clients at once"
+                rows.append(over)
+                print(over, flush=True)
+            largest = largest_image_cost(url, process.pid, scratch)
+            print(largest, flush=True)
         finally:
             process.terminate()
             process.wait(timeout=60)
+    if arguments.largest_only:
+        report = {"command": command, "cores": os.cpu_count(), "largest_image": largest}
+        title = f"# Largest accepted image: `{command}`"
+        write_report(arguments.out, arguments.name, report, title, list(largest), [list(largest.values())])
+        return 0
     batches = network_batches(arguments.backbone, arguments.input_size)
     report = {"command": command, "cores": os.cpu_count(), "backbone": arguments.backbone,
               "input_size": arguments.input_size or get_backbone(arguments.backbone).input_size,
-              "queue_size": arguments.queue_size, "rows": rows, "network_batches": batches}  # fmt: skip
+              "queue_size": arguments.queue_size, "rows": rows, "network_batches": batches,
+              "largest_image": largest}  # fmt: skip
     columns = ["clients", "requests", "answered", "busy", "other", "queries/s", "p50 s", "p95 s", "max s"]
     table = [[r["clients"], r["requests"], r["answered"], r["busy"], r["other"], r["queries_per_second"],
               r["p50_seconds"], r["p95_seconds"], r["max_seconds"]] for r in rows]  # fmt: skip

@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import netrc
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -76,6 +77,17 @@ def download(url: str, dest: Path, settings: HttpSettings) -> Path:
     raise DownloadError(f"the server for {url} cannot resume nor restart the download", url=url, problem=DownloadProblem.HTTP)
 
 
+HUB_HOSTS = ("huggingface.co", "hf.co")
+
+
+def _hub_token(url: str) -> str | None:
+    """HF_TOKEN, for a Hugging Face Hub URL (a private dataset repository holding a bundle)."""
+    host = urlsplit(url).hostname or ""
+    if any(host == hub or host.endswith("." + hub) for hub in HUB_HOSTS):
+        return os.environ.get("HF_TOKEN") or None
+    return None
+
+
 def _opener_for(url: str, settings: HttpSettings) -> urllib.request.OpenerDirector:
     """An opener that answers basic-auth challenges from the URL's own host only."""
     credentials = _credentials_for(url, settings)
@@ -113,6 +125,11 @@ def _fetch_into(
     request = urllib.request.Request(url, headers={"User-Agent": f"cbir/{__version__}"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+    token = _hub_token(url)
+    if token:
+        # Only to the Hub itself: the file is then served from a signed CDN address, which must not
+        # receive it (an unredirected header is not sent on along a redirect).
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
         response = opener.open(request, timeout=settings.timeout)
     except urllib.error.HTTPError as error:

@@ -126,3 +126,13 @@ def test_load_benchmark_quick_run_answers_everyone_or_says_busy(tmp_path):
     assert over["clients"] == 54 and over["other"] == 0
     assert over["answered"] >= 5 and over["busy"] >= 40 and over["answered"] + over["busy"] == 54
     assert [b["batch"] for b in report["network_batches"]] == [1, 4, 8]
+
+
+@pytest.mark.slow
+def test_bundle_benchmark_quick_run_writes_results(tmp_path):
+    run_bench("bundle.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "bundle-quick.json").read_text())
+    assert report["images"] == 200 and report["bundle_mb"] > 1
+    cold, warm = report["rows"]
+    assert cold["start"] == "cold" and warm["start"] == "warm" and cold["seconds_to_page"] > 0
+    assert warm["resident_mb_after_xception"] > warm["resident_mb_at_start"]

@@ -221,3 +221,57 @@ def test_a_first_start_that_cannot_download_names_three_ways_on(tmp_path):
     )  # fmt: skip
     assert partial.returncode == 2 and "Traceback" not in partial.stderr
     assert "corrupt or incomplete" in partial.stderr and "placed by hand" in partial.stderr
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed: apt-get install chromium (.ci/run does)",
+)
+def test_the_page_started_from_a_bundle_searches_in_a_real_browser(exported, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    query = tmp_path / "query.jpg"
+    shutil.copy(exported["photos"] / "picture_009.jpg", query)
+    process, url, _ = start_app("--bundle", str(exported["bundle"]), "--cache-dir", str(tmp_path / "cache"),
+                                "--index-dir", str(tmp_path / "none"), cwd=tmp_path)  # fmt: skip
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.goto(url, wait_until="networkidle")
+                # The examples strip shows the bundle's thumbnails.
+                expect(page.locator("img").first).to_be_visible(timeout=30_000)
+                page.locator("input[type=file]").first.set_input_files(str(query))
+                page.wait_for_timeout(1500)
+                page.locator("#search-button").click()
+                expect(page.locator("#search-status")).to_contain_text("12 results", timeout=60_000)
+                expect(page.locator("#results img")).to_have_count(12, timeout=30_000)
+                assert "#1 picture_009" in page.locator("#results").inner_text()
+                page.screenshot(path=str(tmp_path / "bundle-page.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_full_disk_while_unpacking_a_bundle_ends_in_a_message(exported, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import app
+    import cbir.bundle
+
+    def full(archive, dest):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dest / "indexes" / "demo" / "descriptors.npy"))
+
+    monkeypatch.setattr(cbir.bundle, "safe_extract", full)
+    code = app.main(["--bundle", str(exported["bundle"]), "--cache-dir", str(tmp_path / "cache")])
+    message = capsys.readouterr().err
+    assert code == 2 and message.startswith("error: No space left on device: ") and "Traceback" not in message
+    assert not (tmp_path / "cache" / "bundles" / "demo").exists()  # nothing half unpacked is kept

@@ -451,3 +451,15 @@ def test_a_refused_download_is_deleted_so_the_next_run_fetches_it_anew(tmp_path:
     with serve_directory(oxford["archive_dir"]) as base_url:
         collection = prepare_dataset("oxford5k", quiet_settings(tmp_path / "data", mirror=base_url))
     assert collection.queries == oxford["queries"]
+
+
+def test_a_hub_token_is_for_the_hub_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cbir.download import _hub_token
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert _hub_token("https://huggingface.co/datasets/me/repo/resolve/main/oxford5k.tar") == "hf_secret"
+    assert _hub_token("https://hf.co/datasets/me/repo/resolve/main/oxford5k.tar") == "hf_secret"
+    for other in ("https://example.com/oxford5k.tar", "https://evilhuggingface.co/x.tar", "http://127.0.0.1/x.tar"):
+        assert _hub_token(other) is None
+    monkeypatch.delenv("HF_TOKEN")
+    assert _hub_token("https://huggingface.co/x.tar") is None
