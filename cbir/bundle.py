@@ -17,9 +17,9 @@ second start finds it there, verified, and opens at once.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import shutil
 import tarfile
 import time
 from collections.abc import Sequence
@@ -166,7 +166,7 @@ def export_bundle(
             data = manifest.to_json().encode()
             info = tarfile.TarInfo(BUNDLE_MANIFEST)
             info.size, info.mtime = len(data), int(time.time())
-            tar.addfile(info, fileobj=_bytes(data))
+            tar.addfile(info, fileobj=io.BytesIO(data))
             for arcname, path in files:
                 tar.add(path, arcname=arcname, recursive=False)
 
@@ -200,12 +200,6 @@ def _bundle_record(collection: str, record, max_side: int, images: Sequence[str]
         },
         indent=1,
     )
-
-
-def _bytes(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 def _bar(total: int, label: str, enabled: bool):
@@ -286,7 +280,3 @@ def read_bundle_manifest(archive: Path) -> BundleManifest:
             return BundleManifest.from_json(tar.extractfile(first).read().decode())
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
         raise BundleError(f"{archive} is not a readable bundle ({error}): download it again") from None
-
-
-def remove_bundle(cache_dir: Path, name: str) -> None:
-    shutil.rmtree(Path(cache_dir) / "bundles" / name, ignore_errors=True)

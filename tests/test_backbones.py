@@ -121,7 +121,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_untrained_weights_are_the_same_in_every_build():
-    backbone = BACKBONES["xception"]
     pixels = np.random.default_rng(1).integers(0, 256, size=(1, 80, 80, 3), dtype=np.uint8)
     first = build_extractor(recipe("xception", 80)).describe(pixels)
     second = build_extractor(recipe("xception", 80)).describe(pixels)
