@@ -468,11 +468,11 @@ def build_at_start(arguments: argparse.Namespace) -> None:
     from cbir.backbones import Weights, parse_backbones
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
-    from cbir.index import list_indexes
+    from cbir.index import scan_indexes
 
     if arguments.images is not None:
         collection = folder_collection(arguments.images, arguments.name or arguments.images.resolve().name)
-    elif list_indexes(arguments.index_dir):
+    elif any(scan_indexes(arguments.index_dir)):  # whole or damaged: the page shows them, with the fix
         return
     else:
         logger.info("no index under %s: building Oxford5k with %s first", arguments.index_dir, arguments.backbones)
