@@ -70,14 +70,16 @@ def annoy_recall_at_10(loaded: LoadedIndex, queries: np.ndarray, metric: str) ->
     return float(np.mean(found))
 
 
-def test_annoy_alone_finds_the_exact_top10(tmp_path):
-    # 32-d, so a leaf holds at most ~34 items and 2,000 rows make real trees; 10 candidates for
-    # k = 10, so what Annoy proposes is what the re-rank sees.
-    descriptors = clustered(2000, 32, centres=100)
+def clustered_index(tmp_path, n_trees: int) -> tuple[LoadedIndex, np.ndarray]:
+    """2,000 rows of 32-d: a leaf holds at most ~34 items, so Annoy builds real trees."""
     folder = tmp_path / "demo" / "xception"
-    write_index(folder, descriptors, make_manifest(2000, 32), n_trees=50)
-    loaded = load_index(folder)
-    queries = clustered(40, 32, seed=7, centres=100)
+    write_index(folder, clustered(2000, 32, centres=100), make_manifest(2000, 32), n_trees=n_trees)
+    return load_index(folder), clustered(40, 32, seed=7, centres=100)
+
+
+def test_annoy_alone_finds_the_exact_top10(tmp_path):
+    # 10 candidates for k = 10: what Annoy proposes is all it returns.
+    loaded, queries = clustered_index(tmp_path, n_trees=50)
     for metric in ("cosine", "euclidean"):
         assert annoy_recall_at_10(loaded, queries, metric) >= 0.85  # measured: 0.98 cosine, 0.92 euclidean
 
@@ -85,11 +87,7 @@ def test_annoy_alone_finds_the_exact_top10(tmp_path):
 def test_more_candidates_buy_recall(tmp_path):
     # 10 trees: with only k candidates Annoy misses neighbours (measured recall@10 0.70 cosine,
     # 0.52 euclidean); with the default 200 it finds all of them.
-    descriptors = clustered(2000, 32, centres=100)
-    folder = tmp_path / "demo" / "xception"
-    write_index(folder, descriptors, make_manifest(2000, 32), n_trees=10)
-    loaded = load_index(folder)
-    queries = clustered(40, 32, seed=7, centres=100)
+    loaded, queries = clustered_index(tmp_path, n_trees=10)
     for metric in ("cosine", "euclidean"):
         few = annoy_recall_at_10(loaded, queries, metric)
         truth = [set(exact(loaded, q, metric, 10).rows.tolist()) for q in queries]
