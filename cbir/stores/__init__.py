@@ -25,7 +25,7 @@ from cbir.errors import SettingsError
 class Store(Protocol):
     def search(self, query: np.ndarray, metric: Metric, k: int, *, candidates: int | None = None) -> Neighbours:
         """The k nearest rows. `candidates`: how many rows an approximate store examines (it may
-        re-rank them exactly); the exact scan ignores it."""
+        keep the nearest k of them); the exact scan ignores it."""
         ...
 
     def close(self) -> None: ...

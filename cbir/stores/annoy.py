@@ -107,5 +107,5 @@ def _files(params: dict[str, Any]) -> list[str]:
 from cbir.stores import StoreKind, register  # noqa: E402
 
 KIND = register(
-    StoreKind("annoy", "Annoy forests (cosine and euclidean), candidates re-ranked exactly", _build, _open, _files)
+    StoreKind("annoy", "Annoy forests (cosine and euclidean); the nearest k of its candidates", _build, _open, _files)
 )
