@@ -41,8 +41,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pooling",
         default="gap",
-        choices=["gap"],
-        help="how the network's output becomes a descriptor: gap = the study's (global average pool; VGG16: fc1)",
+        choices=["gap", "mac", "spoc", "gem", "rmac"],
+        help="how the network's output becomes a descriptor: gap = the study's (global average pool; VGG16: "
+        "fc1); mac, spoc, gem (p = 3) and rmac (L = 3) pool the last convolutional map. Each pooling is an index "
+        "of its own (folder <backbone>-<pooling>)",
     )
     parser.add_argument(
         "--weights",

@@ -49,14 +49,22 @@ class Backbone:
     feature_layer: str | None = None
     # Smallest input the architecture accepts: tests and smoke runs use small inputs to stay fast.
     min_input_size: int = 32
-    # A fully connected feature layer fixes the input size (fc1 of VGG16 expects 7x7x512).
+    # A fully connected feature layer fixes the input size (fc1 of VGG16 expects 7x7x512); the
+    # pooled recipes read the convolutional map instead and take any size.
     fixed_input_size: bool = False
+    # Channels of the last convolutional map (the network without its top), which the pooled
+    # recipes (MAC, SPoC, GeM, R-MAC) give: VGG16's block5_pool has 512; the others' is `dim`.
+    conv_channels: int | None = None
+
+    @property
+    def map_channels(self) -> int:
+        return self.conv_channels or self.dim
 
 
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("vgg16", "VGG16", "vgg16", 224, 4096, feature_layer="fc1", fixed_input_size=True),
+        Backbone("vgg16", "VGG16", "vgg16", 224, 4096, feature_layer="fc1", fixed_input_size=True, conv_channels=512),
         Backbone("xception", "Xception", "xception", 299, 2048, min_input_size=71),
         Backbone("inception_v3", "InceptionV3", "inception_v3", 299, 2048, min_input_size=75),
         Backbone(
@@ -173,11 +181,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_input_size(backbone: Backbone, requested: int | None) -> int:
-    """The input size to build at: the backbone's own unless a smaller one is asked for and allowed."""
+def resolve_input_size(backbone: Backbone, requested: int | None, *, study_layer: bool = True) -> int:
+    """The input size to build at: the backbone's own unless another is asked for and allowed
+    (`study_layer`: the recipe reads the fully connected feature layer, which fixes the size)."""
     if requested is None or requested == backbone.input_size:
         return backbone.input_size
-    if backbone.fixed_input_size:
+    if backbone.fixed_input_size and study_layer:
         raise SettingsError(
             f"{backbone.name} takes only {backbone.input_size} px inputs "
             f"(its {backbone.feature_layer} layer fixes the size)"
@@ -264,7 +273,7 @@ def build_trunk(backbone: Backbone, weights: Weights, input_size: int | None, *,
     """
     import keras
 
-    size = resolve_input_size(backbone, input_size)
+    size = resolve_input_size(backbone, input_size, study_layer=study_layer)
     application = getattr(keras.applications, backbone.constructor)
     preprocess = getattr(keras.applications, backbone.module).preprocess_input
     if weights.untrained:

@@ -47,7 +47,8 @@ def build_command(collection: str, recipe_key: str | None = None, *, force: bool
     source = f"--dataset {collection}" if collection in DATASETS else f"--images <folder> --name {collection}"
     command = f"python build_index.py {source}"
     if recipe_key:
-        command += f" --backbones {recipe_key.split('-', 1)[0]}"
+        backbone, _, pooling = recipe_key.partition("-")
+        command += f" --backbones {backbone}" + (f" --pooling {pooling}" if pooling else "")
     return command + (" --force" if force else "")
 
 

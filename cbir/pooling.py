@@ -18,6 +18,10 @@ import numpy as np
 
 class Pooling(str, Enum):
     GAP = "gap"  # the study's descriptor: global average pooling (VGG16: its fc1 layer)
+    MAC = "mac"  # maximum of each channel (Tolias et al. 2016)
+    SPOC = "spoc"  # sum (here: mean) of each channel (Babenko & Lempitsky 2015)
+    GEM = "gem"  # generalised mean, p = 3 (Radenovic et al. 2018); p = 1 is SPoC, p -> inf is MAC
+    RMAC = "rmac"  # regional MAC over an L = 3 grid, regions L2-normalised and summed (Tolias et al. 2016)
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,85 @@ def global_average(outputs: np.ndarray) -> np.ndarray:
     return outputs.mean(axis=(1, 2), dtype=np.float32)
 
 
+GEM_P = 3.0
+# GeM raises activations to the p-th power: negatives (EfficientNet's swish can give them) and
+# zeros are clamped to this first, as the reference implementation does.
+GEM_EPS = 1e-6
+RMAC_LEVELS = 3
+
+
+def _maps(outputs: np.ndarray) -> np.ndarray:
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if outputs.ndim != 4:
+        raise ValueError(f"this pooling needs (n, h, w, c) feature maps, got shape {outputs.shape}")
+    return outputs
+
+
+def max_pool(outputs: np.ndarray) -> np.ndarray:
+    """MAC: the largest activation of each channel."""
+    return _maps(outputs).max(axis=(1, 2))
+
+
+def mean_pool(outputs: np.ndarray) -> np.ndarray:
+    """SPoC: the mean activation of each channel (the sum, scaled; the scale vanishes once
+    descriptors are compared by cosine, and keeps Euclidean distances in the map's units)."""
+    return _maps(outputs).mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
+
+
+def generalised_mean(outputs: np.ndarray, p: float = GEM_P) -> np.ndarray:
+    """GeM: (mean of x^p)^(1/p) per channel, activations clamped to GEM_EPS first."""
+    clamped = np.maximum(_maps(outputs).astype(np.float64), GEM_EPS)
+    return (np.power(clamped, p).mean(axis=(1, 2)) ** (1.0 / p)).astype(np.float32)
+
+
+def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tuple[int, int, int]]:
+    """The R-MAC regions of an h x w map as (top, left, side), the reference layout (Tolias et al.
+    2016, as in cnnimageretrieval-pytorch): the whole map, then at level l = 1..L square regions
+    of side floor(2 min(h, w) / (l + 1)) at l positions per axis, plus extra positions along the
+    longer axis so that neighbouring regions overlap by about 40 %."""
+    short, long = min(height, width), max(height, width)
+    extra = 0
+    if long > short:
+        steps = np.arange(2, 8)
+        spacing = (long - short) / (steps - 1)
+        extra = int(np.argmin(np.abs((short**2 - short * spacing) / short**2 - 0.4))) + 1
+    extra_y, extra_x = (extra, 0) if height > width else (0, extra)
+    regions = [(0, 0, -1)]  # the whole map (side -1: all of it)
+    for level in range(1, levels + 1):
+        side = int(2 * short // (level + 1))
+        half = int(np.floor(side / 2 - 1))
+        tops = _positions(height, side, level + extra_y, half)
+        lefts = _positions(width, side, level + extra_x, half)
+        regions += [(top, left, side) for top in tops for left in lefts]
+    return regions
+
+
+def _positions(extent: int, side: int, count: int, half: int) -> list[int]:
+    """`count` window starts spread over `extent` (the reference's centre arithmetic)."""
+    step = (extent - side) / (count - 1) if count > 1 else 0.0
+    return [int(np.floor(half + i * step)) - half for i in range(count)]
+
+
+def regional_max(outputs: np.ndarray, levels: int = RMAC_LEVELS) -> np.ndarray:
+    """R-MAC: MAC of every region (the whole map included), each L2-normalised, summed."""
+    maps = _maps(outputs)
+    total = np.zeros((maps.shape[0], maps.shape[3]), np.float64)
+    for top, left, side in rmac_regions(maps.shape[1], maps.shape[2], levels):
+        window = maps if side < 0 else maps[:, top : top + side, left : left + side, :]
+        region = window.max(axis=(1, 2)).astype(np.float64)
+        total += region / np.maximum(np.linalg.norm(region, axis=1, keepdims=True), 1e-12)
+    return total.astype(np.float32)
+
+
 POOLINGS: dict[Pooling, PoolingRow] = {
-    row.pooling: row for row in (PoolingRow(Pooling.GAP, "study descriptor (global average pool)", global_average),)
+    row.pooling: row
+    for row in (
+        PoolingRow(Pooling.GAP, "study descriptor (global average pool)", global_average),
+        PoolingRow(Pooling.MAC, "MAC", max_pool),
+        PoolingRow(Pooling.SPOC, "SPoC", mean_pool),
+        PoolingRow(Pooling.GEM, "GeM (p = 3)", generalised_mean),
+        PoolingRow(Pooling.RMAC, "R-MAC (L = 3)", regional_max),
+    )
 }
 
 

@@ -33,7 +33,8 @@ class Recipe:
     def __post_init__(self) -> None:
         backbone = get_backbone(self.backbone)
         object.__setattr__(self, "pooling", Pooling(self.pooling))
-        object.__setattr__(self, "input_size", resolve_input_size(backbone, self.input_size or None))
+        size = resolve_input_size(backbone, self.input_size or None, study_layer=self.uses_study_layer)
+        object.__setattr__(self, "input_size", size)
 
     @classmethod
     def create(
@@ -62,7 +63,8 @@ class Recipe:
 
     @property
     def dim(self) -> int:
-        return BACKBONES[self.backbone].dim
+        backbone = BACKBONES[self.backbone]
+        return backbone.dim if self.pooling is Pooling.GAP else backbone.map_channels
 
     @property
     def uses_study_layer(self) -> bool:

@@ -284,3 +284,29 @@ def test_a_damaged_index_is_rebuilt_not_called_up_to_date(built, gallery, extrac
     outcome = build_indexes(folder_collection(gallery, "demo"), [XCEPTION], settings_for(root), extractors=extractors)[0]
     assert outcome.status is BuildStatus.BUILT and outcome.reason.startswith("damaged (descriptors.npy has 4096 bytes")
     assert len(load_index(root / "demo" / "xception")) == 24
+
+
+def test_pooled_recipes_are_indexes_of_their_own_and_find_the_source(built, gallery, extractors, tmp_path):
+    import shutil
+
+    from cbir.pooling import Pooling
+
+    root = tmp_path / "indexes"
+    shutil.copytree(built, root)
+    collection = folder_collection(gallery, "demo")
+    for pooling in (Pooling.GEM, Pooling.RMAC):
+        outcome = build_indexes(collection, [XCEPTION], settings_for(root, pooling=pooling), extractors=extractors)[0]
+        assert outcome.status is BuildStatus.BUILT and outcome.folder.name == f"xception-{pooling.value}"
+    vgg = build_indexes(collection, [BACKBONES["vgg16"]], settings_for(root, pooling=Pooling.MAC, input_size=64),
+                        extractors=extractors)[0]  # fmt: skip
+    manifest = json.loads((vgg.folder / "manifest.json").read_text())
+    assert manifest["recipe"]["pooling"] == "mac" and manifest["dim"] == 512  # block5_pool's channels
+    # The study's index is untouched beside them, and each recipe is searched as itself.
+    assert sorted(info.key for info in list_indexes(root)) == ["vgg16-mac", "xception", "xception-gem", "xception-rmac"]
+    engine = SearchEngine(root, extractors=extractors)
+    query = crop_of(gallery / "picture_013.jpg", fraction=0.8, scale=1.2)
+    for recipe in ("xception-gem", "xception-rmac", "vgg16-mac"):
+        result = engine.search(query, collection="demo", recipe=recipe, k=3)
+        assert result.hits[0].image == "picture_013.jpg", recipe
+    gem, gap = (engine.describe(query, collection="demo", recipe=key) for key in ("xception-gem", "xception"))
+    assert not np.allclose(gem / np.linalg.norm(gem), gap / np.linalg.norm(gap), atol=1e-3)

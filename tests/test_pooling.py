@@ -1,0 +1,81 @@
+"""Pooling a feature map into a descriptor, on maps worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbir.pooling import (
+    POOLINGS,
+    Pooling,
+    generalised_mean,
+    global_average,
+    max_pool,
+    mean_pool,
+    regional_max,
+    rmac_regions,
+)
+
+
+def one_map(*rows: list[float]) -> np.ndarray:
+    """A (1, h, w, 1) map from rows of numbers."""
+    return np.array(rows, np.float32)[None, :, :, None]
+
+
+def test_every_pooling_of_a_constant_map_is_that_constant():
+    constant = np.full((2, 3, 4, 5), 0.7, np.float32)
+    for pool in (max_pool, mean_pool, generalised_mean, global_average):
+        assert pool(constant) == pytest.approx(np.full((2, 5), 0.7), rel=1e-5)
+
+
+def test_mac_and_spoc_by_hand():
+    feature_map = one_map([1, 2], [3, 6])
+    assert max_pool(feature_map).tolist() == [[6.0]]
+    assert mean_pool(feature_map).tolist() == [[3.0]]  # (1 + 2 + 3 + 6) / 4
+
+
+def test_gem_between_spoc_and_mac():
+    feature_map = one_map([1, 2], [3, 6])
+    assert generalised_mean(feature_map, p=1) == pytest.approx(mean_pool(feature_map))
+    # p = 3: ((1 + 8 + 27 + 216) / 4) ** (1/3) = 63 ** (1/3)
+    assert generalised_mean(feature_map, p=3)[0, 0] == pytest.approx(63 ** (1 / 3), rel=1e-6)
+    assert generalised_mean(feature_map, p=200)[0, 0] == pytest.approx(6.0, rel=0.01)
+
+
+def test_gem_clamps_negative_activations():
+    # EfficientNet's swish gives small negatives: they count as ~0, never as a complex root.
+    assert generalised_mean(one_map([-0.2, 0.0], [0.0, 0.0]))[0, 0] == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_rmac_regions_of_a_3x3_map_by_hand():
+    # The whole map; level 1: one 3x3; level 2: side floor(6/3) = 2 at offsets 0, 1 per axis;
+    # level 3: side floor(6/4) = 1 at offsets 0, 1, 2 per axis.
+    expected = [(0, 0, -1), (0, 0, 3)]
+    expected += [(t, l, 2) for t in (0, 1) for l in (0, 1)]
+    expected += [(t, l, 1) for t in (0, 1, 2) for l in (0, 1, 2)]
+    assert rmac_regions(3, 3) == expected
+
+
+def test_rmac_regions_of_a_wide_map_add_positions_along_the_long_side():
+    # 7 x 10: spacings (10 - 7) / (s - 1) for s = 2..7 give overlaps 1 - b/7; the one closest to
+    # 40 % is b = 3 (s = 2): one extra region along the width. Level 1: side 7 at left 0 and 3;
+    # level 2: side floor(14/3) = 4, tops 0, 3 and lefts 0, 3, 6.
+    regions = rmac_regions(7, 10)
+    assert regions[1:3] == [(0, 0, 7), (0, 3, 7)]
+    assert regions[3:9] == [(t, l, 4) for t in (0, 3) for l in (0, 3, 6)]
+
+
+def test_rmac_sums_l2_normalised_regional_maxima():
+    # Two channels on a 3x3 map; channel 0 is 1 everywhere, channel 1 is 0 but for a 4 at the
+    # centre. Regions holding the centre: the whole map, the 3x3, the four 2x2, the centre 1x1
+    # (7 of 15): each gives (1, 4) / sqrt(17); the other 8 give (1, 0).
+    feature_map = np.zeros((1, 3, 3, 2), np.float32)
+    feature_map[..., 0] = 1
+    feature_map[0, 1, 1, 1] = 4
+    expected = 7 * np.array([1, 4]) / np.sqrt(17) + 8 * np.array([1, 0])
+    assert regional_max(feature_map)[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_every_pooling_has_a_row_and_a_label():
+    assert set(POOLINGS) == set(Pooling)
+    assert all(row.label for row in POOLINGS.values())
