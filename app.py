@@ -499,10 +499,31 @@ def first_start_help(error: Exception, arguments: argparse.Namespace) -> str:
     )
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another program already listens on host:port (checked before any network loads)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from cbir.datasets import DatasetError
+
+    if port_taken(arguments.host, arguments.port):
+        print(
+            f"error: port {arguments.port} on {arguments.host} is in use (another app.py?): choose another with "
+            f"--port {arguments.port + 1} or GRADIO_SERVER_PORT={arguments.port + 1}",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         if arguments.bundle:

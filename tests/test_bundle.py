@@ -275,3 +275,19 @@ def test_a_full_disk_while_unpacking_a_bundle_ends_in_a_message(exported, tmp_pa
     message = capsys.readouterr().err
     assert code == 2 and message.startswith("error: No space left on device: ") and "Traceback" not in message
     assert not (tmp_path / "cache" / "bundles" / "demo").exists()  # nothing half unpacked is kept
+
+
+def test_a_port_in_use_is_said_at_once_with_the_option_to_change_it(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, str(REPO / "app.py"), "--port", str(port), "--no-build", "--index-dir", str(tmp_path)],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "--port" in result.stderr
+    assert "GRADIO_SERVER_PORT" in result.stderr
+    assert time.perf_counter() - started < 60  # before any network or index is loaded
