@@ -29,7 +29,7 @@ from cbir.index import IndexInfo
 from cbir.layout import IndexLayout
 from cbir.pooling import Pooling
 from cbir.search import SearchEngine, SearchResult
-from cbir.thumbnails import ThumbnailFolder
+from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 
 logger = logging.getLogger("app")
 
@@ -114,7 +114,9 @@ class SearchPage:
         if collection not in self._thumbnails:
             record = self.engine.record(collection)
             folder = IndexLayout(self.index_root).thumbnails_dir(collection)
-            self._thumbnails[collection] = ThumbnailFolder(folder, collection, record.root)
+            # A bundle's thumbnails were made at its own size: use them as they are.
+            size = record.thumbnail_max_side or DEFAULT_MAX_SIDE
+            self._thumbnails[collection] = ThumbnailFolder(folder, collection, record.root, size)
         path = self._thumbnails[collection].path_for(image)
         return str(path) if path is not None else None
 

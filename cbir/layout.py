@@ -104,6 +104,7 @@ class CollectionRecord:
     # A bundle's record: the images did not travel, the thumbnails under the index root stand in.
     thumbnails_only: bool = False
     image_sizes: dict[str, tuple[int, int]] | None = None  # query image id -> (width, height)
+    thumbnail_max_side: int | None = None  # a bundle's thumbnails' size (None: the page's default)
 
     def missing_images_message(self) -> str:
         if self.thumbnails_only:
@@ -154,6 +155,7 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
             recorded_root="(a bundle: thumbnails only)",
             thumbnails_only=True,
             image_sizes=sizes,
+            thumbnail_max_side=int(data.get("thumbnail_max_side") or 0) or None,
         )
     if "root" in data and "images_root" not in data:  # written before records were relocatable
         candidates = [Path(data["root"])]

@@ -291,3 +291,18 @@ def test_a_port_in_use_is_said_at_once_with_the_option_to_change_it(tmp_path):
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "--port" in result.stderr
     assert "GRADIO_SERVER_PORT" in result.stderr
     assert time.perf_counter() - started < 60  # before any network or index is loaded
+
+
+def test_a_bundle_with_smaller_thumbnails_is_served_with_them(exported, tmp_path):
+    import app
+
+    small = export_bundle(exported["index_dir"], "demo", tmp_path / "small.tar", max_side=256, progress=False)
+    assert small.thumbnail_max_side == 256
+    root = open_bundle(str(tmp_path / "small.tar"), tmp_path / "cache")
+    page = app.SearchPage(SearchEngine(root), root)
+    served = page.served("demo", "picture_004.jpg")
+    assert served is not None and Path(served).parent == root / "demo" / "thumbnails"
+    with Image.open(served) as thumbnail:
+        assert max(thumbnail.size) == 256
+    examples = page.example_queries("demo")
+    assert examples and page.served("demo", examples[0][0]) is not None
