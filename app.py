@@ -25,7 +25,7 @@ from cbir.distances import Metric
 from cbir.errors import CbirError
 from cbir.evaluate import STUDY_MEASURE_NOTE, Results, load_results, results_folder, study_reported
 from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
-from cbir.index import IndexInfo
+from cbir.index import IndexInfo, scan_indexes
 from cbir.layout import IndexLayout
 from cbir.pooling import Pooling
 from cbir.search import SearchEngine, SearchResult
@@ -105,8 +105,7 @@ class SearchPage:
     def __init__(self, engine: SearchEngine, index_root: Path) -> None:
         self.engine = engine
         self.index_root = Path(index_root)
-        self.indexes: list[IndexInfo] = engine.available()
-        self.broken = engine.broken()
+        self.indexes, self.broken = scan_indexes(engine.index_dir)
         self._thumbnails: dict[str, ThumbnailFolder] = {}
 
     def served(self, collection: str, image: str) -> str | None:

@@ -40,10 +40,6 @@ def write_text(path: Path, text: str) -> None:
     write_file(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    write_file(path, lambda temporary: temporary.write_bytes(data))
-
-
 @contextmanager
 def replacing_folder(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; when the block ends normally it replaces `target`.

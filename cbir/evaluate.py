@@ -96,6 +96,12 @@ class QueryRun:
     eleven_point: np.ndarray | None  # interpolated precision at recall 0.0 .. 1.0
 
 
+def _from_known_fields(cls, data: dict[str, Any]):
+    """A dataclass from a JSON object, ignoring keys it does not have (written by other versions)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass(frozen=True)
 class RowKey:
     recipe: str
@@ -146,8 +152,7 @@ class ResultRow:
             data.update(recipe=data["backbone"], protocol="standard", store="annoy")
             data["map_at_100_store"] = data.pop("map_at_100_annoy", float("nan"))
             data["mean_store_search_seconds"] = data.pop("mean_annoy_search_seconds", float("nan"))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _from_known_fields(cls, data)
 
 
 @dataclass
@@ -168,8 +173,7 @@ class PrCurve:
         data = dict(data)
         if "recipe" not in data:
             data.update(recipe=data["backbone"], protocol="standard")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _from_known_fields(cls, data)
 
 
 @dataclass

@@ -85,11 +85,6 @@ class IndexLayout:
             if not atomic.is_temporary(manifest.parent):
                 yield manifest.parent
 
-    def collection_names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(path.parent.name for path in self.root.glob(f"*/{COLLECTION_RECORD}"))
-
 
 @dataclass(frozen=True)
 class CollectionRecord:

@@ -20,7 +20,7 @@ import numpy as np
 
 from cbir.backbones import BACKBONES, Weights, WeightsKind, get_backbone, resolve_input_size
 from cbir.errors import SettingsError
-from cbir.pooling import POOLINGS, Pooling, pool
+from cbir.pooling import Pooling, pool
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,6 @@ class Recipe:
     def untrained(self) -> bool:
         return self.weights.untrained
 
-    @property
-    def label(self) -> str:
-        """How the page and the tables name it, e.g. 'xception · study descriptor (...) · 2048-d'."""
-        text = f"{self.backbone} · {POOLINGS[self.pooling].label} · {self.dim}-d"
-        return text + (" · UNTRAINED" if self.untrained else "")
-
     def pool(self, outputs: np.ndarray) -> np.ndarray:
         return pool(self.pooling, outputs)
 
@@ -107,6 +101,3 @@ class Recipe:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Recipe:
         return cls(data["backbone"], Pooling(data["pooling"]), int(data["input_size"]), Weights.from_json(data["weights"]))
-
-    def compatible_with(self, other: Recipe) -> bool:
-        return self.identity() == other.identity()
