@@ -23,11 +23,11 @@ from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
 from cbir.datasets.model import ids_to_paths
 from cbir.distances import Metric
 from cbir.errors import CbirError
-from cbir.evaluate import STUDY_MEASURE_NOTE, Results, load_results, results_folder, study_reported
+from cbir.evaluate import STUDY_MEASURE_NOTE, Results, ResultRow, load_results, results_folder, study_reported
 from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
 from cbir.index import IndexInfo, scan_indexes
 from cbir.layout import IndexLayout
-from cbir.pooling import Pooling
+from cbir.pooling import POOLINGS
 from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 
@@ -193,9 +193,8 @@ class SearchPage:
 
 
 def recipe_label(info: IndexInfo) -> str:
-    """How the backbone choice names an index: 'xception (2048-d, UNTRAINED)'."""
-    name = info.backbone if info.recipe.pooling is Pooling.GAP else f"{info.backbone} · {info.recipe.pooling.value}"
-    return f"{name} ({info.dim}-d{', UNTRAINED' if info.untrained else ''})"
+    """How the backbone choice names an index: 'xception · GeM · whitened on paris6k · 512-d'."""
+    return info.recipe.describe_label() + (" · UNTRAINED" if info.untrained else "")
 
 
 def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
@@ -253,9 +252,21 @@ def status_line(result: SearchResult) -> str:
 
 
 def measured_table(results: Results) -> list[list[Any]]:
+    """The results, one row per recipe x protocol x metric x query mode; within each protocol x metric
+    x mode block the recipes of one backbone sit together, the study's first."""
+    order = list(BACKBONES)
+
+    def place(row: ResultRow) -> tuple:
+        backbone = order.index(row.backbone) if row.backbone in order else len(order)
+        return (row.protocol, row.metric, row.query_mode, backbone, row.recipe != row.backbone, row.recipe)
+
     return [
         [
-            row.recipe + (" (untrained)" if row.untrained else ""),
+            row.backbone + (" (untrained)" if row.untrained else ""),
+            POOLING_NAMES.get(row.pooling, row.pooling),
+            row.scales,
+            row.whitening or "-",
+            row.dim or "",
             row.protocol,
             row.metric,
             row.query_mode,
@@ -270,12 +281,13 @@ def measured_table(results: Results) -> list[list[Any]]:
             round(1000 * row.mean_query_seconds, 1),
             row.n_queries,
         ]
-        for row in results.rows
+        for row in sorted(results.rows, key=place)
     ]
 
 
+POOLING_NAMES = {row.pooling.value: row.short_label for row in POOLINGS.values()}
 MEASURED_HEADERS = [
-    "recipe", "protocol", "metric", "queries", "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 (index)",
+    "backbone", "pooling", "scales", "whitened on", "dim", "protocol", "metric", "queries", "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 (index)",
     "mP@1", "mP@5", "mP@10", "study mAP", "ms / query", "n",
 ]  # fmt: skip
 

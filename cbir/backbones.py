@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -201,11 +202,16 @@ def resolve_input_size(backbone: Backbone, requested: int | None, *, study_layer
 @dataclass
 class Trunk:
     """A built network and its preprocessing: uint8 RGB batches in, float32 outputs (feature maps,
-    or the study layer's vectors) out."""
+    or the study layer's vectors) out.
+
+    A trunk that reads the study layer (VGG16 fc1) takes `input_size` squares only; every other
+    trunk is fully convolutional (`input_size` None) and takes batches of any one shape: TensorFlow
+    traces it again for the first few new shapes, then for any shape.
+    """
 
     backbone: Backbone
     weights: Weights
-    input_size: int
+    input_size: int | None
     model: Any = field(repr=False)
     preprocess: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     # One forward pass at a time: the app serves requests from several threads.
@@ -214,9 +220,15 @@ class Trunk:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim == 3:
             batch = batch[None]
-        expected = (self.input_size, self.input_size, 3)
-        if batch.shape[1:] != expected:
-            raise ValueError(f"{self.backbone.name} expects images of shape {expected}, got {batch.shape[1:]}")
+        if self.input_size is not None:
+            expected = (self.input_size, self.input_size, 3)
+            if batch.shape[1:] != expected:
+                raise ValueError(f"{self.backbone.name} expects images of shape {expected}, got {batch.shape[1:]}")
+        elif batch.ndim != 4 or batch.shape[3] != 3 or min(batch.shape[1:3]) < self.backbone.min_input_size:
+            raise ValueError(
+                f"{self.backbone.name} expects RGB images of at least {self.backbone.min_input_size} px a side, "
+                f"got a batch of shape {batch.shape}"
+            )
         # preprocess_input may write into its argument, and works on float input.
         pixels = self.preprocess(batch.astype(np.float32, copy=True))
         with self._lock:
@@ -226,7 +238,8 @@ class Trunk:
 
 @dataclass
 class FeatureExtractor:
-    """A recipe made runnable: its trunk, then its pooling. uint8 batches in, descriptors out."""
+    """A recipe made runnable: its trunk, then its pooling (at each of its scales). uint8 images in,
+    descriptors before whitening out (whitening is learned data, kept with the index)."""
 
     recipe: Recipe
     trunk: Trunk = field(repr=False)
@@ -241,20 +254,67 @@ class FeatureExtractor:
 
     @property
     def input_size(self) -> int:
-        return self.trunk.input_size
+        return self.recipe.input_size
 
     @property
     def model(self) -> Any:
         return self.trunk.model
 
-    def describe(self, batch: np.ndarray) -> np.ndarray:
-        """Descriptors for a (n, size, size, 3) uint8 batch, one row per image."""
-        descriptors = self.recipe.pool(self.trunk.forward(batch))
-        if descriptors.shape[1] != self.recipe.dim:
-            raise RuntimeError(
-                f"{self.recipe.key} produced {descriptors.shape[1]}-d descriptors, expected {self.recipe.dim}"
-            )
+    @property
+    def dim(self) -> int:
+        return self.recipe.base.dim
+
+    def describe(self, images: np.ndarray | Sequence[np.ndarray], *, pad_to: int | None = None) -> np.ndarray:
+        """Descriptors of network-ready images (a recipe's `network_shape` at scale 1), one row each.
+
+        `images`: an (n, h, w, 3) uint8 batch, or a list of (h, w, 3) images of any shapes; images of
+        one shape go through the network together. `pad_to`: when every image has the same shape,
+        pad the batch to this many images, so that a short last batch does not make TensorFlow trace
+        the network again.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = images[None]
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        if not self.recipe.multi_scale:
+            return self._describe_at(images, pad_to)
+        total = np.zeros((len(images), self.dim), np.float64)
+        for scale in self.recipe.scales:
+            scaled = [self._rescale(image, scale) for image in images]
+            total += _l2_normalise(self._describe_at(scaled, pad_to))
+        return _l2_normalise(total / len(self.recipe.scales)).astype(np.float32)
+
+    def _rescale(self, image: np.ndarray, scale: float) -> np.ndarray:
+        if scale == 1.0:
+            return image
+        from PIL import Image
+
+        from cbir.images import resize_for_network
+
+        height, width = image.shape[:2]
+        size = self.recipe.network_shape(width, height, scale)
+        return resize_for_network(Image.fromarray(image), *size)
+
+    def _describe_at(self, images: list[np.ndarray], pad_to: int | None) -> np.ndarray:
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for row, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(row)
+        descriptors = np.zeros((len(images), self.dim), np.float32)
+        for rows in by_shape.values():
+            batch = np.stack([images[row] for row in rows])
+            if pad_to and len(by_shape) == 1 and len(batch) < pad_to:
+                batch = np.concatenate([batch, np.zeros((pad_to - len(batch), *batch.shape[1:]), batch.dtype)])
+            pooled = self.recipe.pool(self.trunk.forward(batch))[: len(rows)]
+            if pooled.shape[1] != self.dim:
+                raise RuntimeError(f"{self.recipe.key} produced {pooled.shape[1]}-d descriptors, expected {self.dim}")
+            descriptors[rows] = pooled
         return descriptors
+
+
+def _l2_normalise(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def keras_versions() -> dict[str, str]:
@@ -274,18 +334,19 @@ def build_trunk(backbone: Backbone, weights: Weights, input_size: int | None, *,
     import keras
 
     size = resolve_input_size(backbone, input_size, study_layer=study_layer)
+    fixed = study_layer and backbone.feature_layer is not None
     application = getattr(keras.applications, backbone.constructor)
     preprocess = getattr(keras.applications, backbone.module).preprocess_input
     if weights.untrained:
         keras.utils.set_random_seed(UNTRAINED_SEED)
         logger.warning("building %s with UNTRAINED (random) weights: results mean nothing", backbone.name)
-    shape = (size, size, 3)
     try:
-        if study_layer and backbone.feature_layer:
-            full = application(include_top=True, weights=weights.to_keras_argument(), input_shape=shape)
+        if fixed:
+            full = application(include_top=True, weights=weights.to_keras_argument(), input_shape=(size, size, 3))
             model = keras.Model(full.input, full.get_layer(backbone.feature_layer).output, name=backbone.name)
         else:
-            model = application(include_top=False, weights=weights.to_keras_argument(), input_shape=shape)
+            # Fully convolutional: any input shape (the pooled recipes keep each image's aspect ratio).
+            model = application(include_top=False, weights=weights.to_keras_argument(), input_shape=(None, None, 3))
     except Exception as error:  # Keras raises plain Exceptions for downloads and mismatched files
         hint = ""
         if weights.kind is WeightsKind.IMAGENET:
@@ -295,11 +356,12 @@ def build_trunk(backbone: Backbone, weights: Weights, input_size: int | None, *,
                 "copy the weights file there or pass --weights PATH."
             )
         raise WeightsError(f"could not build {backbone.name} with weights {weights.identity}: {error}.{hint}") from error
-    return Trunk(backbone, weights, size, model, preprocess)
+    return Trunk(backbone, weights, size if fixed else None, model, preprocess)
 
 
 def build_extractor(recipe: Recipe) -> FeatureExtractor:
-    """A fresh extractor for a recipe (no cache: see ExtractorCache)."""
+    """A fresh extractor for a recipe before its whitening (no cache: see ExtractorCache)."""
+    recipe = recipe.base
     backbone = get_backbone(recipe.backbone)
     trunk = build_trunk(backbone, recipe.weights, recipe.input_size, study_layer=recipe.uses_study_layer)
     return FeatureExtractor(recipe, trunk)
@@ -313,11 +375,15 @@ class ExtractorCache:
     """
 
     def __init__(self) -> None:
-        self._trunks: dict[tuple[str, str, int, bool], Trunk] = {}
+        self._trunks: dict[tuple[str, str, int], Trunk] = {}
         self._lock = threading.Lock()
 
     def get(self, recipe: Recipe) -> FeatureExtractor:
-        key = (recipe.backbone, recipe.weights.identity, recipe.input_size, recipe.uses_study_layer)
+        """The extractor of a recipe before its whitening (that is the index's, see cbir.whitening)."""
+        recipe = recipe.base
+        # Fully convolutional trunks take any size, so every recipe of a backbone shares one.
+        size = recipe.input_size if recipe.uses_study_layer else 0
+        key = (recipe.backbone, recipe.weights.identity, size)
         with self._lock:
             if key not in self._trunks:
                 logger.info("building %s (%s, %d px)", recipe.backbone, recipe.weights.identity, recipe.input_size)

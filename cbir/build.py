@@ -3,6 +3,10 @@
 Per recipe: extract descriptors (resuming from checkpoints of an interrupted run), then write the
 index folder atomically. A folder that already holds the same recipe over the same images, whole,
 is left alone unless `force` is set.
+
+A whitened recipe is made from two unwhitened indexes of the same recipe: the collection's own
+(built first, and kept: it is the "before whitening" row of the evaluation) and the whitening
+source's (built first too, when the source is another collection). No image is described twice.
 """
 
 from __future__ import annotations
@@ -11,20 +15,26 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
+import numpy as np
+
 from cbir import atomic
 from cbir.backbones import Backbone, ExtractorCache, Weights, WeightsKind, keras_versions
+from cbir.datasets import DATASETS, DownloadSettings, folder_collection, prepare_dataset
 from cbir.datasets.model import Collection, DatasetError
+from cbir.errors import SettingsError
+from cbir.download import sha256_file
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
-from cbir.index import Manifest, StoreSpec, damage, write_index
+from cbir.index import Manifest, StoreSpec, damage, load_index, write_index
 from cbir.layout import IndexLayout, IndexLoadError, read_collection_record, write_collection_record
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores.annoy import DEFAULT_N_TREES
+from cbir.whitening import WhiteningSource, learn_whitening
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +53,20 @@ class BuildSettings:
     workers: int | None = None
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # images per extraction checkpoint
     limits: ImageLimits = DEFAULT_LIMITS
+    scales: tuple[float, ...] | None = None  # None: one scale
+    whiten_on: str | None = None  # a collection to learn a PCA-whitening on
+    whitened_dim: int | None = None  # dimensions the whitening keeps (None: all)
 
     def recipe_for(self, backbone: Backbone) -> Recipe:
-        return Recipe.create(backbone.name, pooling=self.pooling, input_size=self.input_size, weights=self.weights)
+        return Recipe.create(
+            backbone.name,
+            pooling=self.pooling,
+            input_size=self.input_size,
+            weights=self.weights,
+            scales=self.scales,
+            whiten_on=self.whiten_on,
+            whitened_dim=self.whitened_dim,
+        )
 
     def store_spec(self) -> StoreSpec:
         return StoreSpec(self.store, {"n_trees": self.n_trees} if self.store == "annoy" else {})
@@ -108,9 +129,22 @@ def build_indexes(
     *,
     extractors: ExtractorCache | None = None,
     on_progress: BuildProgress | None = None,
+    whitening_source: Collection | None = None,
 ) -> list[BuildOutcome]:
-    """Build (or keep) one index folder per backbone (with the settings' recipe) for `collection`."""
-    extractors = extractors or ExtractorCache()
+    """Build (or keep) one index folder per backbone (with the settings' recipe) for `collection`.
+
+    With whitening (`settings.whiten_on`), the outcomes are the unwhitened index and the whitened
+    one, per backbone. `whitening_source`: the collection named by `whiten_on` when it is another
+    one; without it, that collection's unwhitened index must already be built.
+    """
+    extractors = extractors if extractors is not None else ExtractorCache()
+    if settings.whiten_on and settings.whiten_on != collection.name:
+        if whitening_source is not None and whitening_source.name != settings.whiten_on:
+            raise ValueError(f"whitening source {whitening_source.name} is not {settings.whiten_on}")
+        unwhitened = replace(settings, whiten_on=None, whitened_dim=None)
+        if whitening_source is not None:
+            logger.info("%s: describing it first, to learn the whitening on", whitening_source.name)
+            build_indexes(whitening_source, backbones, unwhitened, extractors=extractors, on_progress=on_progress)
     layout = IndexLayout(settings.index_dir)
     try:
         previous_root = read_collection_record(layout, collection.name).root
@@ -123,22 +157,102 @@ def build_indexes(
     outcomes = []
     for backbone in backbones:
         recipe = settings.recipe_for(backbone)
-        folder = layout.index_dir(collection.name, recipe.key)
-        reason = _why_rebuild(folder, collection, recipe, settings, root_changed)
-        if reason is None:
-            manifest = Manifest.read(folder)
-            kept = f"already built ({len(manifest.images)} images, {recipe.weights.identity})"
-            logger.info("%s/%s: %s; nothing to do (--force rebuilds)", collection.name, recipe.key, kept)
-            outcomes.append(
-                BuildOutcome(
-                    recipe, folder, BuildStatus.UP_TO_DATE, len(manifest.images), len(manifest.skipped), reason=kept
-                )
-            )
-            continue
-        if folder.exists():
-            logger.info("%s/%s: rebuilding (%s)", collection.name, recipe.key, reason)
-        outcomes.append(_build_one(collection, recipe, settings, extractors, layout, reason, on_progress))
+        base = _build_or_keep(collection, recipe.base, settings, extractors, layout, root_changed, on_progress)
+        outcomes.append(base)
+        if recipe.whitening is not None:
+            outcomes.append(_whiten(collection, recipe, base, settings, layout, root_changed))
     return outcomes
+
+
+def _build_or_keep(
+    collection: Collection,
+    recipe: Recipe,
+    settings: BuildSettings,
+    extractors: ExtractorCache,
+    layout: IndexLayout,
+    root_changed: bool,
+    on_progress: BuildProgress | None,
+) -> BuildOutcome:
+    folder = layout.index_dir(collection.name, recipe.key)
+    reason = _why_rebuild(folder, collection, recipe, settings, root_changed)
+    if reason is None:
+        return _kept(collection, recipe, folder)
+    if folder.exists():
+        logger.info("%s/%s: rebuilding (%s)", collection.name, recipe.key, reason)
+    return _build_one(collection, recipe, settings, extractors, layout, reason, on_progress)
+
+
+def _kept(collection: Collection, recipe: Recipe, folder: Path) -> BuildOutcome:
+    manifest = Manifest.read(folder)
+    kept = f"already built ({len(manifest.images)} images, {recipe.weights.identity})"
+    logger.info("%s/%s: %s; nothing to do (--force rebuilds)", collection.name, recipe.key, kept)
+    return BuildOutcome(recipe, folder, BuildStatus.UP_TO_DATE, len(manifest.images), len(manifest.skipped), reason=kept)
+
+
+def _whiten(
+    collection: Collection,
+    recipe: Recipe,
+    base: BuildOutcome,
+    settings: BuildSettings,
+    layout: IndexLayout,
+    root_changed: bool,
+) -> BuildOutcome:
+    """The whitened index: learn the whitening on the source's unwhitened rows, apply it to the
+    collection's unwhitened rows (`base`, just built or kept)."""
+    started = time.perf_counter()
+    spec = recipe.whitening
+    source_folder = layout.index_dir(spec.source, recipe.base.key)
+    try:
+        source = load_index(source_folder, expected=recipe.base)
+    except IndexLoadError as error:
+        raise IndexLoadError(
+            f"the whitening is learned on {spec.source}'s {recipe.base.key} descriptors, which are not built: {error}"
+        ) from None
+    source_sha = sha256_file(source_folder / "descriptors.npy")
+    folder = layout.index_dir(collection.name, recipe.key)
+    reason = _why_rebuild(folder, collection, recipe, settings, root_changed)
+    if reason is None:
+        learned_on = Manifest.read(folder).whitening
+        if base.status is BuildStatus.BUILT:
+            reason = "its unwhitened rows were rebuilt"
+        elif learned_on is None or learned_on.descriptors_sha256 != source_sha:
+            reason = f"{spec.source}'s {recipe.base.key} descriptors changed"
+        else:
+            return _kept(collection, recipe, folder)
+    rows = load_index(base.folder, expected=recipe.base)
+    whitening = learn_whitening(np.asarray(source.descriptors), spec.dim, source=f"{spec.source}/{recipe.base.key}")
+    learned_on = WhiteningSource(
+        collection=spec.source,
+        recipe_key=recipe.base.key,
+        n_descriptors=len(source),
+        descriptors_sha256=source_sha,
+        same_collection=spec.source == collection.name,
+    )
+    if learned_on.same_collection:
+        logger.warning(
+            "%s: whitening learned on the collection it is applied to; the standard protocol learns it on "
+            "another one (Paris6k for Oxford5k and the reverse), and results are labelled accordingly",
+            recipe.key,
+        )
+    manifest = Manifest(
+        collection=collection.name,
+        recipe=recipe,
+        images=list(rows.manifest.images),
+        skipped=list(rows.manifest.skipped),
+        store=settings.store_spec(),
+        versions=keras_versions(),
+        timings={"whitening_seconds": round(time.perf_counter() - started, 3)},
+        whitening=learned_on,
+    )
+    write_index(folder, whitening.apply(np.asarray(rows.descriptors)), manifest, whitening=whitening)
+    rows.close()
+    source.close()
+    logger.info("%s/%s: whitened (%s), learned on %d descriptors of %s", collection.name, recipe.key, reason,
+                len(source), spec.source)  # fmt: skip
+    return BuildOutcome(
+        recipe, folder, BuildStatus.BUILT, len(manifest.images), len(manifest.skipped),
+        seconds=time.perf_counter() - started, reason=reason,
+    )  # fmt: skip
 
 
 def _build_one(
@@ -210,3 +324,22 @@ def _build_one(
         reason=reason,
         resumed_images=result.resumed_images,
     )
+
+
+def collection_by_name(name: str, index_dir: Path, download: DownloadSettings) -> Collection | None:
+    """A collection named on the command line (the whitening source): a known dataset (prepared, that
+    is downloaded if missing), or a folder collection built before (its recorded images folder).
+    None when only its index is left (a bundle): its built rows are then used as they are."""
+    if name in DATASETS:
+        return prepare_dataset(name, download)
+    layout = IndexLayout(index_dir)
+    try:
+        record = read_collection_record(layout, name)
+    except IndexLoadError:
+        raise SettingsError(
+            f"{name} is neither a known dataset ({', '.join(sorted(DATASETS))}) nor a collection built under "
+            f"{layout.root}. Build it first: python build_index.py --images <folder> --name {name}"
+        ) from None
+    if not record.images_found:
+        return None
+    return folder_collection(record.root, name)

@@ -31,7 +31,7 @@ from cbir.backbones import BACKBONES, keras_versions, parse_backbones
 from cbir.datasets.model import ids_to_paths, image_id
 from cbir.distances import Metric
 from cbir.errors import CbirError
-from cbir.index import LoadedIndex
+from cbir.index import LoadedIndex, Manifest
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, build_command
 from cbir.metrics import QueryScores, average_precision, interpolated_precision_11, mean_scores, score_query
 from cbir.pooling import Pooling
@@ -140,6 +140,11 @@ class ResultRow:
     n_images: int
     input_size: int
     skipped_queries: list[str] = field(default_factory=list)
+    # The recipe, column by column (rows written before recipes were the study's descriptor).
+    pooling: str = "gap"
+    scales: str = "1"
+    whitening: str = ""  # "paris6k, 512-d"; "" for none; "(same collection)" when learned on itself
+    dim: int = 0
 
     @property
     def key(self) -> RowKey:
@@ -332,7 +337,19 @@ def summarise(key: RowKey, loaded: LoadedIndex, runs: list[QueryRun]) -> ResultR
         n_images=len(manifest.images),
         input_size=manifest.recipe.input_size,
         skipped_queries=[run.query for run in runs if run.scores is None],
+        pooling=manifest.recipe.pooling.value,
+        scales=",".join(f"{scale:g}" for scale in manifest.recipe.scales),
+        whitening=_whitening_label(manifest),
+        dim=manifest.dim,
     )
+
+
+def _whitening_label(manifest: Manifest) -> str:
+    spec = manifest.recipe.whitening
+    if spec is None:
+        return ""
+    same = manifest.whitening is not None and manifest.whitening.same_collection
+    return f"{spec.source}{' (same collection)' if same else ''}, {manifest.dim}-d"
 
 
 def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | None = None) -> Results:
@@ -504,15 +521,16 @@ def plot_pr_curves(curves: list[PrCurve], collection: str, path: Path) -> None:
 
 def format_summary(results: Results) -> str:
     """A table a person can read, one row per recipe x protocol x metric x query mode."""
+    width = max([20] + [len(row.recipe) + 1 for row in results.rows])
     header = (
-        f"{'recipe':<20} {'protocol':<9} {'metric':<9} {'queries':<7} {'mAP(Ox)':>8} {'mAP':>7} {'mAP11':>7} "
+        f"{'recipe':<{width}} {'protocol':<9} {'metric':<9} {'queries':<7} {'mAP(Ox)':>8} {'mAP':>7} {'mAP11':>7} "
         f"{'mAP@100S':>9} {'mP@1':>6} {'mP@10':>6} {'studyAP':>8} {'ms/query':>9}"
     )
     lines = [f"{results.collection}: {len(results.rows)} rows", header, "-" * len(header)]
     for row in results.rows:
         name = row.recipe + ("*" if row.untrained else "")
         lines.append(
-            f"{name:<20} {row.protocol:<9} {row.metric:<9} {row.query_mode:<7} {row.map_oxford:>8.3f} {row.map:>7.3f} "
+            f"{name:<{width}} {row.protocol:<9} {row.metric:<9} {row.query_mode:<7} {row.map_oxford:>8.3f} {row.map:>7.3f} "
             f"{row.map_11point:>7.3f} {row.map_at_100_store:>9.3f} {row.mp_at_1:>6.3f} "
             f"{row.mp_at_10:>6.3f} {row.study_map:>8.3f} {1000 * row.mean_query_seconds:>9.1f}"
         )
@@ -554,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         "for the collection are listed and left out)",
     )
     parser.add_argument("--pooling", default=Pooling.GAP.value, choices=[p.value for p in Pooling])
+    parser.add_argument(
+        "--recipes",
+        help="comma-separated recipe keys (index folder names such as xception-gem-w512-paris6k), or 'all': every "
+        "index built for the collection. Replaces --backbones and --pooling",
+    )
     parser.add_argument("--index-dir", type=Path, default=Path(os.environ.get("CBIR_INDEX_DIR", "indexes")))
     parser.add_argument("--metrics", default="cosine,euclidean")
     parser.add_argument("--modes", default="cropped,full", help="cropped (standard), full, or both")
@@ -575,7 +598,16 @@ def main(argv: list[str] | None = None) -> int:
 def run(arguments: argparse.Namespace, modes: list[QueryMode]) -> int:
     engine = SearchEngine(arguments.index_dir)
     built = [info.key for info in engine.available() if info.collection == arguments.collection]
-    recipes, not_built = recipes_to_evaluate(arguments.backbones, Pooling(arguments.pooling), built)
+    if arguments.recipes:
+        asked = [key.strip() for key in arguments.recipes.split(",") if key.strip()]
+        recipes = built if arguments.recipes.strip().lower() == "all" else asked
+        not_built = [key for key in asked if key not in built and key.lower() != "all"]
+        if not_built:
+            raise IndexLoadError(
+                f"not built for {arguments.collection}: {', '.join(not_built)}. Built: {', '.join(built) or 'nothing'}"
+            )
+    else:
+        recipes, not_built = recipes_to_evaluate(arguments.backbones, Pooling(arguments.pooling), built)
     if not_built and recipes:
         logger.info("not built for %s, left out: %s", arguments.collection, ", ".join(not_built))
     if not recipes:

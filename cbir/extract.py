@@ -24,7 +24,7 @@ import numpy as np
 
 from cbir import atomic
 from cbir.backbones import FeatureExtractor
-from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, load_for_network
+from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, NetworkShape, load_for_network
 from cbir.index import Skipped
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return (status.st_size, status.st_mtime_ns)
 
 
-def _decode(root: Path, relpath: str, size: int, limits: ImageLimits) -> tuple[tuple[int, int], np.ndarray | str]:
+def _decode(
+    root: Path, relpath: str, size: int, shape: NetworkShape, limits: ImageLimits
+) -> tuple[tuple[int, int], np.ndarray | str]:
     """The file's stamp and its pixels for the network, or the reason the image cannot be used.
 
     Stamped before reading: a file replaced from then on is seen as changed by the next run.
@@ -88,7 +90,7 @@ def _decode(root: Path, relpath: str, size: int, limits: ImageLimits) -> tuple[t
     stamp = file_stamp(root / relpath)
     try:
         # Named by its path relative to the collection: skip reasons in a manifest travel with it.
-        return stamp, load_for_network(root / relpath, size, limits=limits, name=relpath)
+        return stamp, load_for_network(root / relpath, size, shape=shape, limits=limits, name=relpath)
     except ImageError as error:
         return stamp, str(error)
 
@@ -193,7 +195,7 @@ def extract_descriptors(
     root = Path(root)
     relpaths = list(relpaths)
     total = len(relpaths)
-    dim = extractor.recipe.dim
+    dim = extractor.dim
     checkpoint_every = max(batch_size, checkpoint_every - checkpoint_every % batch_size)
     chunks: list[Chunk] = []
     checkpoints = None
@@ -207,7 +209,7 @@ def extract_descriptors(
         logger.info("%s: resuming after %d of %d images already described", label, resumed, total)
     report = _Progress(label, total, resumed, progress, on_progress)
 
-    size = extractor.input_size
+    size, shape = extractor.input_size, extractor.recipe.network_shape
     workers = workers or min(8, max(2, (os.cpu_count() or 2)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         # Decode up to a few batches ahead, in order; bounded so memory stays flat.
@@ -219,7 +221,7 @@ def extract_descriptors(
             nonlocal next_index
             while next_index < total and len(pending) < lookahead:
                 relpath = relpaths[next_index]
-                pending.append((relpath, pool.submit(_decode, root, relpath, size, limits)))
+                pending.append((relpath, pool.submit(_decode, root, relpath, size, shape, limits)))
                 next_index += 1
 
         chunk = Chunk()
@@ -244,7 +246,7 @@ def extract_descriptors(
                     batch_pixels.append(result)
             fill()
             if batch_pixels:
-                chunk.parts.append(_describe_padded(extractor, batch_pixels, batch_size))
+                chunk.parts.append(extractor.describe(batch_pixels, pad_to=batch_size))
                 chunk.images.extend(batch_paths)
             if len(chunk.inputs) >= checkpoint_every or not pending:
                 if checkpoints is not None:
@@ -296,13 +298,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _describe_padded(extractor: FeatureExtractor, pixels: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """Describe a batch, padded to the full batch size: a short last batch (or one with skipped
-    files) would otherwise make TensorFlow trace the network again for the new shape."""
-    batch = np.stack(pixels)
-    if len(batch) < batch_size:
-        padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
-        batch = np.concatenate([batch, padding])
-    return extractor.describe(batch)[: len(pixels)]

@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import IO, Callable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -183,27 +183,43 @@ def crop_box(
 
 
 def to_network_input(image: Image.Image, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 pixels, C-contiguous: the image squashed to a square, as Keras
-    applications and the original study feed their networks (the aspect ratio is not kept).
+    """(size, size, 3) uint8 pixels: the image squashed to a square, as Keras applications and the
+    original study feed their networks (the aspect ratio is not kept)."""
+    return resize_for_network(image, size, size)
+
+
+def resize_for_network(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8 pixels, C-contiguous.
 
     BILINEAR, because Pillow widens the bilinear kernel when shrinking, so it averages over every
     source pixel (no aliasing, unlike Keras' default 'nearest'). No `reducing_gap`: the same image
     then gives the same pixels whichever way it got here; JPEG draft decoding already does the
     cheap coarse shrinking for collection photos.
     """
-    if size < 1:
-        raise ValueError(f"network input size must be positive, got {size}")
+    if width < 1 or height < 1:
+        raise ValueError(f"network input size must be positive, got {width} x {height}")
     rgb = _to_rgb(image, getattr(image, "filename", "") or "the image")
-    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    resized = rgb.resize((width, height), Image.Resampling.BILINEAR)
     return np.ascontiguousarray(np.array(resized, dtype=np.uint8))
 
 
+NetworkShape = Callable[[int, int], tuple[int, int]]  # image (width, height) -> network (width, height)
+
+
 def load_for_network(
-    path: ImageSource, size: int, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+    path: ImageSource,
+    size: int,
+    *,
+    shape: NetworkShape | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    name: str | None = None,
 ) -> np.ndarray:
     """What batch extraction calls for each collection file: decode (JPEGs at a reduced scale that is
-    still >= size) and resize to (size, size, 3) uint8. Raises ImageError (naming `name` if given)."""
-    return to_network_input(load_image(path, name=name, limits=limits, draft_size=size), size)
+    still >= size on each side) and resize to the network's input: `shape(width, height)` (a
+    recipe's `network_shape`), or a size x size square. Raises ImageError (naming `name` if given)."""
+    image = load_image(path, name=name, limits=limits, draft_size=size)
+    width, height = shape(*image.size) if shape else (size, size)
+    return resize_for_network(image, width, height)
 
 
 # --- reading --------------------------------------------------------------------------------------

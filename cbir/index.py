@@ -3,6 +3,7 @@
     <index root>/<collection>/<recipe key>/      (paths: cbir.layout)
         descriptors.npy   float32 descriptors, one row per image, as the recipe made them
         <store files>     those of the manifest's store (Annoy: cosine.ann, euclidean.ann)
+        whitening.npz     for a whitened recipe: the transform, applied to the rows and to each query
         manifest.json     the recipe, the image list, the store and its parameters, versions,
                           timings, and the size of every file above
 
@@ -31,6 +32,7 @@ from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores import Store, get_store_kind
 from cbir.stores.exact import ExactStore
+from cbir.whitening import WHITENING_FILE, Whitening, WhiteningSource
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class Manifest:
     files: dict[str, int] = field(default_factory=dict)  # file name -> size in bytes
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    whitening: WhiteningSource | None = None  # what the recipe's whitening was learned on
 
     def __post_init__(self) -> None:
         self.dim = self.dim or self.recipe.dim
@@ -97,6 +100,7 @@ class Manifest:
             "timings": self.timings,
             "files": self.files,
             "created": self.created,
+            "whitening": self.whitening.to_json() if self.whitening else None,
         }
         return json.dumps(data, indent=1)
 
@@ -117,6 +121,7 @@ class Manifest:
             files={name: int(size) for name, size in data.get("files", {}).items()},
             created=data.get("created", ""),
             schema_version=version,
+            whitening=WhiteningSource.from_json(data["whitening"]) if data.get("whitening") else None,
         )
 
     @classmethod
@@ -165,8 +170,11 @@ class Manifest:
             ) from None
 
 
-def write_index(folder: Path, descriptors: np.ndarray, manifest: Manifest) -> Manifest:
-    """Write descriptors, the manifest's store and the manifest, all or nothing.
+def write_index(
+    folder: Path, descriptors: np.ndarray, manifest: Manifest, *, whitening: Whitening | None = None
+) -> Manifest:
+    """Write descriptors, the manifest's store (and the recipe's whitening) and the manifest, all or
+    nothing.
 
     Everything goes into a sibling temporary folder which replaces `folder` only when complete;
     the manifest is written last and records the size of every file.
@@ -176,14 +184,18 @@ def write_index(folder: Path, descriptors: np.ndarray, manifest: Manifest) -> Ma
         raise ValueError(
             f"descriptors of shape {descriptors.shape} do not match {len(manifest.images)} images x {manifest.dim}"
         )
+    if (whitening is None) != (manifest.recipe.whitening is None) or (whitening is None) != (manifest.whitening is None):
+        raise ValueError("a whitened recipe is written with its whitening and what it was learned on, and only it")
     kind = get_store_kind(manifest.store.kind)
     with atomic.replacing_folder(folder) as temporary:
         np.save(temporary / DESCRIPTORS, descriptors)
+        if whitening is not None:
+            whitening.save(temporary / WHITENING_FILE)
         started = time.perf_counter()
         params = kind.build(temporary, descriptors, dict(manifest.store.params))
         manifest.timings = {**manifest.timings, "store_build_seconds": round(time.perf_counter() - started, 3)}
         manifest.store = StoreSpec(kind.name, params)
-        manifest.files = {name: (temporary / name).stat().st_size for name in (DESCRIPTORS, *kind.files(params))}
+        manifest.files = {name: (temporary / name).stat().st_size for name in _required_files(manifest, params)}
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest.schema_version = SCHEMA_VERSION
         (temporary / MANIFEST).write_text(manifest.to_json())
@@ -193,17 +205,22 @@ def write_index(folder: Path, descriptors: np.ndarray, manifest: Manifest) -> Ma
 def damage(folder: Path, manifest: Manifest) -> list[str]:
     """What is wrong with the files of an index folder (empty when it is whole)."""
     try:
-        kind = get_store_kind(manifest.store.kind)
+        get_store_kind(manifest.store.kind)
     except SettingsError:
         return [f"its store {manifest.store.kind!r} is not one this code knows (a newer version wrote it?)"]
     problems = []
-    for name in (DESCRIPTORS, *kind.files(manifest.store.params)):
+    for name in _required_files(manifest, manifest.store.params):
         path = Path(folder) / name
         if not path.is_file():
             problems.append(f"{name} is missing")
         elif name in manifest.files and path.stat().st_size != manifest.files[name]:
             problems.append(f"{name} has {path.stat().st_size} bytes, the manifest recorded {manifest.files[name]}")
     return problems
+
+
+def _required_files(manifest: Manifest, store_params: dict[str, Any]) -> tuple[str, ...]:
+    whitening = (WHITENING_FILE,) if manifest.recipe.whitening is not None else ()
+    return (DESCRIPTORS, *get_store_kind(manifest.store.kind).files(store_params), *whitening)
 
 
 @dataclass
@@ -213,11 +230,16 @@ class LoadedIndex:
     folder: Path
     manifest: Manifest
     descriptors: np.ndarray = field(repr=False)
+    whitening: Whitening | None = field(default=None, repr=False)
     _store: Store | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.exact = ExactStore(self.descriptors)
+
+    def query_descriptor(self, described: np.ndarray) -> np.ndarray:
+        """A query's descriptor as the rows hold them: the recipe's whitening applied, if it has one."""
+        return self.whitening.apply(described) if self.whitening is not None else described
 
     def __len__(self) -> int:
         return len(self.manifest.images)
@@ -269,6 +291,12 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
         raise IndexLoadError(f"{folder} holds {manifest.recipe.key} descriptors, not {expected.key}. {fix}")
     if expected is not None and manifest.dim != expected.dim:
         raise IndexLoadError(f"{folder} holds {manifest.dim}-d descriptors, expected {expected.dim}-d. {fix}")
+    if expected is not None and manifest.recipe.identity() != expected.identity():
+        built, wanted = manifest.recipe.identity(), expected.identity()
+        differences = ", ".join(
+            f"{name} {built.get(name)} (expected {wanted.get(name)})" for name in wanted if built.get(name) != wanted.get(name)
+        )
+        raise IndexLoadError(f"{folder} was built with another recipe: {differences}. {fix}")
     problems = damage(folder, manifest)
     if problems:
         raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. {fix}")
@@ -281,7 +309,18 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
             f"{folder / DESCRIPTORS} has shape {descriptors.shape}, the manifest says "
             f"{len(manifest.images)} x {manifest.dim}. {fix}"
         )
-    return LoadedIndex(folder, manifest, descriptors)
+    whitening = None
+    if manifest.recipe.whitening is not None:
+        try:
+            whitening = Whitening.load(folder / WHITENING_FILE)
+        except (OSError, ValueError, KeyError) as error:
+            raise IndexLoadError(f"{folder / WHITENING_FILE} is unreadable ({error}). {fix}") from None
+        if whitening.dim != manifest.dim or whitening.input_dim != manifest.recipe.base.dim:
+            raise IndexLoadError(
+                f"{folder / WHITENING_FILE} maps {whitening.input_dim}-d to {whitening.dim}-d descriptors, the "
+                f"recipe {manifest.key} needs {manifest.recipe.base.dim}-d to {manifest.dim}-d. {fix}"
+            )
+    return LoadedIndex(folder, manifest, descriptors, whitening)
 
 
 def version_warnings(manifest: Manifest, current: dict[str, str]) -> list[str]:

@@ -26,6 +26,7 @@ from cbir import atomic
 from cbir.datasets.model import Collection, Query
 from cbir.datasets.registry import DATASETS
 from cbir.errors import CbirError
+from cbir.recipe import build_options
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def build_command(collection: str, recipe_key: str | None = None, *, force: bool
     source = f"--dataset {collection}" if collection in DATASETS else f"--images <folder> --name {collection}"
     command = f"python build_index.py {source}"
     if recipe_key:
-        backbone, _, pooling = recipe_key.partition("-")
-        command += f" --backbones {backbone}" + (f" --pooling {pooling}" if pooling else "")
+        command += " " + build_options(recipe_key)
     return command + (" --force" if force else "")
 
 

@@ -28,6 +28,7 @@ class Pooling(str, Enum):
 class PoolingRow:
     pooling: Pooling
     label: str  # how the page names it
+    short_label: str  # in the backbone choice: 'xception · GeM · 2048-d'
     pool: Callable[[np.ndarray], np.ndarray]
 
 
@@ -114,11 +115,11 @@ def regional_max(outputs: np.ndarray, levels: int = RMAC_LEVELS) -> np.ndarray:
 POOLINGS: dict[Pooling, PoolingRow] = {
     row.pooling: row
     for row in (
-        PoolingRow(Pooling.GAP, "study descriptor (global average pool)", global_average),
-        PoolingRow(Pooling.MAC, "MAC", max_pool),
-        PoolingRow(Pooling.SPOC, "SPoC", mean_pool),
-        PoolingRow(Pooling.GEM, "GeM (p = 3)", generalised_mean),
-        PoolingRow(Pooling.RMAC, "R-MAC (L = 3)", regional_max),
+        PoolingRow(Pooling.GAP, "study descriptor (global average pool)", "GAP", global_average),
+        PoolingRow(Pooling.MAC, "MAC", "MAC", max_pool),
+        PoolingRow(Pooling.SPOC, "SPoC", "SPoC", mean_pool),
+        PoolingRow(Pooling.GEM, "GeM (p = 3)", "GeM", generalised_mean),
+        PoolingRow(Pooling.RMAC, "R-MAC (L = 3)", "R-MAC", regional_max),
     )
 }
 

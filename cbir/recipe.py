@@ -5,15 +5,31 @@ key of everything that holds descriptors: index folders, the search engine's cac
 evaluation rows and the page's backbone choice. A query is always described by the recipe its
 index records.
 
-`key` names what a user chooses (backbone + pooling [+ whitening]) and is the index folder's name;
-today's study descriptor keeps the plain backbone name, so folders built before recipes existed
-keep their place. Input size and weights are part of `identity`: the build and the search check
-them, and a build with other weights or another input size replaces the folder of the same key.
+`key` names what a user chooses (backbone, pooling, scales, whitening) and is the index folder's
+name, e.g. `xception-gem-ms1_0.707_0.5-w512-paris6k`; today's study descriptor keeps the plain
+backbone name, so folders built before recipes existed keep their place. Input size, the input
+shape and weights are part of `identity`: the build and the search check them, and a build with
+other weights or another input size replaces the folder of the same key.
+
+How images are fed (written down because published numbers depend on it):
+- `gap` (the study's descriptor) squashes every image to a square of `input_size`, as the study and
+  Keras' classifiers do.
+- the pooled recipes (MAC, SPoC, GeM, R-MAC) read a fully convolutional map, so they keep the aspect
+  ratio: the longer side is `input_size` and the shorter side follows (at least the backbone's
+  smallest input), as the retrieval literature does (it uses 1024 px; the default here is the
+  backbone's own size, `--input-size 1024` gives the literature's setting at about 12x the cost).
+- `scales` (e.g. 1, 0.707, 0.5) describes the image again with both sides multiplied by each scale;
+  each scale's descriptor is L2-normalised and the mean of them is the descriptor (the
+  multi-scale average of Radenovic et al.'s cnnimageretrieval, with its default exponent 1).
+- `whitening` is a PCA-whitening learned on another collection's descriptors of the same recipe
+  (cbir.whitening); the folder of a whitened recipe keeps the learned transform beside its rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -22,6 +38,34 @@ from cbir.backbones import BACKBONES, Weights, WeightsKind, get_backbone, resolv
 from cbir.errors import SettingsError
 from cbir.pooling import Pooling, pool
 
+# The literature's multi-scale set: 1, 1/sqrt(2), 1/2.
+STANDARD_SCALES = (1.0, 0.707, 0.5)
+MAX_SCALE = 2.0
+
+
+class InputShape(str, Enum):
+    SQUARE = "square"  # squashed to input_size x input_size (the study's way)
+    LONGER_SIDE = "longer side"  # aspect ratio kept, longer side = input_size
+
+
+@dataclass(frozen=True)
+class WhiteningSpec:
+    """A PCA-whitening learned on `source`'s descriptors of the same recipe, keeping `dim`
+    components (None: all of them)."""
+
+    source: str
+    dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.source or "/" in self.source or self.source.startswith("."):
+            raise SettingsError(f"whitening needs a collection name to learn on, not {self.source!r}")
+        if self.dim is not None and self.dim < 1:
+            raise SettingsError(f"the whitened dimension must be at least 1, not {self.dim}")
+
+    @property
+    def key_part(self) -> str:
+        return f"w{self.dim or 'full'}-{self.source}"
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -29,12 +73,35 @@ class Recipe:
     pooling: Pooling = Pooling.GAP
     input_size: int = 0  # 0: the backbone's own (resolved by `create`)
     weights: Weights = field(default_factory=lambda: Weights(WeightsKind.IMAGENET))
+    scales: tuple[float, ...] = (1.0,)
+    # None: the recipe's natural shape (square for `gap`, longer side for the pooled recipes).
+    input_shape: InputShape | None = None
+    whitening: WhiteningSpec | None = None
 
     def __post_init__(self) -> None:
         backbone = get_backbone(self.backbone)
         object.__setattr__(self, "pooling", Pooling(self.pooling))
         size = resolve_input_size(backbone, self.input_size or None, study_layer=self.uses_study_layer)
         object.__setattr__(self, "input_size", size)
+        shape = self.input_shape or (InputShape.SQUARE if self.pooling is Pooling.GAP else InputShape.LONGER_SIDE)
+        object.__setattr__(self, "input_shape", InputShape(shape))
+        if self.uses_study_layer and self.input_shape is not InputShape.SQUARE:
+            raise SettingsError(f"{self.backbone}'s study descriptor ({backbone.feature_layer}) takes square inputs only")
+        scales = tuple(float(scale) for scale in self.scales) or (1.0,)
+        if any(not math.isfinite(scale) or not 0 < scale <= MAX_SCALE for scale in scales) or len(set(scales)) != len(scales):
+            raise SettingsError(f"scales must be distinct numbers in (0, {MAX_SCALE:g}], not {self.scales!r}")
+        if scales != (1.0,) and self.uses_study_layer:
+            raise SettingsError(
+                f"{self.backbone}'s study descriptor ({backbone.feature_layer}) has a fixed input size, so it has no "
+                "scales; choose a pooling (--pooling gem, ...) for multi-scale descriptors"
+            )
+        object.__setattr__(self, "scales", scales)
+        base_dim = self.base.dim if self.whitening else 0
+        if self.whitening and self.whitening.dim and self.whitening.dim > base_dim:
+            raise SettingsError(
+                f"{self.key_without_whitening} gives {base_dim}-d descriptors; whitening can keep at most {base_dim} "
+                f"dimensions, not {self.whitening.dim}"
+            )
 
     @classmethod
     def create(
@@ -44,7 +111,12 @@ class Recipe:
         pooling: Pooling | str = Pooling.GAP,
         input_size: int | None = None,
         weights: Weights | str | None = None,
+        scales: tuple[float, ...] | None = None,
+        whiten_on: str | None = None,
+        whitened_dim: int | None = None,
     ) -> Recipe:
+        if whitened_dim is not None and not whiten_on:
+            raise SettingsError("a whitened dimension (--dim) needs a collection to learn the whitening on (--whiten-on)")
         if not isinstance(weights, Weights):
             weights = Weights.parse(weights)
         try:
@@ -52,19 +124,66 @@ class Recipe:
         except ValueError:
             known = ", ".join(p.value for p in Pooling)
             raise SettingsError(f"unknown pooling {pooling!r}; known poolings: {known}") from None
-        return cls(backbone, pooling, input_size or 0, weights)
+        whitening = WhiteningSpec(whiten_on, whitened_dim) if whiten_on else None
+        return cls(backbone, pooling, input_size or 0, weights, tuple(scales or (1.0,)), None, whitening)
 
     @property
     def key(self) -> str:
         """Stable name of the descriptor kind; the index folder's name."""
-        if self.pooling is Pooling.GAP:
-            return self.backbone
-        return f"{self.backbone}-{self.pooling.value}"
+        if self.whitening is None:
+            return self.key_without_whitening
+        return f"{self.key_without_whitening}-{self.whitening.key_part}"
+
+    @property
+    def key_without_whitening(self) -> str:
+        parts = [self.backbone]
+        if self.pooling is not Pooling.GAP:
+            parts.append(self.pooling.value)
+        if self.multi_scale:
+            parts.append("ms" + "_".join(f"{scale:g}" for scale in self.scales))
+        return "-".join(parts)
+
+    @property
+    def multi_scale(self) -> bool:
+        return self.scales != (1.0,)
+
+    @property
+    def base(self) -> Recipe:
+        """The recipe before whitening: what the network and pooling give."""
+        return replace(self, whitening=None) if self.whitening else self
 
     @property
     def dim(self) -> int:
+        if self.whitening is not None:
+            return self.whitening.dim or self.base.dim
         backbone = BACKBONES[self.backbone]
         return backbone.dim if self.pooling is Pooling.GAP else backbone.map_channels
+
+    def network_shape(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+        """(width, height) of the network input for an image of width x height at `scale`."""
+        smallest = BACKBONES[self.backbone].min_input_size
+        side = max(round(self.input_size * scale), smallest)
+        if self.input_shape is InputShape.SQUARE:
+            return side, side
+        longer, shorter = max(width, height), min(width, height)
+        # The shorter side follows the aspect ratio, but never below what the network accepts (only
+        # panoramas beyond about 4:1 at the default size are stretched by this).
+        other = max(round(side * shorter / max(longer, 1)), smallest)
+        return (side, other) if width >= height else (other, side)
+
+    def describe_label(self) -> str:
+        """How the page names the recipe: 'xception · GeM · 3 scales · whitened on Paris6k · 512-d'."""
+        from cbir.pooling import POOLINGS
+
+        parts = [self.backbone]
+        if self.pooling is not Pooling.GAP:
+            parts.append(POOLINGS[self.pooling].short_label)
+        if self.multi_scale:
+            parts.append(f"{len(self.scales)} scales")
+        if self.whitening is not None:
+            parts.append(f"whitened on {self.whitening.source}")
+        parts.append(f"{self.dim}-d")
+        return " · ".join(parts)
 
     @property
     def uses_study_layer(self) -> bool:
@@ -86,6 +205,9 @@ class Recipe:
             "pooling": self.pooling.value,
             "input_size": self.input_size,
             "weights": self.weights.identity,
+            "input_shape": self.input_shape.value,
+            "scales": list(self.scales),
+            "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -96,8 +218,37 @@ class Recipe:
             "input_size": self.input_size,
             "dim": self.dim,
             "weights": self.weights.to_json(),
+            "input_shape": self.input_shape.value,
+            "scales": list(self.scales),
+            "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Recipe:
-        return cls(data["backbone"], Pooling(data["pooling"]), int(data["input_size"]), Weights.from_json(data["weights"]))
+        whitening = data.get("whitening")
+        return cls(
+            data["backbone"],
+            Pooling(data["pooling"]),
+            int(data["input_size"]),
+            Weights.from_json(data["weights"]),
+            tuple(data.get("scales", (1.0,))),
+            # Recipes written before the input shape was recorded fed every pooling squares.
+            InputShape(data.get("input_shape", InputShape.SQUARE.value)),
+            WhiteningSpec(whitening["source"], whitening.get("dim")) if whitening else None,
+        )
+
+
+def build_options(recipe_key: str) -> str:
+    """The build_index.py options that make the recipe of an index folder named `recipe_key`."""
+    backbone, *parts = recipe_key.split("-")
+    options = [f"--backbones {backbone}"]
+    for position, part in enumerate(parts):
+        if part in {p.value for p in Pooling}:
+            options.append(f"--pooling {part}")
+        elif part.startswith("ms"):
+            options.append("--scales " + ",".join(part[2:].split("_")))
+        elif part.startswith("w"):
+            dim = part[1:]
+            options.append(f"--whiten-on {'-'.join(parts[position + 1:])}" + ("" if dim == "full" else f" --dim {dim}"))
+            break
+    return " ".join(options)

@@ -19,7 +19,7 @@ import numpy as np
 from cbir.backbones import ExtractorCache, FeatureExtractor, WeightsKind, keras_versions
 from cbir.datasets.model import Box
 from cbir.distances import Metric, cosine_similarity, exact_distances
-from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, to_network_input
+from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, resize_for_network
 from cbir.index import BrokenIndex, IndexInfo, LoadedIndex, load_index, scan_indexes, version_warnings
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
 from cbir.ranking import Ranking, Reranker, rank
@@ -63,7 +63,7 @@ class SearchEngine:
         candidates: int = DEFAULT_CANDIDATES,
     ) -> None:
         self.layout = IndexLayout(index_dir)
-        self.extractors = extractors or ExtractorCache()
+        self.extractors = extractors if extractors is not None else ExtractorCache()
         self.limits = limits
         self.candidates = candidates
         self._indexes: dict[tuple[str, str], LoadedIndex] = {}
@@ -124,14 +124,16 @@ class SearchEngine:
         self, image: Any, *, collection: str, recipe: str, box: Box | None = None, name: str | None = None
     ) -> np.ndarray:
         """The descriptor of an image (path, bytes, PIL image or array), cropped to `box` if given."""
-        extractor = self.extractor_for(self.index(collection, recipe))
+        loaded = self.index(collection, recipe)
+        extractor = self.extractor_for(loaded)
         # A whole file is decoded exactly as the build decoded collection files (JPEG draft
         # scaling included), so a collection photo used as a query matches its own row.
         is_file = isinstance(image, (str, Path))
         draft = extractor.input_size if box is None and is_file else None
         picture = load_image(image, name=name, limits=self.limits, draft_size=draft)
         picture = crop_box(picture, box, limits=self.limits, name=name or "the image")
-        return extractor.describe(to_network_input(picture, extractor.input_size))[0]
+        pixels = resize_for_network(picture, *extractor.recipe.network_shape(*picture.size))
+        return loaded.query_descriptor(extractor.describe(pixels)[0])
 
     def rank(
         self,

@@ -214,7 +214,7 @@ def test_an_index_that_vanished_after_start_gives_the_build_command(served, tmp_
     index_root = tmp_path / "indexes"
     shutil.copytree(served["root"] / "indexes", index_root)
     page = app.SearchPage(SearchEngine(index_root), index_root)
-    assert page.recipe_choices("demo") == [("xception (2048-d, UNTRAINED)", "xception")]
+    assert page.recipe_choices("demo") == [("xception · 2048-d · UNTRAINED", "xception")]
     shutil.rmtree(index_root / "demo" / "xception")
     picture = Image.open(served["photos"] / "picture_001.jpg")
     with pytest.raises(gr.Error) as raised:
@@ -357,3 +357,39 @@ def test_a_hundred_concurrent_visitors_all_get_their_answer(served):
     queries = sorted(served["photos"].glob("picture_01*.jpg"))
     row = run_clients(served["url"], queries, clients=100, per_client=1, collection="demo", backbone="xception")
     assert row["answered"] == 100 and row["busy"] == 0 and row["other"] == 0, row
+
+
+def test_the_evaluation_table_shows_each_recipe_column_by_column_with_a_backbones_recipes_together():
+    import dataclasses
+
+    import app
+    from cbir.evaluate import ResultRow, Results
+
+    required = {f.name: 0 for f in dataclasses.fields(ResultRow) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}  # fmt: skip
+
+    def row(recipe: str, backbone: str, map_value: float, **recipe_columns) -> ResultRow:
+        values = {**required, "recipe": recipe, "backbone": backbone, "protocol": "standard", "metric": "cosine",
+                  "query_mode": "cropped", "untrained": False, "map_oxford": map_value, "n_queries": 55}  # fmt: skip
+        return ResultRow(**values, **recipe_columns)
+
+    results = Results(
+        collection="oxford5k",
+        rows=[
+            row("xception-gem-w512-paris6k", "xception", 0.7, pooling="gem", whitening="paris6k, 512-d", dim=512),
+            row("vgg16", "vgg16", 0.4, dim=4096),
+            row("xception", "xception", 0.6, dim=2048),
+            row("vgg16-rmac-ms1_0.707_0.5", "vgg16", 0.65, pooling="rmac", scales="1,0.707,0.5", dim=512),
+        ],
+        pr_curves=[], protocols={}, created="", versions={},
+    )  # fmt: skip
+    table = app.measured_table(results)
+    headers = app.MEASURED_HEADERS
+    assert headers[:5] == ["backbone", "pooling", "scales", "whitened on", "dim"]
+    columns = [[line[i] for i in range(5)] + [line[headers.index("mAP (Oxford)")]] for line in table]
+    assert columns == [
+        ["vgg16", "GAP", "1", "-", 4096, 0.4],  # registry order; the study's recipe first
+        ["vgg16", "R-MAC", "1,0.707,0.5", "-", 512, 0.65],
+        ["xception", "GAP", "1", "-", 2048, 0.6],
+        ["xception", "GeM", "1", "paris6k, 512-d", 512, 0.7],
+    ]

@@ -21,12 +21,13 @@ from PIL import Image
 from cbir.backbones import BACKBONES, ExtractorCache, Weights
 from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
+from cbir.errors import SettingsError
 from cbir.images import ImageError
 from cbir.index import list_indexes, load_index
 from cbir.layout import IndexLayout, IndexLoadError, read_collection_record
 from cbir.recipe import Recipe
 from cbir.search import SearchEngine
-from synthetic import crop_of, make_gallery
+from synthetic import crop_of, draw_picture, make_gallery
 
 pytestmark = pytest.mark.slow
 
@@ -310,3 +311,73 @@ def test_pooled_recipes_are_indexes_of_their_own_and_find_the_source(built, gall
         assert result.hits[0].image == "picture_013.jpg", recipe
     gem, gap = (engine.describe(query, collection="demo", recipe=key) for key in ("xception-gem", "xception"))
     assert not np.allclose(gem / np.linalg.norm(gem), gap / np.linalg.norm(gap), atol=1e-3)
+
+
+def test_whitening_learned_on_another_collection_is_stored_applied_to_queries_and_relearned_when_it_changes(
+    gallery, extractors, tmp_path
+):
+    from cbir.pooling import Pooling
+
+    root = tmp_path / "indexes"
+    other = tmp_path / "other"
+    make_gallery(other, 16, start_seed=500, width=120, height=160)
+    extractors = ExtractorCache()
+    collection = folder_collection(gallery, "demo")
+    settings = settings_for(root, pooling=Pooling.GEM, scales=(1.0, 0.75), whiten_on="other", whitened_dim=8)
+    outcomes = build_indexes(
+        collection, [XCEPTION], settings, extractors=extractors, whitening_source=folder_collection(other, "other")
+    )
+    assert [(o.key, o.status) for o in outcomes] == [
+        ("xception-gem-ms1_0.75", BuildStatus.BUILT),
+        ("xception-gem-ms1_0.75-w8-other", BuildStatus.BUILT),
+    ]
+    # The source was described first, with the same recipe before whitening.
+    assert load_index(root / "other" / "xception-gem-ms1_0.75").manifest.recipe == outcomes[0].recipe
+    whitened = load_index(outcomes[1].folder)
+    assert whitened.descriptors.shape == (24, 8) and (outcomes[1].folder / "whitening.npz").is_file()
+    learned_on = whitened.manifest.whitening
+    assert (learned_on.collection, learned_on.n_descriptors, learned_on.same_collection) == ("other", 16, False)
+
+    # A collection photo used as a query is described, whitened by the index's transform, and
+    # lands on its own row; a crop of another finds its source.
+    engine = SearchEngine(root, extractors=extractors)
+    own = engine.search(gallery / "picture_005.jpg", collection="demo", recipe=outcomes[1].key, k=1)
+    assert own.hits[0].image == "picture_005.jpg" and own.hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+    crop = crop_of(gallery / "picture_013.jpg", fraction=0.8, scale=1.2)
+    assert engine.search(crop, collection="demo", recipe=outcomes[1].key, k=3).hits[0].image == "picture_013.jpg"
+
+    # Nothing changed: nothing is redone. The source changed: the whitening is learned again.
+    again = build_indexes(collection, [XCEPTION], settings, extractors=extractors)
+    assert [o.status for o in again] == [BuildStatus.UP_TO_DATE, BuildStatus.UP_TO_DATE]
+    draw_picture(900).save(other / "one_more.jpg")
+    build_indexes(folder_collection(other, "other"), [XCEPTION], settings_for(root, pooling=Pooling.GEM,
+                  scales=(1.0, 0.75)), extractors=extractors)  # fmt: skip
+    relearned = build_indexes(collection, [XCEPTION], settings, extractors=extractors)
+    assert len(extractors) == 1  # one network for the source, the collection and the queries
+    assert [o.status for o in relearned] == [BuildStatus.UP_TO_DATE, BuildStatus.BUILT]
+    assert "descriptors changed" in relearned[1].reason
+
+    # Too few images to keep that many dimensions: a message naming --dim, and no folder.
+    with pytest.raises(SettingsError, match="17 descriptors.*--dim 16 or less"):  # 17 centred points: 16 axes
+        build_indexes(collection, [XCEPTION], settings_for(root, pooling=Pooling.GEM, scales=(1.0, 0.75),
+                      whiten_on="other", whitened_dim=64), extractors=extractors)  # fmt: skip
+    assert not (root / "demo" / "xception-gem-ms1_0.75-w64-other").exists()
+
+
+def test_cli_builds_a_whitened_multi_scale_recipe_in_one_command(gallery, tmp_path):
+    other = tmp_path / "other"
+    make_gallery(other, 12, start_seed=300)
+    index_dir = tmp_path / "indexes"
+    common = ("--backbones", "xception", "--weights", "none", "--input-size", "80", "--index-dir", str(index_dir),
+              "--no-progress", "--pooling", "gem", "--scales", "1,0.7")  # fmt: skip
+    first = run_cli("--images", str(gallery), "--name", "demo", *common, "--whiten-on", "other", "--dim", "4",
+                    cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 2 and "Build it first: python build_index.py --images <folder> --name other" in first.stderr
+    assert run_cli("--images", str(other), "--name", "other", *common, cwd=tmp_path).returncode == 0
+    result = run_cli("--images", str(gallery), "--name", "demo", *common, "--whiten-on", "other", "--dim", "4",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "xception-gem-ms1_0.7-w4-other" in result.stdout and "xception-gem-ms1_0.7 " in result.stdout
+    manifest = json.loads((index_dir / "demo" / "xception-gem-ms1_0.7-w4-other" / "manifest.json").read_text())
+    assert manifest["recipe"]["scales"] == [1.0, 0.7] and manifest["dim"] == 4
+    assert manifest["recipe"]["input_shape"] == "longer side" and manifest["whitening"]["collection"] == "other"

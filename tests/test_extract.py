@@ -31,9 +31,13 @@ class MeanColour:
     def input_size(self) -> int:
         return self.recipe.input_size
 
-    def describe(self, batch: np.ndarray) -> np.ndarray:
-        self.described += len(batch)
-        means = batch.reshape(len(batch), -1, 3).mean(axis=1).astype(np.float32)
+    @property
+    def dim(self) -> int:
+        return self.recipe.dim
+
+    def describe(self, images: list[np.ndarray], *, pad_to: int | None = None) -> np.ndarray:
+        self.described += len(images)
+        means = np.stack([image.reshape(-1, 3).mean(axis=0) for image in images]).astype(np.float32)
         return np.tile(means, (1, self.recipe.dim // 3 + 1))[:, : self.recipe.dim]
 
 
