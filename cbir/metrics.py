@@ -1,4 +1,5 @@
-"""Retrieval metrics for Oxford5k / Paris6k: pure functions over one query's ranked list.
+"""Retrieval metrics for Oxford5k / Paris6k and their revisited versions: pure functions over one
+query's ranked list.
 
 Protocol shared by every function here
 --------------------------------------
@@ -21,6 +22,12 @@ Protocol shared by every function here
   ``ValueError``, and :func:`score_query` returns ``None`` so that :func:`mean_scores` can leave
   the query out of the means and count it.
 
+The revisited datasets (revisitop's ``python/evaluate.py``) score with the same trapezoidal AP as
+:func:`ap_oxford` (ignored images removed), and with their own mP@k rule,
+:func:`precision_at_k_revisitop`. One corner differs: revisitop keeps an image that is both
+positive and ignored as a positive; here it is ignored. Its label sets (easy / hard / junk) are
+disjoint, so no revisited figure depends on it.
+
 Recall levels are compared with integer arithmetic (``10 * found >= level * n_positives``)
 because in floating point ``3/10 < 0.1 * 3``, which would wrongly mark level 0.3 as unreached.
 """
@@ -31,7 +38,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 import numpy as np
@@ -52,6 +59,8 @@ class QueryScores:
     study_ap: float  # the original study's top-G figure, junk kept (overstates AP)
     study_ap_11point: float  # the original study's "interpolated" top-G figure
     n_positives: int  # len(good | ok)
+    # {k: revisitop's mP@k, dividing by min(k, rank of the last positive)}; see precision_at_k_revisitop
+    precision_at_revisitop: dict[int, float] = field(default_factory=dict)
 
 
 class MeanScores(TypedDict):
@@ -61,6 +70,7 @@ class MeanScores(TypedDict):
     ap: float
     ap_11point: float
     precision_at: dict[int, float]
+    precision_at_revisitop: dict[int, float]
     study_ap: float
     study_ap_11point: float
     n_queries: int  # queries that entered the means
@@ -143,7 +153,8 @@ def pr_curve(
 
 
 def ap_oxford(ranking: Sequence[str], positives: AbstractSet[str], junk: AbstractSet[str]) -> float:
-    """AP exactly as the Oxford Buildings ``compute_ap.cpp`` computes it (trapezoidal rule).
+    """AP exactly as the Oxford Buildings ``compute_ap.cpp`` computes it (trapezoidal rule), which
+    is also revisitop's ``compute_ap`` (the same sum, written per positive): the revisited mAP.
 
     Walking the junk-removed ranking with old_recall = 0 and old_precision = 1, every rank adds
     (recall - old_recall) * (old_precision + precision) / 2 and then sets old_recall, old_precision
@@ -210,6 +221,28 @@ def precision_at_k(
     return int(_hit_flags(top_k, positives).sum()) / k
 
 
+def precision_at_k_revisitop(
+    ranking: Sequence[str], positives: AbstractSet[str], ignored: AbstractSet[str], k: int
+) -> float:
+    """Precision at ``k`` as revisitop's ``compute_map`` computes mP@k (ignored images removed).
+
+    One rule differs from :func:`precision_at_k`: the cut-off is min(k, rank of the last
+    positive), so a query whose positives all sit above rank k is not charged for the places
+    after its last one. Three positives at ranks 1, 2, 4 give P@10 = 3/10 but revisitop's 3/4;
+    positives at ranks 1, 2, 3 give 1.0. A positive missing from the ranking counts as ranked
+    at infinity, so then the cut-off is k. Raises ValueError if ``positives`` is empty
+    (revisitop leaves such queries out).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    _check_unique(ranking)
+    _check_has_positives(positives)
+    hit_ranks = np.flatnonzero(_hit_flags(remove_junk(ranking, ignored), positives)) + 1
+    all_ranked = len(hit_ranks) == len(positives)
+    cutoff = min(k, int(hit_ranks[-1])) if all_ranked else k
+    return int((hit_ranks <= cutoff).sum()) / cutoff
+
+
 # --------------------------------------------------------------------------------------------
 # The original study's measure (kept only to reproduce its figures)
 
@@ -269,6 +302,7 @@ def score_query(
         study_ap=study_ap,
         study_ap_11point=study_ap_11point,
         n_positives=len(positives),
+        precision_at_revisitop={k: precision_at_k_revisitop(ranking, positives, ignored, k) for k in ks},
     )
 
 
@@ -281,14 +315,17 @@ def mean_scores(scores: Sequence[QueryScores | None]) -> MeanScores:
     """
     scored = [s for s in scores if s is not None]
     cutoffs = {tuple(s.precision_at) for s in scored}
-    if len(cutoffs) > 1:
-        raise ValueError(f"queries were scored with different precision cut-offs: {cutoffs}")
+    revisitop_cutoffs = {tuple(s.precision_at_revisitop) for s in scored}
+    if len(cutoffs) > 1 or len(revisitop_cutoffs) > 1:
+        raise ValueError(f"queries were scored with different precision cut-offs: {cutoffs | revisitop_cutoffs}")
     ks = next(iter(cutoffs), ())
+    revisitop_ks = next(iter(revisitop_cutoffs), ())
     return MeanScores(
         ap_oxford=_mean(s.ap_oxford for s in scored),
         ap=_mean(s.ap for s in scored),
         ap_11point=_mean(s.ap_11point for s in scored),
         precision_at={k: _mean(s.precision_at[k] for s in scored) for k in ks},
+        precision_at_revisitop={k: _mean(s.precision_at_revisitop[k] for s in scored) for k in revisitop_ks},
         study_ap=_mean(s.study_ap for s in scored),
         study_ap_11point=_mean(s.study_ap_11point for s in scored),
         n_queries=len(scored),

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from cbir.datasets.groundtruth import READERS
-from cbir.datasets.model import Collection, DatasetError
+from cbir.datasets.model import Collection, DatasetError, GroundTruth, ids_to_paths, image_id
 from cbir.images import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -19,17 +19,46 @@ def load_collection_dir(
     query_prefix: str = "",
     ground_truth_format: str = "oxford_txt",
 ) -> Collection:
-    """A collection from an extracted images folder (scanned recursively) and ground truth."""
+    """A collection from an extracted images folder (scanned recursively) and ground truth.
+
+    When the ground truth names the database (revisitop's imlist), only those images are database
+    images, and query images outside it are kept apart as `query_images`.
+    """
     images_root = Path(images_root)
     images = list_images(images_root)
     if not images:
         raise DatasetError(f"no images found under {images_root}")
-    queries = READERS[ground_truth_format](Path(gt_dir), query_prefix) if gt_dir is not None else ()
-    collection = Collection(name=name, root=images_root, images=images, queries=queries)
-    missing = sorted({q.image for q in queries if not collection.has_id(q.image)})
+    truth = READERS[ground_truth_format](Path(gt_dir), query_prefix) if gt_dir is not None else GroundTruth(())
+    query_images: tuple[str, ...] = ()
+    if truth.database is not None:
+        images, query_images = _split_database(images, truth, images_root)
+    collection = Collection(name, images_root, images, truth.queries, query_images, tuple(truth.database or ()))
+    known = {image_id(relpath) for relpath in (*collection.images, *collection.query_images)}
+    missing = sorted({q.image for q in truth.queries if q.image not in known})
     if missing:
         logger.warning("%s: %d query images are not in %s: %s", name, len(missing), images_root, missing[:5])
     return collection
+
+
+def _split_database(
+    found: tuple[str, ...], truth: GroundTruth, images_root: Path
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(database images: exactly the ground truth's, query images not among them), as relative paths."""
+    by_id, ambiguous = ids_to_paths(found)
+    database = truth.database or ()
+    absent = [image for image in database if image not in by_id]
+    if absent:
+        several = [image for image in absent if image in ambiguous]
+        why = f"; these name several files: {several[:5]}" if several else ""
+        raise DatasetError(
+            f"{len(absent)} of the {len(database)} database images the ground truth lists are not under "
+            f"{images_root} (e.g. {absent[:5]}){why}. The images folder is incomplete: prepare the dataset "
+            "the images come from again, or put the missing files back."
+        )
+    database_paths = tuple(by_id[image] for image in database)
+    in_database = set(database)
+    query_paths = {by_id[q.image] for q in truth.queries if q.image in by_id and q.image not in in_database}
+    return database_paths, tuple(sorted(query_paths))
 
 
 def folder_collection(images_dir: Path, name: str) -> Collection:

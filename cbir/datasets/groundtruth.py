@@ -1,8 +1,9 @@
 """Ground-truth readers, one per format, chosen by a dataset's `ground_truth_format`.
 
 `oxford_txt`: the Oxford5k / Paris6k folders of `<query>_query.txt`, `_good.txt`, `_ok.txt` and
-`_junk.txt`. A reader returns the queries with their labels as the files name them; which labels
-count as positive is decided by a protocol (`cbir.protocols`).
+`_junk.txt`. `revisitop_pkl`: revisitop's `gnd_*.pkl` (`cbir.datasets.revisited`), which also fixes
+the database. A reader returns a `GroundTruth`: the queries with their labels as the files name
+them; which labels count as positive is decided by a protocol (`cbir.protocols`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from cbir.datasets.model import DatasetError, Query
+from cbir.datasets.model import DatasetError, GroundTruth, Query
+from cbir.datasets.revisited import read_revisited_ground_truth
 from cbir.images import IMAGE_SUFFIXES
 
 OXFORD_LABELS = ("good", "ok", "junk")
@@ -68,6 +70,14 @@ def _strip_image_suffix(image: str) -> str:
     return image[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else image
 
 
-GroundTruthReader = Callable[[Path, str], tuple[Query, ...]]  # (ground-truth folder, query prefix)
+def read_oxford_ground_truth(gt_dir: Path, query_prefix: str) -> GroundTruth:
+    """`parse_ground_truth` as a reader: every image found is a database image."""
+    return GroundTruth(parse_ground_truth(gt_dir, query_prefix))
 
-READERS: dict[str, GroundTruthReader] = {"oxford_txt": parse_ground_truth}
+
+GroundTruthReader = Callable[[Path, str], GroundTruth]  # (ground-truth folder or file, query prefix)
+
+READERS: dict[str, GroundTruthReader] = {
+    "oxford_txt": read_oxford_ground_truth,
+    "revisitop_pkl": read_revisited_ground_truth,
+}

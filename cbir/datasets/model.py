@@ -83,21 +83,44 @@ class Query:
 
 
 @dataclass(frozen=True)
+class GroundTruth:
+    """What a ground-truth reader found: the queries, and the database when the ground truth fixes it.
+
+    `database` is None when every image found under the images folder is a database image (the
+    Oxford5k / Paris6k text files); revisitop's `imlist` names the database exactly, in its order.
+    """
+
+    queries: tuple[Query, ...]
+    database: tuple[str, ...] | None = None  # image ids, in the ground truth's order
+
+
+@dataclass(frozen=True)
 class Collection:
-    """A root directory, its images as sorted POSIX paths relative to it, and its queries."""
+    """A root directory, its images as sorted POSIX paths relative to it, and its queries.
+
+    `images` are the database (one index row each). `query_images` are query images kept out of
+    it, as the revisited datasets require; `path_of` finds both.
+    """
 
     name: str
     root: Path
     images: tuple[str, ...]
     queries: tuple[Query, ...] = ()
+    query_images: tuple[str, ...] = ()  # relative paths of query images that are not database images
+    # The ground truth's own order of the database (revisitop's imlist, image ids): rankings written
+    # for revisitop's tools index into it. Empty when the ground truth does not fix one.
+    database_order: tuple[str, ...] = ()
     _relpath_by_id: dict[str, str] = field(init=False, repr=False, compare=False)
     _ambiguous_ids: frozenset[str] = field(init=False, repr=False, compare=False)
     _relpaths: frozenset[str] = field(init=False, repr=False, compare=False)
+    _query_relpath_by_id: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).absolute())
         object.__setattr__(self, "images", tuple(sorted(self.images)))
         object.__setattr__(self, "queries", tuple(self.queries))
+        object.__setattr__(self, "query_images", tuple(sorted(self.query_images)))
+        object.__setattr__(self, "_query_relpath_by_id", ids_to_paths(self.query_images)[0])
         by_id, ambiguous = ids_to_paths(self.images)
         object.__setattr__(self, "_relpath_by_id", by_id)
         object.__setattr__(self, "_ambiguous_ids", ambiguous)
@@ -119,6 +142,10 @@ class Collection:
             return self.root / image_id_or_relpath
         if image_id_or_relpath in self._relpath_by_id:
             return self.root / self._relpath_by_id[image_id_or_relpath]
+        if image_id_or_relpath in self.query_images:  # a query image outside the database
+            return self.root / image_id_or_relpath
+        if image_id_or_relpath in self._query_relpath_by_id:
+            return self.root / self._query_relpath_by_id[image_id_or_relpath]
         if image_id_or_relpath in self._ambiguous_ids:
             matches = [p for p in self.images if image_id(p) == image_id_or_relpath]
             raise KeyError(

@@ -35,6 +35,8 @@ _STAGING_PREFIX = ".extracting-"
 class DownloadSettings:
     data_dir: Path = Path("data")
     mirror: str | None = None  # fetch every archive as f"{mirror}/{file_name}" instead of its own URL
+    # fetch ground-truth files (revisitop's gnd_*.pkl) as f"{ground_truth_url}/{file_name}" (--mirror wins)
+    ground_truth_url: str | None = None
     user: str | None = None
     password: str | None = None  # with no user/password, ~/.netrc is looked up for the URL's host
     progress: bool = True  # tqdm bars on stderr
@@ -49,7 +51,7 @@ class DownloadSettings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> DownloadSettings:
-        """Settings from CBIR_DATA_DIR, CBIR_MIRROR, CBIR_DATA_USER, CBIR_DATA_PASSWORD.
+        """Settings from CBIR_DATA_DIR, CBIR_MIRROR, CBIR_GROUND_TRUTH_URL, CBIR_DATA_USER, CBIR_DATA_PASSWORD.
 
         Overrides whose value is None are ignored, so a CLI can pass its unset options straight in.
         """
@@ -57,6 +59,7 @@ class DownloadSettings:
         for variable, setting in (
             ("CBIR_DATA_DIR", "data_dir"),
             ("CBIR_MIRROR", "mirror"),
+            ("CBIR_GROUND_TRUTH_URL", "ground_truth_url"),
             ("CBIR_DATA_USER", "user"),
             ("CBIR_DATA_PASSWORD", "password"),
         ):
@@ -79,6 +82,8 @@ def prepare_dataset(name: str, settings: DownloadSettings) -> Collection:
     of that kind beside them) are used as they are, without touching the network.
     """
     spec = get_dataset(name)
+    if spec.images_from is not None:
+        return _prepare_reusing_images(spec, settings)
     root = dataset_dir(name, settings)
     root.mkdir(parents=True, exist_ok=True)
     for leftover in root.glob(_STAGING_PREFIX + "*"):
@@ -111,6 +116,16 @@ def prepare_dataset(name: str, settings: DownloadSettings) -> Collection:
     return collection
 
 
+def _prepare_reusing_images(spec: DatasetSpec, settings: DownloadSettings) -> Collection:
+    """A dataset over another one's images (ROxford5k over Oxford5k): only its ground-truth file is
+    fetched (or used as placed in its folder), the images are those of `spec.images_from`."""
+    root = dataset_dir(spec.name, settings)
+    root.mkdir(parents=True, exist_ok=True)
+    (ground_truth,) = _fetch_missing_archives(spec, list(spec.archives), root, settings).values()
+    images = prepare_dataset(spec.images_from, settings)
+    return load_collection_dir(spec.name, images.root, ground_truth, spec.query_prefix, spec.ground_truth_format)
+
+
 def _load_prepared(spec: DatasetSpec, root: Path) -> Collection:
     return load_collection_dir(
         spec.name, root / IMAGES_DIR, root / GROUND_TRUTH_DIR, spec.query_prefix, spec.ground_truth_format
@@ -137,9 +152,9 @@ def _local_archive(root: Path, archive: ArchiveSpec) -> Path | None:
 
 
 def _archive_url(archive: ArchiveSpec, settings: DownloadSettings) -> str:
-    if not settings.mirror:
+    mirror = settings.mirror or (settings.ground_truth_url if archive.kind is ArchiveKind.GROUND_TRUTH_FILE else None)
+    if not mirror:
         return archive.url
-    mirror = settings.mirror
     if "://" not in mirror:  # a local folder works as a mirror too
         mirror = Path(mirror).absolute().as_uri()
     return f"{mirror.rstrip('/')}/{archive.file_name}"

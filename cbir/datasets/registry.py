@@ -15,6 +15,7 @@ from cbir.errors import SettingsError
 class ArchiveKind(str, Enum):
     IMAGES = "images"
     GROUND_TRUTH = "ground_truth"
+    GROUND_TRUTH_FILE = "ground_truth_file"  # one file read as it is, never extracted (revisitop's gnd_*.pkl)
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,15 @@ class DatasetSpec:
     access_page: str  # where a person requests access to the archives
     ground_truth_format: str  # a key of cbir.datasets.groundtruth.READERS
     query_prefix: str = ""  # prefix of image names in *_query.txt lines ("oxc1_" for Oxford)
+    # The dataset whose images this one uses (no second download): then `archives` hold only this
+    # dataset's GROUND_TRUTH_FILE, and the ground truth says which of those images are the database.
+    images_from: str | None = None
 
 
 _OXFORD_PAGE = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
 _PARIS_PAGE = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
+_REVISITOP_PAGE = "http://cmp.felk.cvut.cz/revisitop/"
+_REVISITOP_DATA = "http://cmp.felk.cvut.cz/revisitop/data/datasets/"  # revisitop's python/download.py
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -64,6 +70,30 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
             access_page=_PARIS_PAGE,
             ground_truth_format="oxford_txt",
+        ),
+        DatasetSpec(
+            name="roxford5k",
+            title="Revisited Oxford (ROxford5k)",
+            archives=(
+                ArchiveSpec(
+                    "gnd_roxford5k.pkl", _REVISITOP_DATA + "roxford5k/gnd_roxford5k.pkl", ArchiveKind.GROUND_TRUTH_FILE
+                ),
+            ),
+            access_page=_REVISITOP_PAGE,
+            ground_truth_format="revisitop_pkl",
+            images_from="oxford5k",
+        ),
+        DatasetSpec(
+            name="rparis6k",
+            title="Revisited Paris (RParis6k)",
+            archives=(
+                ArchiveSpec(
+                    "gnd_rparis6k.pkl", _REVISITOP_DATA + "rparis6k/gnd_rparis6k.pkl", ArchiveKind.GROUND_TRUTH_FILE
+                ),
+            ),
+            access_page=_REVISITOP_PAGE,
+            ground_truth_format="revisitop_pkl",
+            images_from="paris6k",
         ),
     )
 }
