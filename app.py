@@ -28,6 +28,7 @@ from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
 from cbir.index import IndexInfo, scan_indexes
 from cbir.layout import IndexLayout
 from cbir.pooling import POOLINGS
+from cbir.ranking import AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 
@@ -46,6 +47,8 @@ DEFAULT_QUEUE_SIZE = 120
 DEFAULT_K = 12
 MAX_K = 100
 EXAMPLES_SHOWN = 8
+# The query expansion the page offers: the literature's alpha = 3 (cbir.ranking).
+QUERY_EXPANSION = AlphaQueryExpansion()
 # Submit on Enter anywhere but in a text field.
 ENTER_TO_SEARCH = """
 <script>
@@ -173,8 +176,17 @@ class SearchPage:
             return crop_box(picture, box)
         return picture
 
-    def search(self, editor: dict | None, collection: str | None, recipe: str | None, metric: str, k: float):
-        """The search event: (gallery items, status line). Problems a user can fix become messages."""
+    def search(
+        self,
+        editor: dict | None,
+        collection: str | None,
+        recipe: str | None,
+        metric: str,
+        k: float,
+        expand: bool = False,
+    ):
+        """The search event: (gallery items, status line). Problems a user can fix become messages.
+        `expand`: re-rank with α-weighted query expansion."""
         image = query_image(editor)
         if image is None:
             raise gr.Error("Add an image first: upload, paste or take a photo, then crop the part to search.")
@@ -184,12 +196,15 @@ class SearchPage:
             raise gr.Error(f"Choose a metric: {', '.join(METRICS)}.")
         k = int(max(1, min(MAX_K, k or DEFAULT_K)))
         try:
+            rerankers = (QUERY_EXPANSION,) if expand else ()
             result = self.engine.search(
-                image, collection=collection, recipe=recipe, metric=metric, k=k, name="the uploaded image"
-            )
+                image, collection=collection, recipe=recipe, metric=metric, k=k, name="the uploaded image",
+                rerankers=rerankers,
+            )  # fmt: skip
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
-        return gallery_items(result, lambda image: self.served(collection, image)), status_line(result)
+        line = status_line(result) + (f" · re-ranked by {QUERY_EXPANSION.label}" if expand else "")
+        return gallery_items(result, lambda image: self.served(collection, image)), line
 
 
 def recipe_label(info: IndexInfo) -> str:
@@ -258,7 +273,7 @@ def measured_table(results: Results) -> list[list[Any]]:
 
     def place(row: ResultRow) -> tuple:
         backbone = order.index(row.backbone) if row.backbone in order else len(order)
-        return (row.protocol, row.metric, row.query_mode, backbone, row.recipe != row.backbone, row.recipe)
+        return (row.protocol, row.metric, row.query_mode, row.reranking, backbone, row.recipe != row.backbone, row.recipe)
 
     return [
         [
@@ -267,6 +282,7 @@ def measured_table(results: Results) -> list[list[Any]]:
             row.scales,
             row.whitening or "-",
             row.dim or "",
+            row.reranking or "-",
             row.protocol,
             row.metric,
             row.query_mode,
@@ -277,6 +293,9 @@ def measured_table(results: Results) -> list[list[Any]]:
             round(row.mp_at_1, 3),
             round(row.mp_at_5, 3),
             round(row.mp_at_10, 3),
+            round(row.mp_at_1_revisitop, 3),
+            round(row.mp_at_5_revisitop, 3),
+            round(row.mp_at_10_revisitop, 3),
             round(row.study_map, 3),
             round(1000 * row.mean_query_seconds, 1),
             row.n_queries,
@@ -287,8 +306,9 @@ def measured_table(results: Results) -> list[list[Any]]:
 
 POOLING_NAMES = {row.pooling.value: row.short_label for row in POOLINGS.values()}
 MEASURED_HEADERS = [
-    "backbone", "pooling", "scales", "whitened on", "dim", "protocol", "metric", "queries", "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 (index)",
-    "mP@1", "mP@5", "mP@10", "study mAP", "ms / query", "n",
+    "backbone", "pooling", "scales", "whitened on", "dim", "re-ranking", "protocol", "metric", "queries",
+    "mAP (Oxford)", "mAP", "mAP 11-pt", "mAP@100 (index)", "mP@1", "mP@5", "mP@10",
+    "mP@1 (revisitop)", "mP@5 (revisitop)", "mP@10 (revisitop)", "study mAP", "ms / query", "n",
 ]  # fmt: skip
 
 
@@ -400,6 +420,12 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                     )
                     metric = gr.Dropdown(choices=METRICS, value="cosine", label="Distance")
                     k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
+                    expand = gr.Checkbox(
+                        value=False,
+                        label=f"Query expansion ({QUERY_EXPANSION.label})",
+                        info="search again with the query averaged with its best matches: finds more views of "
+                        "the same building, costs a second search",
+                    )
                     button = gr.Button("Search", variant="primary", elem_id="search-button")
                     if not collections:
                         gr.Markdown(
@@ -418,7 +444,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
 
         button.click(
             page.search,
-            inputs=[editor, collection, backbone, metric, k],
+            inputs=[editor, collection, backbone, metric, k, expand],
             outputs=[gallery, status],
             api_name="search",
             concurrency_limit=1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, build_com
 from cbir.metrics import QueryScores, average_precision, interpolated_precision_11, mean_scores, score_query
 from cbir.pooling import Pooling
 from cbir.protocols import Protocol, QueryMode, get_protocol, protocols_for
+from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS, AlphaQueryExpansion, Reranker
 from cbir.search import SearchEngine
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,13 @@ class EvaluationSettings:
     query_modes: Sequence[QueryMode] = (QueryMode.CROPPED, QueryMode.FULL)
     protocols: Sequence[Protocol] | None = None  # None: every protocol the ground truth speaks
     progress: bool = True
+    # Rows with this re-ranking too, beside the plain ones (None: plain rows only).
+    query_expansion: AlphaQueryExpansion | None = field(default_factory=AlphaQueryExpansion)
+
+    def rerankings(self) -> list[tuple[str, tuple[Reranker, ...]]]:
+        """(label, re-rankers) of each ranking the evaluation scores: "" is the plain ranking."""
+        plain: list[tuple[str, tuple[Reranker, ...]]] = [("", ())]
+        return plain + ([(self.query_expansion.label, (self.query_expansion,))] if self.query_expansion else [])
 
 
 @dataclass
@@ -108,6 +117,7 @@ class RowKey:
     protocol: str
     metric: str
     query_mode: str
+    reranking: str = ""  # "" (none) or a re-ranker's label, e.g. "αQE (n = 50, α = 3)"
 
 
 @dataclass
@@ -140,6 +150,11 @@ class ResultRow:
     n_images: int
     input_size: int
     skipped_queries: list[str] = field(default_factory=list)
+    # revisitop's mP@k (cut-off at the last positive when that comes earlier: cbir.metrics)
+    mp_at_1_revisitop: float = float("nan")
+    mp_at_5_revisitop: float = float("nan")
+    mp_at_10_revisitop: float = float("nan")
+    reranking: str = ""
     # The recipe, column by column (rows written before recipes were the study's descriptor).
     pooling: str = "gap"
     scales: str = "1"
@@ -148,7 +163,7 @@ class ResultRow:
 
     @property
     def key(self) -> RowKey:
-        return RowKey(self.recipe, self.protocol, self.metric, self.query_mode)
+        return RowKey(self.recipe, self.protocol, self.metric, self.query_mode, self.reranking)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResultRow:
@@ -168,10 +183,11 @@ class PrCurve:
     query_mode: str
     untrained: bool
     precision: list[float]  # mean 11-point interpolated precision at recall 0.0 .. 1.0
+    reranking: str = ""
 
     @property
     def key(self) -> RowKey:
-        return RowKey(self.recipe, self.protocol, self.metric, self.query_mode)
+        return RowKey(self.recipe, self.protocol, self.metric, self.query_mode, self.reranking)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PrCurve:
@@ -228,10 +244,37 @@ def load_results(index_dir: Path, collection: str) -> Results | None:
         return None
 
 
-def _query_paths(loaded: LoadedIndex) -> tuple[dict[str, str], frozenset[str]]:
-    """Image id -> relative path over the indexed and the skipped images, and the ambiguous ids."""
+def _query_paths(loaded: LoadedIndex, record: CollectionRecord) -> tuple[dict[str, str], frozenset[str]]:
+    """Image id -> relative path over the indexed and the skipped images and the query images kept
+    out of the database (the revisited datasets), and the ambiguous ids."""
     manifest = loaded.manifest
-    return ids_to_paths(list(manifest.images) + [entry.image for entry in manifest.skipped])
+    return ids_to_paths(list(manifest.images) + [entry.image for entry in manifest.skipped] + list(record.query_images))
+
+
+@dataclass
+class RankingExport:
+    """What revisitop's own tools read, for one recipe: the standard (cropped) query descriptors, one
+    row per query in the ground truth's order, and each one's plain cosine ranking as 0-based indices
+    into the ground truth's database order, one column per query (database size x queries)."""
+
+    descriptors: list[np.ndarray] = field(default_factory=list)
+    ranks: list[np.ndarray] = field(default_factory=list)
+
+    def write(self, folder: Path, recipe: str) -> list[Path]:
+        paths = [folder / f"{recipe}.queries.npy", folder / f"{recipe}.ranks.npy"]
+        arrays = [np.stack(self.descriptors).astype(np.float32), np.stack(self.ranks, axis=1).astype(np.int64)]
+        for path, array in zip(paths, arrays):
+            atomic.write_file(path, lambda temporary, array=array: np.save(temporary, array))
+        return paths
+
+
+def _database_positions(ranking: Sequence[str], order: Sequence[str]) -> np.ndarray:
+    """A ranking of image ids as indices into `order`; images of `order` the ranking lacks (files
+    that could not be read) are put last, so every column is a permutation as revisitop expects."""
+    position = {image: index for index, image in enumerate(order)}
+    ranked = [position[image] for image in ranking if image in position]
+    seen = set(ranked)
+    return np.array(ranked + [index for index in range(len(order)) if index not in seen], np.int64)
 
 
 def evaluate_recipe(
@@ -240,13 +283,17 @@ def evaluate_recipe(
     recipe: str,
     protocols: Sequence[Protocol],
     settings: EvaluationSettings,
+    export: RankingExport | None = None,
 ) -> dict[RowKey, list[QueryRun]]:
-    """Runs of every query, per protocol x metric x query mode, for one recipe."""
+    """Runs of every query, per protocol x metric x query mode, for one recipe. With `export`, the
+    query descriptors and rankings revisitop's tools read are collected into it."""
     loaded = engine.index(record.name, recipe)
     ids = [image_id(relpath) for relpath in loaded.manifest.images]
-    paths, ambiguous = _query_paths(loaded)
+    paths, ambiguous = _query_paths(loaded, record)
+    rerankings = settings.rerankings()
     runs: dict[RowKey, list[QueryRun]] = {
-        RowKey(recipe, p.name, m.value, q.value): []
+        RowKey(recipe, p.name, m.value, q.value, label): []
+        for label, _ in rerankings
         for p in protocols
         for m in settings.metrics
         for q in settings.query_modes
@@ -274,15 +321,21 @@ def evaluate_recipe(
                 name=paths[query.image],
             )
             describe_seconds = time.perf_counter() - started
-            for metric in settings.metrics:
+            exported = export is not None and mode is QueryMode.CROPPED
+            if exported:
+                export.descriptors.append(np.asarray(descriptor, np.float32))
+            for metric, (reranking, rerankers) in itertools.product(settings.metrics, rerankings):
                 started = time.perf_counter()
-                full = engine.rank(loaded, descriptor, metric, None)
+                full = engine.rank(loaded, descriptor, metric, None, rerankers=rerankers)
                 exact_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                top = engine.rank(loaded, descriptor, metric, min(STORE_DEPTH, len(loaded)), exact=False)
+                depth = min(STORE_DEPTH, len(loaded))
+                top = engine.rank(loaded, descriptor, metric, depth, exact=False, rerankers=rerankers)
                 store_seconds = time.perf_counter() - started
                 ranking = [ids[row] for row in full.rows]
                 top_ranking = [ids[row] for row in top.rows]
+                if exported and metric is Metric.COSINE and not reranking:
+                    export.ranks.append(_database_positions(ranking, record.database_order))
                 for protocol in protocols:
                     positives, ignored = protocol.positives(query), protocol.ignored_ids(query)
                     scores = score_query(ranking, positives, ignored)
@@ -290,7 +343,7 @@ def evaluate_recipe(
                     if scores is not None:
                         ap_at_100 = average_precision(top_ranking, positives, ignored)
                         eleven = interpolated_precision_11(ranking, positives, ignored)
-                    runs[RowKey(recipe, protocol.name, metric.value, mode.value)].append(
+                    runs[RowKey(recipe, protocol.name, metric.value, mode.value, reranking)].append(
                         QueryRun(query.name, scores, ap_at_100, describe_seconds, exact_seconds, store_seconds, eleven)
                     )
             if bar is not None:
@@ -326,6 +379,10 @@ def summarise(key: RowKey, loaded: LoadedIndex, runs: list[QueryRun]) -> ResultR
         mp_at_1=means["precision_at"].get(1, float("nan")),
         mp_at_5=means["precision_at"].get(5, float("nan")),
         mp_at_10=means["precision_at"].get(10, float("nan")),
+        mp_at_1_revisitop=means["precision_at_revisitop"].get(1, float("nan")),
+        mp_at_5_revisitop=means["precision_at_revisitop"].get(5, float("nan")),
+        mp_at_10_revisitop=means["precision_at_revisitop"].get(10, float("nan")),
+        reranking=key.reranking,
         study_map=means["study_ap"],
         study_map_11point=means["study_ap_11point"],
         mean_query_seconds=describe + store_search,
@@ -378,21 +435,33 @@ def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | Non
     if not record.images_found:
         raise EvaluationError(record.missing_images_message())
     rows, curves, per_query = [], [], []
+    exports: dict[str, RankingExport] = {}
     for recipe in recipes:
         loaded = engine.index(settings.collection, recipe)
-        runs = evaluate_recipe(engine, record, recipe, protocols, settings)
+        exportable = (record.database_order and QueryMode.CROPPED in settings.query_modes
+                      and Metric.COSINE in settings.metrics)  # fmt: skip
+        export = exports[recipe] = RankingExport() if exportable else None
+        runs = evaluate_recipe(engine, record, recipe, protocols, settings, export)
         for key, query_runs in runs.items():
             rows.append(summarise(key, loaded, query_runs))
             elevens = [run.eleven_point for run in query_runs if run.eleven_point is not None]
             precision = np.mean(elevens, axis=0).tolist() if elevens else []
-            curves.append(PrCurve(key.recipe, key.protocol, key.metric, key.query_mode, loaded.manifest.untrained, precision))
+            curves.append(PrCurve(key.recipe, key.protocol, key.metric, key.query_mode, loaded.manifest.untrained,
+                                  precision, key.reranking))  # fmt: skip
             per_query.extend(_per_query_rows(key, query_runs))
-    return write_results(settings.index_dir, settings.collection, rows, curves, per_query, protocols)
+    results = write_results(settings.index_dir, settings.collection, rows, curves, per_query, protocols)
+    for recipe, export in exports.items():
+        if export is not None:
+            written = export.write(results_folder(settings.index_dir, settings.collection), recipe)
+            names = ", ".join(path.name for path in written)
+            logger.info("%s: query descriptors and rankings for revisitop's tools: %s", recipe, names)
+    return results
 
 
 PER_QUERY_COLUMNS = [
-    "recipe", "protocol", "metric", "query_mode", "query", "n_positives", "ap_oxford", "ap", "ap_11point",
-    "ap_at_100_store", "p_at_1", "p_at_5", "p_at_10", "study_ap", "study_ap_11point",
+    "recipe", "protocol", "metric", "query_mode", "reranking", "query", "n_positives", "ap_oxford", "ap",
+    "ap_11point", "ap_at_100_store", "p_at_1", "p_at_5", "p_at_10", "p_at_1_revisitop", "p_at_5_revisitop",
+    "p_at_10_revisitop", "study_ap", "study_ap_11point",
     "describe_seconds", "exact_search_seconds", "store_search_seconds",
 ]  # fmt: skip
 
@@ -407,6 +476,7 @@ def _per_query_rows(key: RowKey, runs: list[QueryRun]) -> list[dict[str, Any]]:
                 "protocol": key.protocol,
                 "metric": key.metric,
                 "query_mode": key.query_mode,
+                "reranking": key.reranking,
                 "query": run.query,
                 "n_positives": s.n_positives if s else 0,
                 "ap_oxford": s.ap_oxford if s else "",
@@ -416,6 +486,9 @@ def _per_query_rows(key: RowKey, runs: list[QueryRun]) -> list[dict[str, Any]]:
                 "p_at_1": s.precision_at[1] if s else "",
                 "p_at_5": s.precision_at[5] if s else "",
                 "p_at_10": s.precision_at[10] if s else "",
+                "p_at_1_revisitop": s.precision_at_revisitop[1] if s else "",
+                "p_at_5_revisitop": s.precision_at_revisitop[5] if s else "",
+                "p_at_10_revisitop": s.precision_at_revisitop[10] if s else "",
                 "study_ap": s.study_ap if s else "",
                 "study_ap_11point": s.study_ap_11point if s else "",
                 "describe_seconds": run.describe_seconds,
@@ -427,12 +500,13 @@ def _per_query_rows(key: RowKey, runs: list[QueryRun]) -> list[dict[str, Any]]:
 
 
 def _csv_key(row: dict[str, Any]) -> RowKey:
-    return RowKey(row.get("recipe") or row["backbone"], row.get("protocol") or "standard", row["metric"], row["query_mode"])
+    recipe, protocol = row.get("recipe") or row["backbone"], row.get("protocol") or "standard"
+    return RowKey(recipe, protocol, row["metric"], row["query_mode"], row.get("reranking") or "")
 
 
 def _sort_key(key: RowKey) -> tuple:
     order = {name: i for i, name in enumerate(BACKBONES)}
-    return (order.get(key.recipe.split("-")[0], 99), key.recipe, key.protocol, key.metric, key.query_mode)
+    return (order.get(key.recipe.split("-")[0], 99), key.recipe, key.protocol, key.metric, key.query_mode, key.reranking)
 
 
 def write_results(
@@ -461,6 +535,7 @@ def write_results(
             kept = [r for r in csv.DictReader(handle) if _csv_key(r) not in fresh]
         for row in kept:  # rows of an older file get the columns this one has
             row.setdefault("recipe", row.get("backbone"))
+            row.setdefault("reranking", "")
             row.setdefault("protocol", "standard")
             row.setdefault("ap_at_100_store", row.get("ap_at_100_annoy", ""))
             row.setdefault("store_search_seconds", row.get("annoy_search_seconds", ""))
@@ -521,14 +596,16 @@ def plot_pr_curves(curves: list[PrCurve], collection: str, path: Path) -> None:
 
 def format_summary(results: Results) -> str:
     """A table a person can read, one row per recipe x protocol x metric x query mode."""
-    width = max([20] + [len(row.recipe) + 1 for row in results.rows])
+    names = {id(row): row.recipe + (f" + {row.reranking}" if row.reranking else "") + ("*" if row.untrained else "")
+             for row in results.rows}  # fmt: skip
+    width = max([20] + [len(name) + 1 for name in names.values()])
     header = (
         f"{'recipe':<{width}} {'protocol':<9} {'metric':<9} {'queries':<7} {'mAP(Ox)':>8} {'mAP':>7} {'mAP11':>7} "
         f"{'mAP@100S':>9} {'mP@1':>6} {'mP@10':>6} {'studyAP':>8} {'ms/query':>9}"
     )
     lines = [f"{results.collection}: {len(results.rows)} rows", header, "-" * len(header)]
     for row in results.rows:
-        name = row.recipe + ("*" if row.untrained else "")
+        name = names[id(row)]
         lines.append(
             f"{name:<{width}} {row.protocol:<9} {row.metric:<9} {row.query_mode:<7} {row.map_oxford:>8.3f} {row.map:>7.3f} "
             f"{row.map_11point:>7.3f} {row.map_at_100_store:>9.3f} {row.mp_at_1:>6.3f} "
@@ -581,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default="cosine,euclidean")
     parser.add_argument("--modes", default="cropped,full", help="cropped (standard), full, or both")
     parser.add_argument("--protocols", help="comma-separated protocols (default: every one the ground truth has)")
+    parser.add_argument(
+        "--no-query-expansion", action="store_true", help="plain rankings only (default: also rows with αQE)"
+    )
+    parser.add_argument("--qe-n", type=int, default=QUERY_EXPANSION_NEIGHBOURS, help="αQE: top results averaged in")
+    parser.add_argument("--qe-alpha", type=float, default=QUERY_EXPANSION_ALPHA, help="αQE: weight = similarity^α")
     parser.add_argument("--no-progress", action="store_true")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -622,6 +704,7 @@ def run(arguments: argparse.Namespace, modes: list[QueryMode]) -> int:
         query_modes=modes,
         protocols=[get_protocol(p.strip()) for p in arguments.protocols.split(",")] if arguments.protocols else None,
         progress=not arguments.no_progress,
+        query_expansion=None if arguments.no_query_expansion else AlphaQueryExpansion(arguments.qe_n, arguments.qe_alpha),
     )
     print(format_summary(evaluate_collection(settings, engine)))
     return 0

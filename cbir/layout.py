@@ -100,6 +100,9 @@ class CollectionRecord:
     thumbnails_only: bool = False
     image_sizes: dict[str, tuple[int, int]] | None = None  # query image id -> (width, height)
     thumbnail_max_side: int | None = None  # a bundle's thumbnails' size (None: the page's default)
+    # Query images that are not database rows (the revisited datasets), relative to `root`.
+    query_images: tuple[str, ...] = ()
+    database_order: tuple[str, ...] = ()  # the ground truth's order of the database (image ids), if it has one
 
     def missing_images_message(self) -> str:
         if self.thumbnails_only:
@@ -123,6 +126,8 @@ def write_collection_record(layout: IndexLayout, collection: Collection) -> Path
         "images_root_as_built": str(root),
         "n_images": len(collection.images),
         "queries": [query.to_json() for query in collection.queries],
+        "query_images": list(collection.query_images),
+        "database_order": list(collection.database_order),
     }
     atomic.write_text(path, json.dumps(data, indent=1))
     return path
@@ -139,6 +144,8 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
     except (OSError, ValueError) as error:
         raise IndexLoadError(f"{path} is unreadable ({error}). Rebuild it: {build_command(name, force=True)}") from None
     queries = tuple(Query.from_json(query) for query in data.get("queries", []))
+    query_images = tuple(str(image) for image in data.get("query_images", []))
+    database_order = tuple(str(image) for image in data.get("database_order", []))
     if data.get("thumbnails_only"):
         sizes = {image: (int(w), int(h)) for image, (w, h) in data.get("image_sizes", {}).items()}
         return CollectionRecord(
@@ -151,6 +158,8 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
             thumbnails_only=True,
             image_sizes=sizes,
             thumbnail_max_side=int(data.get("thumbnail_max_side") or 0) or None,
+            query_images=query_images,
+            database_order=database_order,
         )
     if "root" in data and "images_root" not in data:  # written before records were relocatable
         candidates = [Path(data["root"])]
@@ -166,4 +175,6 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
         n_images=int(data.get("n_images", 0)),
         images_found=found is not None,
         recorded_root=recorded,
+        query_images=query_images,
+        database_order=database_order,
     )

@@ -60,8 +60,12 @@ def test_results_files_are_written_and_agree_with_the_metrics(oxford):
         EvaluationSettings(index_dir=index_root, collection="oxford5k", progress=False), engine=engine
     )
     assert load_results(index_root, "oxford5k") == results
-    rows = {(r.recipe, r.metric, r.query_mode): r for r in results.rows}
+    rows = {(r.recipe, r.metric, r.query_mode): r for r in results.rows if not r.reranking}
     assert {r.protocol for r in results.rows} == {"standard"}
+    # Each plain row has its twin re-ranked by query expansion (the default).
+    assert sorted((r.metric, r.query_mode) for r in results.rows if r.reranking == "αQE (n = 50, α = 3)") == sorted(
+        (metric, mode) for _, metric, mode in rows
+    )
     assert sorted(rows) == [
         ("xception", "cosine", "cropped"),
         ("xception", "cosine", "full"),
@@ -95,8 +99,8 @@ def test_results_files_are_written_and_agree_with_the_metrics(oxford):
     folder = results_folder(index_root, "oxford5k")
     with open(folder / "per_query.csv", newline="") as handle:
         per_query = list(csv.DictReader(handle))
-    assert len(per_query) == 4 * 6
-    chosen = [r for r in per_query if r["metric"] == "euclidean" and r["query_mode"] == "cropped"]
+    assert len(per_query) == 4 * 6 * 2
+    chosen = [r for r in per_query if r["metric"] == "euclidean" and r["query_mode"] == "cropped" and not r["reranking"]]
     assert [r["query"] for r in chosen] == [q.name for q in collection.queries]
     assert [float(r["ap"]) for r in chosen] == pytest.approx([e[1] for e in expected_ap])
 
@@ -118,7 +122,7 @@ def test_evaluating_again_keeps_rows_of_other_runs(oxford):
         engine=engine,
     )  # fmt: skip
     results = load_results(index_root, "oxford5k")
-    assert len(results.rows) == 4  # the three other combinations survive from the earlier run
+    assert len(results.rows) == 8  # (2 metrics x 2 modes) x (plain, αQE): the six other rows survive the rerun
 
 
 def test_cli_downloads_builds_and_evaluates(oxford, tmp_path):
