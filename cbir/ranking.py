@@ -104,10 +104,13 @@ class AlphaQueryExpansion:
     def label(self) -> str:
         return f"αQE (n = {self.n}, α = {self.alpha:g})"
 
+    @property
+    def depth(self) -> int:
+        """Results the first search must return for this re-ranker (`rank` asks for at least these)."""
+        return self.n
+
     def __call__(self, index: LoadedIndex, query: np.ndarray, metric: Metric, ranking: Ranking) -> Ranking:
         top = np.asarray(ranking.rows[: self.n])
-        if len(top) < min(self.n, len(index)):  # the page asks for fewer results than QE reads
-            top = index.search(query, Metric.parse(metric), min(self.n, len(index)), exact=ranking.exact).rows
         if len(top) == 0:
             return ranking
         expanded = expand_query(query, np.asarray(index.descriptors[np.sort(top)]), metric, self.alpha)
@@ -179,8 +182,12 @@ def rank(
         raise ValueError("k must be at least 1")
     if exact is None:
         exact = k is None or prefers_exact(index)
-    found: Neighbours = index.search(query, metric, k, exact=exact, candidates=candidates)
+    # A re-ranker may read more results than are asked for (query expansion reads its top n).
+    depth = None if k is None else min(max([k] + [getattr(r, "depth", 0) for r in rerankers]), len(index))
+    found: Neighbours = index.search(query, metric, depth, exact=exact, candidates=candidates)
     ranking = Ranking(found.rows, found.distances, exact or k is None or index.store_is_exact)
     for reranker in rerankers:
         ranking = reranker(index, query, metric, ranking)
+    if k is not None and len(ranking.rows) > k:
+        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact)
     return ranking

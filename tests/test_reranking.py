@@ -61,6 +61,17 @@ def test_query_expansion_brings_the_answer_just_outside_the_top_three_into_it(tm
     assert expanded.exact
 
 
+def test_query_expansion_reads_its_n_neighbours_even_when_fewer_results_are_asked_for(tmp_path: Path) -> None:
+    """The page asks for the top k; expansion must still read its top n, then give back k."""
+    # Cosine with the query: A 0.944, B 0.941, C 0.921. Expanded by A and B (n = 2), C lies between
+    # them and comes first (0.969 against 0.968 for A); expanded by A alone it would stay third.
+    rows = np.array([unit(1, 0.35, 0), unit(1, 0, 0.36), unit(1, 0.3, 0.3)])
+    index = stored_index(tmp_path / "demo" / "xception", rows)
+    assert rank(index, unit(1, 0, 0), Metric.COSINE, 1).rows.tolist() == [0]
+    expanded = rank(index, unit(1, 0, 0), Metric.COSINE, 1, rerankers=[AlphaQueryExpansion(n=2, alpha=3)])
+    assert expanded.rows.tolist() == [2] and len(expanded.distances) == 1
+
+
 def test_query_expansion_keeps_a_sure_first_answer_first(tmp_path: Path) -> None:
     query = unit(1, 0, 0)
     sure = unit(1, 0.05, 0)  # cos 0.999
