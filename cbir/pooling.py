@@ -69,8 +69,11 @@ def mean_pool(outputs: np.ndarray) -> np.ndarray:
 
 def generalised_mean(outputs: np.ndarray, p: float = GEM_P) -> np.ndarray:
     """GeM: (mean of x^p)^(1/p) per channel, activations clamped to GEM_EPS first."""
-    clamped = np.maximum(_maps(outputs).astype(np.float64), GEM_EPS)
-    return (np.power(clamped, p).mean(axis=(1, 2)) ** (1.0 / p)).astype(np.float32)
+    clamped = np.maximum(_maps(outputs), np.float32(GEM_EPS))
+    # x * x * x in float32 is several times faster than np.power; the mean accumulates in float64.
+    # Other p in float64: a large p would overflow float32.
+    powered = clamped * clamped * clamped if p == 3 else np.power(clamped.astype(np.float64), p)
+    return (powered.mean(axis=(1, 2), dtype=np.float64) ** (1.0 / p)).astype(np.float32)
 
 
 def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tuple[int, int, int]]:
