@@ -86,6 +86,10 @@ class EvaluationSettings:
     # Rows with this re-ranking too, beside the plain ones (None: plain rows only).
     query_expansion: AlphaQueryExpansion | None = field(default_factory=AlphaQueryExpansion)
 
+    def __post_init__(self) -> None:
+        self.metrics = [Metric.parse(metric) for metric in self.metrics]
+        self.query_modes = [QueryMode(mode) for mode in self.query_modes]
+
     def rerankings(self) -> list[tuple[str, tuple[Reranker, ...]]]:
         """(label, re-rankers) of each ranking the evaluation scores: "" is the plain ranking."""
         plain: list[tuple[str, tuple[Reranker, ...]]] = [("", ())]

@@ -45,7 +45,11 @@ class IndexLoadError(CbirError):
 
 def build_command(collection: str, recipe_key: str | None = None, *, force: bool = False) -> str:
     """The command that (re)builds one index of a collection."""
-    source = f"--dataset {collection}" if collection in DATASETS else f"--images <folder> --name {collection}"
+    dataset, _, distractors = collection.partition("+")
+    if dataset in DATASETS:
+        source = f"--dataset {dataset}" + (" --distractors <folder>" if distractors else "")
+    else:
+        source = f"--images <folder> --name {collection}"
     command = f"python build_index.py {source}"
     if recipe_key:
         command += " " + build_options(recipe_key)
@@ -103,6 +107,7 @@ class CollectionRecord:
     # Query images that are not database rows (the revisited datasets), relative to `root`.
     query_images: tuple[str, ...] = ()
     database_order: tuple[str, ...] = ()  # the ground truth's order of the database (image ids), if it has one
+    n_distractors: int = 0  # distractor images appended to the database (R1M or a folder)
 
     def missing_images_message(self) -> str:
         if self.thumbnails_only:
@@ -128,9 +133,18 @@ def write_collection_record(layout: IndexLayout, collection: Collection) -> Path
         "queries": [query.to_json() for query in collection.queries],
         "query_images": list(collection.query_images),
         "database_order": list(collection.database_order),
+        "n_distractors": len(collection.distractors),
+        "distractors_folder": _common_folder(root, collection.distractors),
     }
     atomic.write_text(path, json.dumps(data, indent=1))
     return path
+
+
+def _common_folder(root: Path, relpaths: tuple[str, ...]) -> str | None:
+    """The folder the distractors were taken from, for the record (None without distractors)."""
+    if not relpaths:
+        return None
+    return os.path.normpath(os.path.commonpath([os.path.join(root, relpath) for relpath in relpaths]))
 
 
 def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
@@ -160,6 +174,7 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
             thumbnail_max_side=int(data.get("thumbnail_max_side") or 0) or None,
             query_images=query_images,
             database_order=database_order,
+            n_distractors=int(data.get("n_distractors") or 0),
         )
     if "root" in data and "images_root" not in data:  # written before records were relocatable
         candidates = [Path(data["root"])]
@@ -177,4 +192,5 @@ def read_collection_record(layout: IndexLayout, name: str) -> CollectionRecord:
         recorded_root=recorded,
         query_images=query_images,
         database_order=database_order,
+        n_distractors=int(data.get("n_distractors") or 0),
     )

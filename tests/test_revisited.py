@@ -415,3 +415,54 @@ def test_roxford5k_builds_over_imlist_and_evaluates_easy_medium_hard_with_and_wi
         medium.append(ap_oxford([imlist[i] for i in column], positives, {imlist[i] for i in entry["junk"]}))
     (row,) = [r for r in results.rows if (r.protocol, r.metric, r.query_mode, r.reranking) == ("medium", "cosine", "cropped", "")]
     assert np.mean(medium) == approx(row.map_oxford)
+
+
+@pytest.mark.slow
+def test_distractors_are_appended_after_imlist_and_the_ground_truth_still_scores(tmp_path: Path, oxford: dict) -> None:
+    from cbir.backbones import BACKBONES, Weights
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.datasets import with_distractors
+    from cbir.evaluate import EvaluationSettings, evaluate_collection, results_folder
+    from cbir.layout import IndexLayout, build_command, read_collection_record
+    from cbir.metrics import ap_oxford
+    from cbir.protocols import QueryMode
+    from synthetic import make_gallery
+
+    with serve_directory(oxford["archive_dir"]) as base_url:
+        plain = prepare_dataset("roxford5k", quiet_settings(tmp_path / "data", mirror=base_url))
+    make_gallery(tmp_path / "r1m" / "jpg", 6, start_seed=700)
+    collection = with_distractors(plain, tmp_path / "r1m")
+    assert collection.name == "roxford5k+r1m" and len(collection.images) == len(plain.images) + 6
+    imlist = oxford["revisited"]["imlist"]
+    assert collection.database_order[: len(imlist)] == tuple(imlist)  # ground-truth indices stay valid
+    assert all(collection.path_of(relpath).is_file() for relpath in collection.distractors)
+    assert build_command(collection.name) == "python build_index.py --dataset roxford5k --distractors <folder>"
+    # A distractor named like a database image would make the ground truth ambiguous: refused.
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    shutil.copy(plain.path_of(imlist[0]), clash / Path(plain.path_of(imlist[0])).name)
+    with pytest.raises(DatasetError, match="named like images of roxford5k"):
+        with_distractors(plain, clash)
+
+    index_dir = tmp_path / "indexes"
+    settings = BuildSettings(index_dir=index_dir, weights=Weights.parse("none"), input_size=80, progress=False,
+                             store="exact", batch_size=8)  # fmt: skip
+    build_indexes(collection, [BACKBONES["xception"]], settings)
+    assert read_collection_record(IndexLayout(index_dir), collection.name).n_distractors == 6
+    results = evaluate_collection(EvaluationSettings(
+        index_dir=index_dir, collection=collection.name, metrics=["cosine"], query_modes=[QueryMode.CROPPED],
+        query_expansion=None, progress=False,
+    ))  # fmt: skip
+    assert {row.n_images for row in results.rows} == {len(imlist) + 6}
+    ranks = np.load(results_folder(index_dir, collection.name) / "xception.ranks.npy")
+    assert ranks.shape[0] == len(imlist) + 6 and all(sorted(c) == list(range(len(imlist) + 6)) for c in ranks.T)
+    names = list(collection.database_order)
+    for protocol, labels in (("easy", ("easy",)), ("medium", ("easy", "hard")), ("hard", ("hard",))):
+        ignored_labels = {"easy": ("hard", "junk"), "medium": ("junk",), "hard": ("easy", "junk")}[protocol]
+        expected = []
+        for column, entry in zip(ranks.T, oxford["revisited"]["gnd"]):
+            positives = {imlist[i] for label in labels for i in entry[label]}
+            ignored = {imlist[i] for label in ignored_labels for i in entry[label]}
+            expected.append(ap_oxford([names[i] for i in column], positives, ignored))
+        (row,) = [r for r in results.rows if r.protocol == protocol]
+        assert np.mean(expected) == approx(row.map_oxford)

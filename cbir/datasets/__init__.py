@@ -9,7 +9,7 @@ ground truth and folders.
     folders.py      any folder of images; an extracted dataset folder
 """
 
-from cbir.datasets.folders import folder_collection, list_images, load_collection_dir
+from cbir.datasets.folders import folder_collection, list_images, load_collection_dir, with_distractors
 from cbir.datasets.groundtruth import READERS, parse_ground_truth
 from cbir.datasets.model import Box, Collection, DatasetError, GroundTruth, Query, ids_to_paths, image_id
 from cbir.datasets.prepare import DownloadSettings, dataset_dir, prepare_dataset
@@ -18,5 +18,5 @@ from cbir.datasets.registry import DATASETS, ArchiveKind, ArchiveSpec, DatasetSp
 __all__ = [
     "DATASETS", "READERS", "ArchiveKind", "ArchiveSpec", "Box", "Collection", "DatasetError", "DatasetSpec",
     "DownloadSettings", "GroundTruth", "Query", "dataset_dir", "folder_collection", "get_dataset", "ids_to_paths",
-    "image_id", "list_images", "load_collection_dir", "parse_ground_truth", "prepare_dataset",
+    "image_id", "list_images", "load_collection_dir", "parse_ground_truth", "prepare_dataset", "with_distractors",
 ]  # fmt: skip

@@ -61,6 +61,43 @@ def _split_database(
     return database_paths, tuple(sorted(query_paths))
 
 
+def with_distractors(collection: Collection, folder: Path, name: str | None = None) -> Collection:
+    """`collection` extended by every image under `folder` (revisitop's R1M, or any folder), as a
+    collection of its own, named '<collection>+<folder name>' unless `name` is given.
+
+    The distractors follow the database in the ground truth's order (so indices into it stay valid
+    for revisitop's tools), their paths relative to the collection's images folder; queries and
+    ground truth are unchanged. An image named like one of the collection's is refused: ground
+    truth names images by their file name, and would then be ambiguous.
+    """
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        raise DatasetError(f"distractors: {folder} is not a folder of images")
+    found = list_images(folder)
+    if not found:
+        raise DatasetError(f"distractors: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
+    root = Path(collection.root).absolute()
+    relpaths = tuple(Path(os.path.relpath(folder / relpath, root)).as_posix() for relpath in found)
+    taken = {image_id(relpath) for relpath in (*collection.images, *collection.query_images)}
+    clashes = sorted({image_id(relpath) for relpath in relpaths} & taken)
+    if clashes:
+        raise DatasetError(
+            f"distractors: {len(clashes)} images under {folder} are named like images of {collection.name} "
+            f"(e.g. {clashes[:3]}); ground truth names images by file name, so they would be ambiguous. "
+            "Rename or remove them."
+        )
+    order = collection.database_order + tuple(image_id(relpath) for relpath in relpaths) if collection.database_order else ()
+    return Collection(
+        name or f"{collection.name}+{folder.name}",
+        root,
+        collection.images + relpaths,
+        collection.queries,
+        collection.query_images,
+        order,
+        relpaths,
+    )
+
+
 def folder_collection(images_dir: Path, name: str) -> Collection:
     """Any folder of images, scanned recursively; hidden files and links leaving it are skipped."""
     images_dir = Path(images_dir)

@@ -110,6 +110,9 @@ class Collection:
     # The ground truth's own order of the database (revisitop's imlist, image ids): rankings written
     # for revisitop's tools index into it. Empty when the ground truth does not fix one.
     database_order: tuple[str, ...] = ()
+    # Distractor images (R1M or any folder) appended to the database: relative paths (they may lead
+    # out of `root`), also listed in `images`. Ground truth never names them.
+    distractors: tuple[str, ...] = ()
     _relpath_by_id: dict[str, str] = field(init=False, repr=False, compare=False)
     _ambiguous_ids: frozenset[str] = field(init=False, repr=False, compare=False)
     _relpaths: frozenset[str] = field(init=False, repr=False, compare=False)
