@@ -23,7 +23,17 @@ from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
 from cbir.datasets.model import ids_to_paths
 from cbir.distances import Metric
 from cbir.errors import CbirError
-from cbir.evaluate import STUDY_MEASURE_NOTE, Results, ResultRow, load_results, results_folder, study_reported
+from cbir.evaluate import (
+    REVISITED_PROTOCOLS,
+    STUDY_MEASURE_NOTE,
+    Results,
+    ResultRow,
+    RevisitedRow,
+    load_results,
+    results_folder,
+    revisited_table,
+    study_reported,
+)
 from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
 from cbir.index import IndexInfo, scan_indexes
 from cbir.layout import IndexLayout
@@ -312,6 +322,19 @@ MEASURED_HEADERS = [
 ]  # fmt: skip
 
 
+REVISITED_HEADERS = ["recipe", "metric", "queries", "re-ranking", "E mAP", "M mAP", "H mAP", "E mP@10", "M mP@10",
+                     "H mP@10"]  # fmt: skip
+
+
+def revisited_rows(lines: list[RevisitedRow]) -> list[list[Any]]:
+    return [
+        [line.recipe + (" (untrained)" if line.untrained else ""), line.metric, line.query_mode, line.reranking or "-"]
+        + [round(100 * line.map.get(p, float("nan")), 2) for p in REVISITED_PROTOCOLS]
+        + [round(100 * line.mp_at_10.get(p, float("nan")), 2) for p in REVISITED_PROTOCOLS]
+        for line in lines
+    ]
+
+
 def evaluation_tab(page: SearchPage, collection: str) -> None:
     results = load_results(page.index_root, collection)
     gr.Markdown(f"### {collection}: measured by this code")
@@ -327,6 +350,14 @@ def evaluation_tab(page: SearchPage, collection: str) -> None:
         )
         if any(row.untrained for row in results.rows):
             gr.Markdown("**Rows marked untrained come from random weights: they test the code, not the network.**")
+        revisited = revisited_table(results)
+        if revisited:
+            gr.Markdown(
+                "**As papers print it**: mAP and mP@10 (revisitop's rule) under the Easy / Medium / Hard protocols, "
+                "x 100. Compare a published table with the same protocol, cropped queries and the recipe named "
+                "(papers usually describe 1024 px images: `--input-size 1024`)."
+            )
+            gr.Dataframe(value=revisited_rows(revisited), headers=REVISITED_HEADERS, interactive=False, wrap=True)
         gr.Dataframe(value=measured_table(results), headers=MEASURED_HEADERS, interactive=False, wrap=True)
         curves = results_folder(page.index_root, collection) / results.files["pr_curves"]
         if curves.is_file():

@@ -466,3 +466,34 @@ def test_distractors_are_appended_after_imlist_and_the_ground_truth_still_scores
             expected.append(ap_oxford([names[i] for i in column], positives, ignored))
         (row,) = [r for r in results.rows if r.protocol == protocol]
         assert np.mean(expected) == approx(row.map_oxford)
+
+
+@pytest.mark.slow
+def test_build_index_evaluate_prints_the_easy_medium_hard_table_with_and_without_query_expansion(
+    tmp_path: Path, oxford: dict
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    import app
+    from cbir.evaluate import load_results, revisited_table
+
+    repo = Path(__file__).resolve().parents[1]
+    with serve_directory(oxford["archive_dir"]) as base_url:
+        result = subprocess.run(
+            [sys.executable, str(repo / "build_index.py"), "--dataset", "roxford5k", "--mirror", base_url,
+             "--data-dir", str(tmp_path / "data"), "--index-dir", str(tmp_path / "idx"), "--weights", "none",
+             "--input-size", "80", "--store", "exact", "--evaluate", "--no-progress"],
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(repo)), capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "As papers print it (revisitop's mAP and mP@10): E / M / H" in result.stdout
+    assert re.search(r"^xception \+ αQE \(n = 50, α = 3\)\* +cosine +cropped +mAP ", result.stdout, re.MULTILINE)
+    lines = revisited_table(load_results(tmp_path / "idx", "roxford5k"))
+    assert len(lines) == 2 * 2 * 2 and all(set(line.map) == {"easy", "medium", "hard"} for line in lines)
+    table = app.revisited_rows(lines)
+    assert [len(row) for row in table] == [len(app.REVISITED_HEADERS)] * len(lines)
+    first = lines[0]
+    assert table[0][4:7] == [round(100 * first.map[p], 2) for p in ("easy", "medium", "hard")]
