@@ -72,6 +72,9 @@ class Manifest:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
     whitening: WhiteningSource | None = None  # what the recipe's whitening was learned on
+    # A folder computed from another index's rows (whitened, augmented): that index's key and the
+    # sha256 of its descriptors.npy, so a rebuilt source is noticed.
+    derived_from: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.dim = self.dim or self.recipe.dim
@@ -101,6 +104,7 @@ class Manifest:
             "files": self.files,
             "created": self.created,
             "whitening": self.whitening.to_json() if self.whitening else None,
+            "derived_from": self.derived_from,
         }
         return json.dumps(data, indent=1)
 
@@ -122,6 +126,7 @@ class Manifest:
             created=data.get("created", ""),
             schema_version=version,
             whitening=WhiteningSource.from_json(data["whitening"]) if data.get("whitening") else None,
+            derived_from=dict(data["derived_from"]) if data.get("derived_from") else None,
         )
 
     @classmethod

@@ -23,6 +23,8 @@ How images are fed (written down because published numbers depend on it):
   multi-scale average of Radenovic et al.'s cnnimageretrieval, with its default exponent 1).
 - `whitening` is a PCA-whitening learned on another collection's descriptors of the same recipe
   (cbir.whitening); the folder of a whitened recipe keeps the learned transform beside its rows.
+- `dba` (database-side augmentation, k neighbours) replaces each database row by the similarity^3
+  weighted sum of itself and its k nearest rows (cbir.ranking); queries are described as without it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Recipe:
     # None: the recipe's natural shape (square for `gap`, longer side for the pooled recipes).
     input_shape: InputShape | None = None
     whitening: WhiteningSpec | None = None
+    dba: int | None = None  # database-side augmentation: neighbours per row (None: none)
 
     def __post_init__(self) -> None:
         backbone = get_backbone(self.backbone)
@@ -96,6 +99,8 @@ class Recipe:
                 "scales; choose a pooling (--pooling gem, ...) for multi-scale descriptors"
             )
         object.__setattr__(self, "scales", scales)
+        if self.dba is not None and self.dba < 1:
+            raise SettingsError(f"database-side augmentation needs at least 1 neighbour, not {self.dba}")
         base_dim = self.base.dim if self.whitening else 0
         if self.whitening and self.whitening.dim and self.whitening.dim > base_dim:
             raise SettingsError(
@@ -114,6 +119,7 @@ class Recipe:
         scales: tuple[float, ...] | None = None,
         whiten_on: str | None = None,
         whitened_dim: int | None = None,
+        dba: int | None = None,
     ) -> Recipe:
         if whitened_dim is not None and not whiten_on:
             raise SettingsError("a whitened dimension (--dim) needs a collection to learn the whitening on (--whiten-on)")
@@ -125,14 +131,14 @@ class Recipe:
             known = ", ".join(p.value for p in Pooling)
             raise SettingsError(f"unknown pooling {pooling!r}; known poolings: {known}") from None
         whitening = WhiteningSpec(whiten_on, whitened_dim) if whiten_on else None
-        return cls(backbone, pooling, input_size or 0, weights, tuple(scales or (1.0,)), None, whitening)
+        return cls(backbone, pooling, input_size or 0, weights, tuple(scales or (1.0,)), None, whitening, dba)
 
     @property
     def key(self) -> str:
         """Stable name of the descriptor kind; the index folder's name."""
-        if self.whitening is None:
-            return self.key_without_whitening
-        return f"{self.key_without_whitening}-{self.whitening.key_part}"
+        key = self.key_without_whitening + (f"-dba{self.dba}" if self.dba else "")
+        # The whitening source comes last: a collection name may hold hyphens.
+        return key if self.whitening is None else f"{key}-{self.whitening.key_part}"
 
     @property
     def key_without_whitening(self) -> str:
@@ -149,8 +155,12 @@ class Recipe:
 
     @property
     def base(self) -> Recipe:
-        """The recipe before whitening: what the network and pooling give."""
-        return replace(self, whitening=None) if self.whitening else self
+        """The recipe before whitening and DBA: what the network and pooling give."""
+        return replace(self, whitening=None, dba=None) if self.whitening or self.dba else self
+
+    @property
+    def before_dba(self) -> Recipe:
+        return replace(self, dba=None) if self.dba else self
 
     @property
     def dim(self) -> int:
@@ -182,6 +192,8 @@ class Recipe:
             parts.append(f"{len(self.scales)} scales")
         if self.whitening is not None:
             parts.append(f"whitened on {self.whitening.source}")
+        if self.dba:
+            parts.append(f"DBA k = {self.dba}")
         parts.append(f"{self.dim}-d")
         return " · ".join(parts)
 
@@ -208,6 +220,7 @@ class Recipe:
             "input_shape": self.input_shape.value,
             "scales": list(self.scales),
             "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
+            "dba": self.dba,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -221,6 +234,7 @@ class Recipe:
             "input_shape": self.input_shape.value,
             "scales": list(self.scales),
             "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
+            "dba": self.dba,
         }
 
     @classmethod
@@ -235,6 +249,7 @@ class Recipe:
             # Recipes written before the input shape was recorded fed every pooling squares.
             InputShape(data.get("input_shape", InputShape.SQUARE.value)),
             WhiteningSpec(whitening["source"], whitening.get("dim")) if whitening else None,
+            data.get("dba"),
         )
 
 
@@ -247,6 +262,8 @@ def build_options(recipe_key: str) -> str:
             options.append(f"--pooling {part}")
         elif part.startswith("ms"):
             options.append("--scales " + ",".join(part[2:].split("_")))
+        elif part.startswith("dba") and part[3:].isdigit():
+            options.append(f"--dba {part[3:]}")
         elif part.startswith("w"):
             dim = part[1:]
             options.append(f"--whiten-on {'-'.join(parts[position + 1:])}" + ("" if dim == "full" else f" --dim {dim}"))

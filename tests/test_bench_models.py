@@ -136,3 +136,34 @@ def test_bundle_benchmark_quick_run_writes_results(tmp_path):
     cold, warm = report["rows"]
     assert cold["start"] == "cold" and warm["start"] == "warm" and cold["seconds_to_page"] > 0
     assert warm["resident_mb_after_xception"] > warm["resident_mb_at_start"]
+
+
+@pytest.mark.slow
+def test_recipes_benchmark_quick_run_times_every_recipe_against_gap(tmp_path):
+    run_bench("recipes.py", "--quick", "--input-size", "80", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "recipes.json").read_text())
+    assert [row["recipe"] for row in report["extraction"]] == [
+        "xception", "xception-gem", "xception-rmac", "xception-gem-ms1_0.707_0.5",
+    ]  # fmt: skip
+    gap = report["extraction"][0]["images_per_second"]
+    for row in report["extraction"]:
+        assert row["images_per_second"] > 0
+        assert row["time_vs_gap"] == pytest.approx(gap / row["images_per_second"], abs=0.01)
+    assert {p["what"] for p in report["pooling_placement"]} >= {"gem in graph", "gem in numpy", "trunk alone"}
+    assert any(c["what"] == "exact cosine top-100, 5,063 x 512" and c["ms"] > 0 for c in report["costs"])
+
+
+def test_reranking_benchmark_quick_run_times_query_expansion_and_dba(tmp_path):
+    run_bench("reranking.py", "--quick", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "reranking.json").read_text())["rows"]
+    assert [row["what"] for row in rows] == [
+        "top 12", "top 12 + αQE", "whole ranking", "whole ranking + αQE", "DBA k = 10, every row (once per index)",
+    ]  # fmt: skip
+    assert all(row["ms"] > 0 and row["rows"] == 1000 and row["dim"] == 512 for row in rows)
+
+
+def test_resume_simulation_quick_run_resumes_half_way(tmp_path):
+    run_bench("resume.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "resume.json").read_text())
+    assert report["images"] == 20_000 and 9_000 <= report["resumed_images"] <= 10_000
+    assert report["checkpoint_files"] == report["resumed_images"] // 512

@@ -26,6 +26,7 @@ RECIPES = [
     Recipe.create("xception", pooling="gem", scales=(1, 0.707, 0.5), weights="none"),
     Recipe.create("resnet152_v2", pooling="rmac", whiten_on="paris6k", weights="none"),
     Recipe.create("xception", pooling="gem", scales=(1, 0.5), whiten_on="my-photos", whitened_dim=512, weights="none"),
+    Recipe.create("vgg16", pooling="gem", whiten_on="paris6k", whitened_dim=256, dba=10, weights="none"),
 ]
 
 
@@ -40,6 +41,7 @@ def test_the_build_command_of_a_folder_name_makes_that_recipe_again(recipe):
         scales=arguments.scales,
         whiten_on=arguments.whiten_on,
         whitened_dim=arguments.dim,
+        dba=arguments.dba,
     )
     assert settings.recipe_for(BACKBONES[arguments.backbones]) == recipe
 
@@ -52,16 +54,20 @@ def test_keys_name_pooling_scales_and_whitening():
         "xception-gem-ms1_0.707_0.5",
         "resnet152_v2-rmac-wfull-paris6k",
         "xception-gem-ms1_0.5-w512-my-photos",
+        "vgg16-gem-dba10-w256-paris6k",
     ]
+    assert RECIPES[-1].describe_label() == "vgg16 · GeM · whitened on paris6k · DBA k = 10 · 256-d"
+    assert (RECIPES[-1].base.key, RECIPES[-1].before_dba.key) == ("vgg16-gem", "vgg16-gem-w256-paris6k")
     assert build_options("xception-gem-ms1_0.5-w512-my-photos") == (
         "--backbones xception --pooling gem --scales 1,0.5 --whiten-on my-photos --dim 512"
     )
-    assert RECIPES[-1].describe_label() == "xception · GeM · 2 scales · whitened on my-photos · 512-d"
+    assert RECIPES[-2].describe_label() == "xception · GeM · 2 scales · whitened on my-photos · 512-d"
     assert RECIPES[1].describe_label() == "vgg16 · 4096-d"
 
 
 def test_dimensions_follow_the_recipe():
     study, vgg_mac, whitened_full, whitened_512 = RECIPES[1], RECIPES[2], RECIPES[4], RECIPES[5]
+    assert RECIPES[6].dim == 256
     assert (study.dim, vgg_mac.dim) == (4096, 512)
     assert (whitened_full.dim, whitened_full.base.dim) == (2048, 2048)
     assert (whitened_512.dim, whitened_512.base.dim, whitened_512.base.key) == (512, 2048, "xception-gem-ms1_0.5")
