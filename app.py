@@ -40,6 +40,7 @@ from cbir.layout import IndexLayout
 from cbir.pooling import POOLINGS
 from cbir.ranking import AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
+from cbir.self_retrieval import RECALL_AT, SelfRetrievalResults, load_self_retrieval
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 
 logger = logging.getLogger("app")
@@ -322,6 +323,25 @@ MEASURED_HEADERS = [
 ]  # fmt: skip
 
 
+SELF_RETRIEVAL_HEADERS = ["backbone · recipe", "metric", "edit", "recall@1", "recall@5", "recall@10", "MRR", "queries",
+                          "ms / query"]  # fmt: skip
+
+
+def self_retrieval_rows(results: SelfRetrievalResults) -> list[list[Any]]:
+    return [
+        [row.recipe + (" (untrained)" if row.untrained else ""), row.metric, row.edit]
+        + [round(row.recall[k], 3) for k in RECALL_AT]
+        + [round(row.mrr, 3), row.n_queries, round(1000 * row.mean_query_seconds, 1)]
+        for row in results.rows
+    ]
+
+
+def evaluate_command(collection: str) -> str:
+    """The command that evaluates every index of a collection: mAP where it has ground truth,
+    self-retrieval otherwise (cbir.evaluate chooses)."""
+    return f"python -m cbir.evaluate --collection {collection} --recipes all"
+
+
 REVISITED_HEADERS = ["recipe", "metric", "queries", "re-ranking", "E mAP", "M mAP", "H mAP", "E mP@10", "M mP@10",
                      "H mP@10"]  # fmt: skip
 
@@ -338,12 +358,17 @@ def revisited_rows(lines: list[RevisitedRow]) -> list[list[Any]]:
 def evaluation_tab(page: SearchPage, collection: str) -> None:
     results = load_results(page.index_root, collection)
     gr.Markdown(f"### {collection}: measured by this code")
-    if results is None:
+    self_retrieval = load_self_retrieval(page.index_root, collection)
+    if self_retrieval is not None:
         gr.Markdown(
-            f"Not evaluated yet. Run `python -m cbir.evaluate --collection {collection} --backbones all` "
-            f"(or `python build_index.py --dataset {collection} --evaluate`), then restart the app."
+            f"**Self-retrieval** ({len(self_retrieval.sources)} of its images x {len(self_retrieval.edits)} edits, "
+            f"measured {self_retrieval.created}). {self_retrieval.note}\n\n"
+            + "; ".join(f"**{name}**: {text}" for name, text in self_retrieval.edits.items())
         )
-    else:
+        gr.Dataframe(value=self_retrieval_rows(self_retrieval), headers=SELF_RETRIEVAL_HEADERS, interactive=False)
+    if results is None and self_retrieval is None:
+        gr.Markdown(f"Not evaluated yet. Run `{evaluate_command(collection)}`, then restart the app.")
+    elif results is not None:
         protocols = "\n".join(f"- **{name}**: {text}" for name, text in results.protocols.items())
         gr.Markdown(
             f"**Protocols.**\n{protocols}\n\n{results.note}\n\n{STUDY_MEASURE_NOTE}\n\nMeasured {results.created}."

@@ -419,8 +419,8 @@ def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | Non
     record = engine.record(settings.collection)
     if not record.queries:
         raise EvaluationError(
-            f"{settings.collection} has no ground-truth queries: only collections with ground truth "
-            "(oxford5k, paris6k) can be scored by mAP"
+            f"{settings.collection} has no ground-truth queries, so it has no mAP; its self-retrieval evaluation "
+            f"(edited photos finding their source) runs with: python -m cbir.evaluate --collection {settings.collection}"
         )
     protocols = list(settings.protocols) if settings.protocols else protocols_for(record.queries)
     if not protocols:
@@ -678,7 +678,8 @@ def recipes_to_evaluate(text: str, pooling: Pooling, built: Sequence[str]) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cbir.evaluate",
-        description="mAP of built indexes on a collection's ground-truth queries; writes results files "
+        description="mAP of built indexes on a collection's ground-truth queries (for a collection without ground "
+        "truth: the self-retrieval evaluation, edited photos finding their source); writes results files "
         "under INDEX_DIR/COLLECTION/evaluation/ that the app shows.",
     )
     parser.add_argument(
@@ -706,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--qe-n", type=int, default=QUERY_EXPANSION_NEIGHBOURS, help="αQE: top results averaged in")
     parser.add_argument("--qe-alpha", type=float, default=QUERY_EXPANSION_ALPHA, help="αQE: weight = similarity^α")
+    parser.add_argument(
+        "--self-queries",
+        type=int,
+        default=100,
+        help="collections without ground truth: images edited into queries (self-retrieval evaluation)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -739,6 +746,14 @@ def run(arguments: argparse.Namespace, modes: list[QueryMode]) -> int:
         raise IndexLoadError(
             f"nothing is built for {arguments.collection}. Build it: {build_command(arguments.collection)}"
         )
+    if not engine.record(arguments.collection).queries:
+        from cbir.self_retrieval import evaluate_self_retrieval, format_self_retrieval
+
+        metrics = [Metric.parse(m.strip()) for m in arguments.metrics.split(",") if m.strip()]
+        results = evaluate_self_retrieval(engine, arguments.collection, recipes, metrics=metrics,
+                                          queries=arguments.self_queries, progress=not arguments.no_progress)  # fmt: skip
+        print(format_self_retrieval(results))
+        return 0
     settings = EvaluationSettings(
         index_dir=arguments.index_dir,
         collection=arguments.collection,
