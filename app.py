@@ -13,6 +13,8 @@ import argparse
 import logging
 import os
 import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ CACHE_MAX_AGE_SECONDS = 3600
 # bench/results/load.md measures them (docs/performance.md, "Load").
 DEFAULT_QUEUE_SIZE = 120
 DEFAULT_K = 12
+REMEMBERED_SESSIONS = 1000  # browser sessions whose last results are kept (a few hundred bytes each)
+MAX_HISTORY = 10  # previous queries kept per session for "previous query"
 MAX_K = 100
 EXAMPLES_SHOWN = 8
 # The query expansion the page offers: the literature's alpha = 3 (cbir.ranking).
@@ -121,6 +125,10 @@ class SearchPage:
         self.index_root = Path(index_root)
         self.indexes, self.broken = scan_indexes(engine.index_dir)
         self._thumbnails: dict[str, ThumbnailFolder] = {}
+        # The images each browser session was last shown, in gallery order, so "search with the
+        # selected result" knows which image a click meant. Bounded: the oldest sessions go first.
+        self._shown: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
+        self._shown_lock = threading.Lock()
 
     def served(self, collection: str, image: str) -> str | None:
         """The thumbnail the page shows for an indexed image (never the image file itself)."""
@@ -195,6 +203,7 @@ class SearchPage:
         metric: str,
         k: float,
         expand: bool = False,
+        request: gr.Request | None = None,
     ):
         """The search event: (gallery items, status line). Problems a user can fix become messages.
         `expand`: re-rank with α-weighted query expansion."""
@@ -215,7 +224,44 @@ class SearchPage:
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
         line = status_line(result) + (f" · re-ranked by {QUERY_EXPANSION.label}" if expand else "")
-        return gallery_items(result, lambda image: self.served(collection, image)), line
+        served = lambda image: self.served(collection, image)  # noqa: E731
+        if request is not None and request.session_hash:
+            self._remember(request.session_hash, collection, [h.image for h in result.hits if served(h.image)])
+        return gallery_items(result, served), line
+
+    def _remember(self, session: str, collection: str, images: list[str]) -> None:
+        with self._shown_lock:
+            self._shown[session] = (collection, images)
+            self._shown.move_to_end(session)
+            while len(self._shown) > REMEMBERED_SESSIONS:
+                self._shown.popitem(last=False)
+
+    def result_as_query(self, selected: int | None, editor: dict | None, history: list | None,
+                        request: gr.Request | None = None):  # fmt: skip
+        """'Search with the selected result': the clicked result becomes the query (the current one
+        is kept, for 'previous query'). Returns (editor value, history)."""
+        with self._shown_lock:
+            collection, images = self._shown.get(request.session_hash if request else "", (None, []))
+        if selected is None or not 0 <= selected < len(images):
+            raise gr.Error("Click a result first, then 'Search with the selected result'.")
+        try:
+            picture = self.example_picture(collection, images[selected], None)
+        except CbirError as error:
+            raise gr.Error(_sentence(str(error))) from None
+        history = ([editor] if editor else []) + list(history or [])
+        return {"background": picture, "layers": [], "composite": picture}, history[:MAX_HISTORY]
+
+    @staticmethod
+    def previous_query(history: list | None):
+        """'Previous query': the query before the last 'search with the selected result'."""
+        if not history:
+            raise gr.Error("There is no previous query: 'Search with the selected result' keeps one.")
+        return history[0], list(history[1:])
+
+
+def selected_result(event: gr.SelectData) -> int | None:
+    """Which result a click chose (its position in the gallery)."""
+    return event.index
 
 
 def recipe_label(info: IndexInfo) -> str:
@@ -267,7 +313,8 @@ def status_line(result: SearchResult) -> str:
     total = 1000 * (result.describe_seconds + result.search_seconds)
     line = (
         f"{len(result.hits)} results in {total:.0f} ms (descriptor {1000 * result.describe_seconds:.0f} ms, "
-        f"{'exact' if result.exact else 'index'} search {1000 * result.search_seconds:.1f} ms) · {result.recipe} · "
+        f"{'exact' if result.exact else 'index'} search {1000 * result.search_seconds:.1f} ms) · {result.collection} · "
+        f"{result.recipe} · "
         + ("cosine similarity" if result.metric is Metric.COSINE else "Euclidean distance")
     )
     if result.untrained:
@@ -464,7 +511,7 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                         value=examples_for(first),
                         label="Example queries from the collection (click one)",
                         columns=EXAMPLES_SHOWN // 2,
-                        height=180,
+                        height="auto",  # a fixed height cut the captions off
                         allow_preview=False,
                     )
                 with gr.Column(scale=1):
@@ -492,6 +539,11 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                 gr.Markdown(broken_notice(page), elem_id="broken-indexes")
             status = gr.Markdown(elem_id="search-status")
             gallery = gr.Gallery(label="Most similar", columns=6, height="auto", elem_id="results")
+            with gr.Row():
+                use_result = gr.Button("Search with the selected result", elem_id="use-result", size="sm")
+                previous = gr.Button("← Previous query", elem_id="previous-query", size="sm")
+            selected = gr.State(None)
+            history = gr.State([])
         with gr.Tab("Evaluation"):
             if not collections:
                 gr.Markdown("Nothing is built or evaluated yet.")
@@ -504,6 +556,15 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
             outputs=[gallery, status],
             api_name="search",
             concurrency_limit=1,
+        )
+        search_inputs = [editor, collection, backbone, metric, k, expand]
+        gallery.select(selected_result, None, selected, api_visibility="private")
+        use_result.click(
+            page.result_as_query, inputs=[selected, editor, history], outputs=[editor, history],
+            api_visibility="private",
+        ).success(page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private")
+        previous.click(page.previous_query, inputs=[history], outputs=[editor, history], api_visibility="private").success(
+            page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private"
         )
         collection.change(on_collection, inputs=[collection], outputs=[backbone, examples], api_visibility="private")
         examples.select(on_example, inputs=[collection], outputs=[editor], api_visibility="private")

@@ -51,6 +51,7 @@ def test_captions_and_status_line_say_rank_name_score_and_untrained():
     assert app.gallery_items(result, served.get) == [("/thumbs/0123.jpg", "#1 picture_001 · cos 0.995")]
     line = app.status_line(result)
     assert "descriptor 120 ms" in line and "search 3.1 ms" in line and "untrained" in line
+    assert "· demo · xception ·" in line  # the collection is named even when the page has only one
 
 
 def test_query_is_the_composite_without_the_canvas_margin():
@@ -268,6 +269,15 @@ def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
             captions = page.locator("#results").inner_text()
             assert "#1 picture_011" in captions and "#12 " in captions
             page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+
+            # Browse by result: the fourth result becomes the query and comes back first; then back.
+            fourth = captions.split("#4 ")[1].split(" ·")[0]
+            thumbnails.nth(3).click()
+            page.keyboard.press("Escape")  # close the preview the click opened
+            page.locator("#use-result").click()
+            expect(page.locator("#results")).to_contain_text(f"#1 {fourth} ·", timeout=60_000)
+            page.locator("#previous-query").click()
+            expect(page.locator("#results")).to_contain_text("#1 picture_011 ·", timeout=60_000)
 
             page.get_by_role("tab", name="Evaluation").click()
             expect(page.get_by_text("Not evaluated yet").first).to_be_visible()
