@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import dataclass, field
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,16 @@ def _uploaded_parts(payload) -> list:
     return found
 
 
+@dataclass
+class BrowsingSession:
+    """One browser session's results and previous queries (for browsing by result)."""
+
+    collection: str | None = None
+    shown: list[str] = field(default_factory=list)  # the images of the last results, in gallery order
+    selected: int | None = None  # the result last clicked
+    history: list[Image.Image] = field(default_factory=list)  # previous queries as searched, newest first
+
+
 class SearchPage:
     """What the page's events call: the search engine plus the labels the page shows."""
 
@@ -125,10 +136,11 @@ class SearchPage:
         self.index_root = Path(index_root)
         self.indexes, self.broken = scan_indexes(engine.index_dir)
         self._thumbnails: dict[str, ThumbnailFolder] = {}
-        # The images each browser session was last shown, in gallery order, so "search with the
-        # selected result" knows which image a click meant. Bounded: the oldest sessions go first.
-        self._shown: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
-        self._shown_lock = threading.Lock()
+        # Per browser session, what "search with the selected result" and "previous query" need.
+        # Kept here rather than in gr.State: a State makes the page hold a heartbeat connection open.
+        # Bounded: the oldest sessions go first.
+        self._sessions: OrderedDict[str, BrowsingSession] = OrderedDict()
+        self._sessions_lock = threading.Lock()
 
     def served(self, collection: str, image: str) -> str | None:
         """The thumbnail the page shows for an indexed image (never the image file itself)."""
@@ -225,43 +237,50 @@ class SearchPage:
             raise gr.Error(_sentence(str(error))) from None
         line = status_line(result) + (f" · re-ranked by {QUERY_EXPANSION.label}" if expand else "")
         served = lambda image: self.served(collection, image)  # noqa: E731
-        if request is not None and request.session_hash:
-            self._remember(request.session_hash, collection, [h.image for h in result.hits if served(h.image)])
+        session = self._session(request)
+        if session is not None:
+            session.collection, session.shown = collection, [h.image for h in result.hits if served(h.image)]
+            session.selected = None
         return gallery_items(result, served), line
 
-    def _remember(self, session: str, collection: str, images: list[str]) -> None:
-        with self._shown_lock:
-            self._shown[session] = (collection, images)
-            self._shown.move_to_end(session)
-            while len(self._shown) > REMEMBERED_SESSIONS:
-                self._shown.popitem(last=False)
+    def _session(self, request: gr.Request | None) -> BrowsingSession | None:
+        if request is None or not request.session_hash:
+            return None
+        with self._sessions_lock:
+            session = self._sessions.setdefault(request.session_hash, BrowsingSession())
+            self._sessions.move_to_end(request.session_hash)
+            while len(self._sessions) > REMEMBERED_SESSIONS:
+                self._sessions.popitem(last=False)
+            return session
 
-    def result_as_query(self, selected: int | None, editor: dict | None, history: list | None,
-                        request: gr.Request | None = None):  # fmt: skip
+    def select_result(self, event: gr.SelectData, request: gr.Request | None = None) -> None:
+        """A click on a result: remembered for 'search with the selected result'."""
+        session = self._session(request)
+        if session is not None:
+            session.selected = event.index
+
+    def result_as_query(self, editor: dict | None, request: gr.Request | None = None) -> dict:
         """'Search with the selected result': the clicked result becomes the query (the current one
-        is kept, for 'previous query'). Returns (editor value, history)."""
-        with self._shown_lock:
-            collection, images = self._shown.get(request.session_hash if request else "", (None, []))
-        if selected is None or not 0 <= selected < len(images):
+        is kept, for 'previous query')."""
+        session = self._session(request)
+        if session is None or session.selected is None or not 0 <= session.selected < len(session.shown):
             raise gr.Error("Click a result first, then 'Search with the selected result'.")
         try:
-            picture = self.example_picture(collection, images[selected], None)
+            picture = self.example_picture(session.collection, session.shown[session.selected], None)
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
-        history = ([editor] if editor else []) + list(history or [])
-        return {"background": picture, "layers": [], "composite": picture}, history[:MAX_HISTORY]
+        current = query_image(editor)
+        if current is not None:  # kept as it was searched: the crop, flattened (RGBA would not save as JPEG)
+            session.history = [current.convert("RGB"), *session.history][:MAX_HISTORY]
+        return {"background": picture, "layers": [], "composite": picture}
 
-    @staticmethod
-    def previous_query(history: list | None):
+    def previous_query(self, request: gr.Request | None = None) -> dict:
         """'Previous query': the query before the last 'search with the selected result'."""
-        if not history:
+        session = self._session(request)
+        if session is None or not session.history:
             raise gr.Error("There is no previous query: 'Search with the selected result' keeps one.")
-        return history[0], list(history[1:])
-
-
-def selected_result(event: gr.SelectData) -> int | None:
-    """Which result a click chose (its position in the gallery)."""
-    return event.index
+        picture = session.history.pop(0)
+        return {"background": picture, "layers": [], "composite": picture}
 
 
 def recipe_label(info: IndexInfo) -> str:
@@ -542,8 +561,6 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
             with gr.Row():
                 use_result = gr.Button("Search with the selected result", elem_id="use-result", size="sm")
                 previous = gr.Button("← Previous query", elem_id="previous-query", size="sm")
-            selected = gr.State(None)
-            history = gr.State([])
         with gr.Tab("Evaluation"):
             if not collections:
                 gr.Markdown("Nothing is built or evaluated yet.")
@@ -558,12 +575,11 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
             concurrency_limit=1,
         )
         search_inputs = [editor, collection, backbone, metric, k, expand]
-        gallery.select(selected_result, None, selected, api_visibility="private")
-        use_result.click(
-            page.result_as_query, inputs=[selected, editor, history], outputs=[editor, history],
-            api_visibility="private",
-        ).success(page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private")
-        previous.click(page.previous_query, inputs=[history], outputs=[editor, history], api_visibility="private").success(
+        gallery.select(page.select_result, None, None, api_visibility="private")
+        use_result.click(page.result_as_query, inputs=[editor], outputs=[editor], api_visibility="private").success(
+            page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private"
+        )
+        previous.click(page.previous_query, inputs=None, outputs=[editor], api_visibility="private").success(
             page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private"
         )
         collection.change(on_collection, inputs=[collection], outputs=[backbone, examples], api_visibility="private")
