@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from collections import OrderedDict
 from pathlib import Path
@@ -61,6 +62,7 @@ DEFAULT_QUEUE_SIZE = 120
 DEFAULT_K = 12
 REMEMBERED_SESSIONS = 1000  # browser sessions whose last results are kept (a few hundred bytes each)
 MAX_HISTORY = 10  # previous queries kept per session for "previous query"
+SELECT_GRACE_SECONDS = 3.0
 MAX_K = 100
 EXAMPLES_SHOWN = 8
 # The query expansion the page offers: the literature's alpha = 3 (cbir.ranking).
@@ -263,6 +265,10 @@ class SearchPage:
         """'Search with the selected result': the clicked result becomes the query (the current one
         is kept, for 'previous query')."""
         session = self._session(request)
+        # The click's own event may still be on its way (events run concurrently): give it a moment.
+        deadline = time.monotonic() + SELECT_GRACE_SECONDS
+        while session is not None and session.selected is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         if session is None or session.selected is None or not 0 <= session.selected < len(session.shown):
             raise gr.Error("Click a result first, then 'Search with the selected result'.")
         try:
