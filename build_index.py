@@ -34,6 +34,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     source.add_argument("--images", type=Path, help="any folder of images, scanned recursively")
     source.add_argument("--name", help="the collection name for --images (default: the folder's name)")
+    source.add_argument(
+        "--distractors",
+        type=Path,
+        metavar="DIR",
+        help="append every image under DIR to the database as distractors (revisitop's R1M, or any folder): a "
+        "collection of its own, '<collection>+<DIR name>', evaluated with the same ground truth",
+    )
     parser.add_argument(
         "--backbones",
         default=DEFAULT_BACKBONE,
@@ -61,6 +68,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dim", type=int, help="dimensions the whitening keeps (e.g. 512); default: all")
     parser.add_argument(
+        "--dba",
+        type=int,
+        metavar="K",
+        help="database-side augmentation: also build the recipe with each row replaced by the weighted sum of itself "
+        "and its K nearest rows (a few seconds at Oxford5k size; queries are described as before)",
+    )
+    parser.add_argument(
         "--weights",
         default="imagenet",
         help="'imagenet' (Keras downloads and caches them under KERAS_HOME), a path to a local weights "
@@ -68,9 +82,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument(
-        "--store", default="annoy", choices=["annoy", "exact"],
-        help="the index beside the descriptors: annoy, or exact (the numpy scan only; no extra files)",
+        "--store", "--index", default="auto", choices=["auto", "exact", "annoy", "hnsw", "milvus"],
+        help="the index beside the descriptors: exact (the numpy scan only; no extra files), annoy, hnsw (hnswlib "
+        "graphs; pip install -r requirements-scale.txt), milvus (a Milvus collection at --milvus-uri), or auto: "
+        "exact up to 100,000 x 2048 descriptor floats (400,000 rows at 512-d), hnsw above (annoy without hnswlib); see "
+        "docs/performance.md",
     )  # fmt: skip
+    parser.add_argument(
+        "--milvus-uri",
+        default=os.environ.get("CBIR_MILVUS_URI"),
+        help="for --store milvus: a Milvus Lite file (./milvus.db) or a server, http://host:19530 (env "
+        "CBIR_MILVUS_URI; a token, if the server needs one, from env CBIR_MILVUS_TOKEN)",
+    )
     parser.add_argument("--n-trees", type=int, default=100, help="Annoy trees per index (more: better recall, bigger files)")
     parser.add_argument(
         "--data-dir",
@@ -103,7 +126,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="images per extraction checkpoint; an interrupted build resumes from the last one",
     )
     parser.add_argument(
-        "--evaluate", action="store_true", help="after building, run the mAP evaluation (collections with ground truth)"
+        "--evaluate", action="store_true", help="after building, evaluate: mAP for collections with ground truth, "
+        "self-retrieval (edited photos finding their source) for the others"
     )
     parser.add_argument(
         "--export-bundle",
@@ -122,6 +146,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         arguments.dataset = "oxford5k"
     if arguments.name and arguments.images is None:
         parser.error("--name goes with --images")
+    if arguments.store == "milvus" and not arguments.milvus_uri:
+        parser.error("--store milvus needs --milvus-uri (a Milvus Lite file such as ./milvus.db, or http://host:19530)")
     if arguments.batch_size < 1 or arguments.n_trees < 1:
         parser.error("--batch-size and --n-trees must be at least 1")
     if arguments.dim is not None and not arguments.whiten_on:
@@ -145,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     from cbir.backbones import Weights, parse_backbones
     from cbir.build import BuildSettings, build_indexes
     from cbir.build import collection_by_name
-    from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
+    from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset, with_distractors
     from cbir.errors import CbirError
     from cbir.pooling import Pooling
 
@@ -160,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             collection = folder_collection(arguments.images, name)
         else:
             collection = prepare_dataset(arguments.dataset, download)
+        if arguments.distractors is not None:
+            collection = with_distractors(collection, arguments.distractors)
+            logging.info("%s: %d distractors appended", collection.name, len(collection.distractors))
         whitening_source = None
         if arguments.whiten_on and arguments.whiten_on != collection.name:
             whitening_source = collection_by_name(arguments.whiten_on, arguments.index_dir, download)
@@ -171,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=arguments.batch_size,
             store=arguments.store,
             n_trees=arguments.n_trees,
+            milvus_uri=arguments.milvus_uri,
             input_size=arguments.input_size,
             force=arguments.force,
             progress=not arguments.no_progress,
@@ -179,10 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             scales=arguments.scales,
             whiten_on=arguments.whiten_on,
             whitened_dim=arguments.dim,
+            dba=arguments.dba,
         )
         outcomes = build_indexes(collection, backbones, settings, whitening_source=whitening_source)
         print_summary(outcomes, weights.untrained)
-        if arguments.evaluate:
+        if arguments.evaluate and not collection.queries:
+            from cbir.search import SearchEngine
+            from cbir.self_retrieval import evaluate_self_retrieval, format_self_retrieval
+
+            results = evaluate_self_retrieval(SearchEngine(arguments.index_dir), collection.name,
+                                              [outcome.key for outcome in outcomes], progress=not arguments.no_progress)
+            print(format_self_retrieval(results))
+        elif arguments.evaluate:
             from cbir.evaluate import EvaluationSettings, evaluate_collection, format_summary
 
             results = evaluate_collection(

@@ -8,6 +8,10 @@
     python bench/search.py --sizes 1000000 --dims 512,256 --trees 100 --candidates 1000,5000,20000 \
         --centres N/50 --name search-1m-50    # 1M rows, 50 rows a centre, as at 5k and 100k
     python bench/search.py --sizes 1000000 --dims 2048 --methods exact --name search-1m-2048
+    python bench/search.py --sizes 100000 --dims 512 --methods hnswlib,voyager,faiss-hnsw,faiss-ivf,hnsw,milvus \
+        --ef 100,200,400,800 --name search-100k-hnsw   # the HNSW libraries side by side (docs/performance.md)
+    python bench/search.py --sizes 1000000 --dims 512 --centres N/50 --methods hnsw --hnsw-m 32 --ef 200,400,800 \
+        --name search-1m-hnsw                 # the chosen store at the target size
 
 Descriptors are drawn around a few thousand centres and L2-normalised, like pooled CNN features
 after normalisation (uniform noise would make every method look bad and every index look alike).
@@ -22,7 +26,12 @@ is far easier for any index. `--centres N/50` keeps 50 rows a cluster at every N
   app's path) and plain Annoy asked for k rows at a few `search_k`;
 - annoy on PCA: Annoy built on the descriptors projected to fewer dimensions (PCA fitted on a
   sample), its candidates re-ranked exactly at full d: smaller trees, same final distances;
-- hnswlib (if installed): the peer a user would pick instead, at a few `ef` values;
+- hnswlib, Voyager, faiss HNSWFlat (also loaded with IO_FLAG_MMAP, to see whether it maps) and
+  faiss IVFFlat (if installed): the HNSW peers side by side, same M / ef_construction, a few `ef`
+  (`--ef`, `--hnsw-m`, `--ef-construction`) or `nprobe` values;
+- hnsw: the project's own HNSW store (`cbir.stores.hnsw`: its search path, exact distances of the
+  rows the graph finds), the cosine graph only;
+- milvus: the project's Milvus store on Milvus Lite (a file in the scratch folder);
 - study (N <= 5k): the original study's way, a Python loop of scipy's cosine distance then a sort.
 
 Reported per row: build seconds, file size, resident memory the loaded index adds to the process
@@ -57,7 +66,8 @@ from cbir.stores.exact import ExactStore  # noqa: E402
 from bench.common import write_report  # noqa: E402
 
 
-METHODS = ("exact", "annoy", "pca", "hnswlib", "study")
+METHODS = ("exact", "annoy", "pca", "hnswlib", "faiss-hnsw", "faiss-ivf", "voyager", "hnsw", "milvus", "study")
+DEFAULT_EFS = (100, 200, 400)
 
 
 def clustered(n: int, dim: int, centres: int, seed: int, noise: float = 0.35, chunk: int = 65_536) -> np.ndarray:
@@ -123,7 +133,8 @@ def default_centres(n: int) -> int:
 
 
 def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: list[int], methods: set[str],
-              pca_dims: list[int], scratch: Path, centres: int | None = None) -> list[dict]:  # fmt: skip
+              pca_dims: list[int], scratch: Path, centres: int | None = None, efs: tuple[int, ...] = DEFAULT_EFS,
+              graph_m: int = 16, ef_construction: int = 200, nprobes: tuple[int, ...] = (16, 32, 64)) -> list[dict]:  # fmt: skip
     centres = centres or default_centres(n)
     descriptors = clustered(n, dim, centres, seed=1)
     queries = clustered(queries_count, dim, centres, seed=2)
@@ -207,17 +218,134 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
             before = resident_mb()
             started = time.perf_counter()
             graph = hnswlib.Index(space="cosine", dim=dim)
-            graph.init_index(max_elements=n, ef_construction=200, M=16)
+            graph.init_index(max_elements=n, ef_construction=ef_construction, M=graph_m, random_seed=100)
             graph.add_items(descriptors, np.arange(n))
             build = time.perf_counter() - started
             graph.save_index(str(scratch / "hnsw.bin"))
             size = (scratch / "hnsw.bin").stat().st_size / 2**20
             (scratch / "hnsw.bin").unlink()
-            for ef in (100, 200, 400):
+            for ef in efs:
                 graph.set_ef(ef)
-                add("hnswlib", {"M": 16, "ef_construction": 200, "ef": ef},
+                add("hnswlib", {"M": graph_m, "ef_construction": ef_construction, "ef": ef},
                     lambda q: graph.knn_query(q, k=100)[0][0], build, size, before)  # fmt: skip
             del graph
+
+    if "voyager" in methods:
+        try:
+            import voyager
+        except ImportError:
+            rows.append({"method": "voyager", "note": "not installed (pip install -r requirements-scale.txt)"})
+        else:
+            before = resident_mb()
+            started = time.perf_counter()
+            graph = voyager.Index(voyager.Space.Cosine, num_dimensions=dim, M=graph_m,
+                                  ef_construction=ef_construction, random_seed=100, max_elements=n)  # fmt: skip
+            graph.add_items(descriptors, np.arange(n))
+            build = time.perf_counter() - started
+            graph.save(str(scratch / "graph.voy"))
+            size = (scratch / "graph.voy").stat().st_size / 2**20
+            (scratch / "graph.voy").unlink()
+            for ef in efs:
+                add("voyager", {"M": graph_m, "ef_construction": ef_construction, "ef": ef},
+                    lambda q: graph.query(q, k=100, query_ef=ef)[0].astype(np.int64), build, size, before)  # fmt: skip
+            del graph
+
+    if "faiss-hnsw" in methods or "faiss-ivf" in methods:
+        try:
+            import faiss
+        except ImportError:
+            faiss = None
+            rows.append({"method": "faiss", "note": "not installed (pip install -r requirements-scale.txt)"})
+    if "faiss-hnsw" in methods and faiss is not None:
+        # Inner product on L2-normalised rows is cosine; the rows here are normalised already.
+        before = resident_mb()
+        started = time.perf_counter()
+        graph = faiss.IndexHNSWFlat(dim, graph_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = ef_construction
+        graph.add(descriptors)
+        build = time.perf_counter() - started
+        path = scratch / "hnsw.faiss"
+        faiss.write_index(graph, str(path))
+        size = path.stat().st_size / 2**20
+        for ef in efs:
+            parameters = faiss.SearchParametersHNSW(efSearch=ef)
+            add("faiss HNSWFlat", {"M": graph_m, "ef_construction": ef_construction, "ef": ef},
+                lambda q: graph.search(q[None, :], 100, params=parameters)[1][0], build, size, before)  # fmt: skip
+        del graph
+        # Whether the file can be memory-mapped, measured: resident memory after loading it with IO_FLAG_MMAP.
+        before = resident_mb()
+        mapped = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        parameters = faiss.SearchParametersHNSW(efSearch=efs[-1])
+        add("faiss HNSWFlat, loaded with IO_FLAG_MMAP", {"M": graph_m, "ef": efs[-1]},
+            lambda q: mapped.search(q[None, :], 100, params=parameters)[1][0], None, size, before)  # fmt: skip
+        del mapped
+        path.unlink()
+    if "faiss-ivf" in methods and faiss is not None:
+        # IVF-Flat: the probed lists are scanned exactly, so its distances are exact (the re-ranking is built in).
+        nlist = max(16, int(4 * np.sqrt(n)))
+        before = resident_mb()
+        started = time.perf_counter()
+        quantizer = faiss.IndexFlatIP(dim)
+        inverted = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = descriptors[np.random.default_rng(5).choice(n, min(n, 40 * nlist), replace=False)]
+        inverted.train(sample)
+        inverted.add(descriptors)
+        build = time.perf_counter() - started
+        path = scratch / "ivf.faiss"
+        faiss.write_index(inverted, str(path))
+        size = path.stat().st_size / 2**20
+        path.unlink()
+        for nprobe in nprobes:
+            parameters = faiss.SearchParametersIVF(nprobe=nprobe)
+            add("faiss IVFFlat", {"nlist": nlist, "nprobe": nprobe},
+                lambda q: inverted.search(q[None, :], 100, params=parameters)[1][0], build, size, before)  # fmt: skip
+        del inverted, quantizer
+
+    if "hnsw" in methods:
+        # The project's own store and search path (cbir.stores.hnsw), cosine graph only (a build makes one
+        # graph per metric; the bench times one).
+        from cbir.stores import hnsw as hnsw_store
+
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        before = resident_mb()
+        started = time.perf_counter()
+        params = hnsw_store.build_graphs(folder, descriptors, {"M": graph_m, "ef_construction": ef_construction},
+                                         metrics=(Metric.COSINE,))  # fmt: skip
+        build = time.perf_counter() - started
+        loaded = hnsw_store.KIND.open(folder, descriptors, params)
+        size = (folder / hnsw_store.file_name(Metric.COSINE)).stat().st_size / 2**20
+        for ef in efs:
+            add("hnsw store (cbir.stores.hnsw)", {"M": graph_m, "ef_construction": ef_construction, "ef": ef},
+                lambda q: loaded.search(q, Metric.COSINE, 100, candidates=ef).rows, build, size, before)  # fmt: skip
+        loaded.close()
+        del loaded
+
+    if "milvus" in methods:
+        # The project's Milvus store on Milvus Lite (a local file, as the tests use it): the build's
+        # inserts and index, then its search path (Milvus finds the rows, their distances are exact).
+        try:
+            from cbir.stores import milvus as milvus_store
+            import milvus_lite  # noqa: F401
+        except ImportError:
+            rows.append({"method": "milvus lite", "note": "not installed (pip install -r requirements-scale.txt)"})
+        else:
+            lite = scratch / f"milvus-{n}x{dim}"
+            lite.mkdir(parents=True, exist_ok=True)
+            spec = {"uri": str(lite / "bench.db"), "collection_name": f"bench_{n}_{dim}", "M": graph_m,
+                    "ef_construction": ef_construction}  # fmt: skip
+            before = resident_mb()
+            started = time.perf_counter()
+            params = milvus_store.KIND.build(lite, descriptors, spec)
+            build = time.perf_counter() - started
+            store = milvus_store.KIND.open(lite, descriptors, params)
+            size = sum(f.stat().st_size for f in lite.rglob("*") if f.is_file()) / 2**20
+            for ef in efs:
+                add(f"milvus lite ({params['index_type']}, cbir.stores.milvus)",
+                    {"M": graph_m, "ef_construction": ef_construction, "ef": ef},
+                    lambda q: store.search(q, Metric.COSINE, 100, candidates=ef).rows, build, size, before)  # fmt: skip
+            store.close()
+            shutil.rmtree(lite, ignore_errors=True)
 
     if "study" in methods and n <= 5_000:
         try:
@@ -258,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: N/50, at most 2,000)")  # fmt: skip
     parser.add_argument("--methods", default=",".join(METHODS), help=f"any of {', '.join(METHODS)} (exact always runs)")
     parser.add_argument("--pca", default="64,256", help="reduced dimensions for the 'pca' method (those below d)")
+    parser.add_argument("--ef", default=",".join(map(str, DEFAULT_EFS)), help="HNSW search breadths (ef) to try")
+    parser.add_argument("--hnsw-m", type=int, default=16, help="HNSW links per node (M), every HNSW library")
+    parser.add_argument("--ef-construction", type=int, default=200, help="HNSW build breadth, every HNSW library")
+    parser.add_argument("--nprobe", default="16,32,64", help="IVF lists probed, for faiss-ivf")
     parser.add_argument("--name", default="search", help="results file stem under --out")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -277,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_one(n, dim, arguments.queries, [int(t) for t in arguments.trees.split(",")],
                                   [int(c) for c in arguments.candidates.split(",")], methods,
                                   [int(d) for d in arguments.pca.split(",")], Path(scratch),
-                                  centres_for(arguments.centres, n))  # fmt: skip
+                                  centres_for(arguments.centres, n), tuple(int(e) for e in arguments.ef.split(",")),
+                                  arguments.hnsw_m, arguments.ef_construction,
+                                  tuple(int(p) for p in arguments.nprobe.split(",")))  # fmt: skip
     report = {"benchmark": "search", "command": command.strip(), "cores": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d"), "metric": "cosine", "k": 100, "rows": rows}  # fmt: skip
     table = []

@@ -6,7 +6,8 @@ is left alone unless `force` is set.
 
 A whitened recipe is made from two unwhitened indexes of the same recipe: the collection's own
 (built first, and kept: it is the "before whitening" row of the evaluation) and the whitening
-source's (built first too, when the source is another collection). No image is described twice.
+source's (built first too, when the source is another collection). A recipe with DBA is made from
+the same recipe's index without it. No image is described twice.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from cbir.layout import IndexLayout, IndexLoadError, read_collection_record, wri
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores.annoy import DEFAULT_N_TREES
+from cbir.distances import Metric
+from cbir.ranking import EXACT_SEARCH_LIMIT, database_side_augmentation
+from cbir.stores import hnsw, milvus
 from cbir.whitening import WhiteningSource, learn_whitening
 
 logger = logging.getLogger(__name__)
@@ -45,8 +49,9 @@ class BuildSettings:
     weights: Weights = field(default_factory=lambda: Weights(WeightsKind.IMAGENET))
     pooling: Pooling = Pooling.GAP
     input_size: int | None = None  # None: each backbone's own size; smaller sizes are for tests
-    store: str = "annoy"
+    store: str = "annoy"  # a cbir.stores name, or "auto": chosen by the collection's size (choose_store)
     n_trees: int = DEFAULT_N_TREES
+    milvus_uri: str | None = None  # for store="milvus": a Milvus Lite file (.db) or http://host:19530
     batch_size: int = DEFAULT_BATCH_SIZE
     force: bool = False
     progress: bool = True
@@ -56,6 +61,7 @@ class BuildSettings:
     scales: tuple[float, ...] | None = None  # None: one scale
     whiten_on: str | None = None  # a collection to learn a PCA-whitening on
     whitened_dim: int | None = None  # dimensions the whitening keeps (None: all)
+    dba: int | None = None  # database-side augmentation: neighbours per row (None: none)
 
     def recipe_for(self, backbone: Backbone) -> Recipe:
         return Recipe.create(
@@ -66,10 +72,38 @@ class BuildSettings:
             scales=self.scales,
             whiten_on=self.whiten_on,
             whitened_dim=self.whitened_dim,
+            dba=self.dba,
         )
 
-    def store_spec(self) -> StoreSpec:
-        return StoreSpec(self.store, {"n_trees": self.n_trees} if self.store == "annoy" else {})
+    def store_spec(self, collection: str = "", recipe: Recipe | None = None, rows: int = 0) -> StoreSpec:
+        """The store to build for `rows` descriptors of `recipe` in `collection` ("auto" resolved)."""
+        kind = choose_store(rows, recipe.dim if recipe else 0) if self.store == "auto" else self.store
+        if kind == "annoy":
+            return StoreSpec(kind, {"n_trees": self.n_trees})
+        if kind == "milvus":
+            if not self.milvus_uri:
+                raise SettingsError("--store milvus needs --milvus-uri: a Milvus Lite file (./milvus.db) or http://host:19530")
+            if recipe is None:
+                raise ValueError("a Milvus store is named after its collection and recipe")
+            identity = {"collection": collection, "recipe": recipe.key, "weights": recipe.weights.identity}
+            return StoreSpec(kind, {"uri": milvus.normalise_uri(self.milvus_uri),
+                                    "collection_name": milvus.collection_name(collection, recipe.key),
+                                    "identity": identity})  # fmt: skip
+        return StoreSpec(kind, {})
+
+
+def choose_store(rows: int, dim: int) -> str:
+    """The store for a collection of `rows` x `dim` descriptors, from bench/results (docs/performance.md):
+    none ("exact") where the search scans every row anyway (cbir.ranking.EXACT_SEARCH_LIMIT), HNSW
+    above (under 10 ms at recall@100 >= 0.95 where a scan takes 100 ms at 1M x 512), Annoy when
+    hnswlib is not installed (requirements-scale.txt)."""
+    if rows * dim <= EXACT_SEARCH_LIMIT:
+        return "exact"
+    if hnsw.available():
+        return "hnsw"
+    logger.warning("%d x %d descriptors: an HNSW index would serve them best, but hnswlib is not installed (%s); "
+                   "building Annoy", rows, dim, hnsw.INSTALL_HINT)  # fmt: skip
+    return "annoy"
 
 
 class BuildStatus(str, Enum):
@@ -113,7 +147,7 @@ def _why_rebuild(
         return "the collection's images changed"
     if root_changed:
         return "the collection's folder changed"
-    wanted = settings.store_spec()
+    wanted = settings.store_spec(collection.name, recipe, len(manifest.images))
     if manifest.store.kind != wanted.kind or any(manifest.store.params.get(k) != v for k, v in wanted.params.items()):
         return "other store settings"
     problems = damage(folder, manifest)
@@ -141,7 +175,7 @@ def build_indexes(
     if settings.whiten_on and settings.whiten_on != collection.name:
         if whitening_source is not None and whitening_source.name != settings.whiten_on:
             raise ValueError(f"whitening source {whitening_source.name} is not {settings.whiten_on}")
-        unwhitened = replace(settings, whiten_on=None, whitened_dim=None)
+        unwhitened = replace(settings, whiten_on=None, whitened_dim=None, dba=None)
         if whitening_source is not None:
             logger.info("%s: describing it first, to learn the whitening on", whitening_source.name)
             build_indexes(whitening_source, backbones, unwhitened, extractors=extractors, on_progress=on_progress)
@@ -160,7 +194,9 @@ def build_indexes(
         base = _build_or_keep(collection, recipe.base, settings, extractors, layout, root_changed, on_progress)
         outcomes.append(base)
         if recipe.whitening is not None:
-            outcomes.append(_whiten(collection, recipe, base, settings, layout, root_changed))
+            outcomes.append(_whiten(collection, recipe.before_dba, base, settings, layout, root_changed))
+        if recipe.dba:
+            outcomes.append(_augment(collection, recipe, outcomes[-1], settings, layout, root_changed))
     return outcomes
 
 
@@ -189,6 +225,24 @@ def _kept(collection: Collection, recipe: Recipe, folder: Path) -> BuildOutcome:
     return BuildOutcome(recipe, folder, BuildStatus.UP_TO_DATE, len(manifest.images), len(manifest.skipped), reason=kept)
 
 
+def _derived(
+    collection: Collection,
+    recipe: Recipe,
+    before: BuildOutcome,
+    settings: BuildSettings,
+    layout: IndexLayout,
+    root_changed: bool,
+) -> tuple[Path, str | None, dict[str, str]]:
+    """(folder, why it must be computed again or None, what it is derived from) for an index whose
+    rows are computed from `before`'s rows (whitened or augmented)."""
+    folder = layout.index_dir(collection.name, recipe.key)
+    derived_from = {"key": before.key, "descriptors_sha256": sha256_file(before.folder / "descriptors.npy")}
+    reason = _why_rebuild(folder, collection, recipe, settings, root_changed)
+    if reason is None and Manifest.read(folder).derived_from != derived_from:
+        reason = f"its {before.key} rows changed"
+    return folder, reason, derived_from
+
+
 def _whiten(
     collection: Collection,
     recipe: Recipe,
@@ -209,16 +263,12 @@ def _whiten(
             f"the whitening is learned on {spec.source}'s {recipe.base.key} descriptors, which are not built: {error}"
         ) from None
     source_sha = sha256_file(source_folder / "descriptors.npy")
-    folder = layout.index_dir(collection.name, recipe.key)
-    reason = _why_rebuild(folder, collection, recipe, settings, root_changed)
+    folder, reason, derived_from = _derived(collection, recipe, base, settings, layout, root_changed)
     if reason is None:
         learned_on = Manifest.read(folder).whitening
-        if base.status is BuildStatus.BUILT:
-            reason = "its unwhitened rows were rebuilt"
-        elif learned_on is None or learned_on.descriptors_sha256 != source_sha:
-            reason = f"{spec.source}'s {recipe.base.key} descriptors changed"
-        else:
+        if learned_on is not None and learned_on.descriptors_sha256 == source_sha:
             return _kept(collection, recipe, folder)
+        reason = f"{spec.source}'s {recipe.base.key} descriptors changed"
     rows = load_index(base.folder, expected=recipe.base)
     whitening = learn_whitening(np.asarray(source.descriptors), spec.dim, source=f"{spec.source}/{recipe.base.key}")
     learned_on = WhiteningSource(
@@ -239,16 +289,53 @@ def _whiten(
         recipe=recipe,
         images=list(rows.manifest.images),
         skipped=list(rows.manifest.skipped),
-        store=settings.store_spec(),
+        store=settings.store_spec(collection.name, recipe, len(rows.manifest.images)),
         versions=keras_versions(),
         timings={"whitening_seconds": round(time.perf_counter() - started, 3)},
         whitening=learned_on,
+        derived_from=derived_from,
     )
     write_index(folder, whitening.apply(np.asarray(rows.descriptors)), manifest, whitening=whitening)
     rows.close()
     source.close()
     logger.info("%s/%s: whitened (%s), learned on %d descriptors of %s", collection.name, recipe.key, reason,
                 len(source), spec.source)  # fmt: skip
+    return BuildOutcome(
+        recipe, folder, BuildStatus.BUILT, len(manifest.images), len(manifest.skipped),
+        seconds=time.perf_counter() - started, reason=reason,
+    )  # fmt: skip
+
+
+def _augment(
+    collection: Collection,
+    recipe: Recipe,
+    before: BuildOutcome,
+    settings: BuildSettings,
+    layout: IndexLayout,
+    root_changed: bool,
+) -> BuildOutcome:
+    """The DBA index: every row of `before` (the same recipe without DBA) replaced by the weighted
+    sum of itself and its `recipe.dba` nearest rows, by cosine similarity (cbir.ranking)."""
+    started = time.perf_counter()
+    folder, reason, derived_from = _derived(collection, recipe, before, settings, layout, root_changed)
+    if reason is None:
+        return _kept(collection, recipe, folder)
+    rows = load_index(before.folder, expected=recipe.before_dba)
+    augmented = database_side_augmentation(np.asarray(rows.descriptors), Metric.COSINE, k=recipe.dba)
+    manifest = Manifest(
+        collection=collection.name,
+        recipe=recipe,
+        images=list(rows.manifest.images),
+        skipped=list(rows.manifest.skipped),
+        store=settings.store_spec(collection.name, recipe, len(rows.manifest.images)),
+        versions=keras_versions(),
+        timings={"dba_seconds": round(time.perf_counter() - started, 3)},
+        whitening=rows.manifest.whitening,
+        derived_from=derived_from,
+    )
+    write_index(folder, augmented, manifest, whitening=rows.whitening)
+    rows.close()
+    logger.info("%s/%s: augmented with %d neighbours per row (%s)", collection.name, recipe.key, recipe.dba, reason)
     return BuildOutcome(
         recipe, folder, BuildStatus.BUILT, len(manifest.images), len(manifest.skipped),
         seconds=time.perf_counter() - started, reason=reason,
@@ -290,7 +377,7 @@ def _build_one(
         recipe=recipe,
         images=result.images,
         skipped=result.skipped,
-        store=settings.store_spec(),
+        store=settings.store_spec(collection.name, recipe, len(result.images)),
         versions=keras_versions(),
         timings={
             "model_build_seconds": round(built - started, 3),

@@ -27,6 +27,7 @@ import numpy as np
 from cbir.distances import Metric, Neighbours
 from cbir.errors import SettingsError
 from cbir.index import LoadedIndex
+from cbir.stores import get_store_kind
 
 # Descriptor floats up to which a full numpy scan is the fastest way to recall@100 >= 0.95 on
 # 2 cores (bench/results/search.md, 100,000 rows: exact 21 ms vs Annoy 39 ms at 2048-d, 9.8 vs
@@ -158,7 +159,10 @@ def database_side_augmentation(
 
 
 def prefers_exact(index: LoadedIndex) -> bool:
-    """Whether scanning every descriptor is faster than the index's store at the same recall."""
+    """Whether scanning every descriptor is faster than the index's store at the same recall (a
+    server store such as Milvus is asked anyway: it is what the user chose to search with)."""
+    if get_store_kind(index.manifest.store.kind).serves_every_search:
+        return False
     return len(index) * index.manifest.dim <= EXACT_SEARCH_LIMIT
 
 

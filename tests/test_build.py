@@ -381,3 +381,37 @@ def test_cli_builds_a_whitened_multi_scale_recipe_in_one_command(gallery, tmp_pa
     manifest = json.loads((index_dir / "demo" / "xception-gem-ms1_0.7-w4-other" / "manifest.json").read_text())
     assert manifest["recipe"]["scales"] == [1.0, 0.7] and manifest["dim"] == 4
     assert manifest["recipe"]["input_shape"] == "longer side" and manifest["whitening"]["collection"] == "other"
+
+
+def test_dba_is_an_index_of_its_own_computed_from_the_recipe_without_it(built, gallery, extractors, tmp_path):
+    import shutil
+
+    from cbir.ranking import database_side_augmentation
+
+    root = tmp_path / "indexes"
+    shutil.copytree(built, root)
+    collection = folder_collection(gallery, "demo")
+    outcomes = build_indexes(collection, [XCEPTION], settings_for(root, dba=3), extractors=extractors)
+    assert [(o.key, o.status) for o in outcomes] == [("xception", BuildStatus.UP_TO_DATE), ("xception-dba3", BuildStatus.BUILT)]
+    plain, augmented = load_index(root / "demo" / "xception"), load_index(root / "demo" / "xception-dba3")
+    assert np.asarray(augmented.descriptors) == pytest.approx(
+        database_side_augmentation(np.asarray(plain.descriptors), "cosine", k=3), abs=1e-6
+    )
+    assert augmented.manifest.derived_from["key"] == "xception"
+    # Queries are described as for the plain index: a collection photo still finds itself first.
+    engine = SearchEngine(root, extractors=extractors)
+    assert engine.search(gallery / "picture_004.jpg", collection="demo", recipe="xception-dba3", k=1).hits[0].image == (
+        "picture_004.jpg"
+    )
+    # Its source rewritten with other rows (as by a rebuild under another TensorFlow, in an earlier
+    # run): the augmentation is computed again.
+    from cbir.index import Manifest, write_index
+
+    manifest = Manifest.read(root / "demo" / "xception")
+    write_index(root / "demo" / "xception", np.asarray(plain.descriptors)[::-1].copy(), manifest)
+    again = build_indexes(collection, [XCEPTION], settings_for(root, dba=3), extractors=extractors)
+    assert [o.status for o in again] == [BuildStatus.UP_TO_DATE, BuildStatus.BUILT]
+    assert "xception rows changed" in again[1].reason
+    assert build_indexes(collection, [XCEPTION], settings_for(root, dba=3), extractors=extractors)[1].status is (
+        BuildStatus.UP_TO_DATE
+    )

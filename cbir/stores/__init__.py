@@ -1,9 +1,9 @@
 """Where descriptors are searched: one module per store, behind one interface.
 
 Every index folder holds its raw descriptors (`descriptors.npy`), so the exact scan is always
-there; the manifest names one more store (`annoy`, or `exact` for none) with its parameters, and
-`LoadedIndex` opens it by that name. A new store is one module that defines a `StoreKind` and is
-registered here (or by `register`, as the tests do): nothing else changes.
+there; the manifest names one more store (`annoy`, `hnsw`, `milvus`, or `exact` for none) with its
+parameters, and `LoadedIndex` opens it by that name. A new store is one module that defines a
+`StoreKind` and is registered here (or by `register`, as the tests do): nothing else changes.
 
 A store ranks by the project's metric names (`cbir.distances.Metric`) and reports distances in the
 same units as the exact scan (angular distance for cosine), mapping to its own names inside.
@@ -42,6 +42,9 @@ class StoreKind:
     # recorded parameters -> the files it keeps in the index folder
     files: Callable[[dict[str, Any]], list[str]]
     exact: bool = False  # whether its answers are the exact ranking
+    # A server the user chose to search with (Milvus): it answers even where a local scan of the
+    # descriptors would be as fast (cbir.ranking.prefers_exact).
+    serves_every_search: bool = False
 
 
 STORES: dict[str, StoreKind] = {}
@@ -59,6 +62,6 @@ def get_store_kind(name: str) -> StoreKind:
         raise SettingsError(f"unknown store {name!r}; known stores: {', '.join(STORES)}") from None
 
 
-from cbir.stores import annoy, exact  # noqa: E402  (each registers itself)
+from cbir.stores import annoy, exact, hnsw, milvus  # noqa: E402  (each registers itself; libraries load lazily)
 
-__all__ = ["STORES", "Store", "StoreKind", "annoy", "exact", "get_store_kind", "register"]
+__all__ = ["STORES", "Store", "StoreKind", "annoy", "exact", "get_store_kind", "hnsw", "milvus", "register"]
