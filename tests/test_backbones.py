@@ -132,8 +132,14 @@ def test_cache_builds_once():
     cache = ExtractorCache()
     first = cache.get(recipe("xception", 80))
     assert cache.get(recipe("xception", 80)).trunk is first.trunk
-    assert cache.get(recipe("xception", 96)).trunk is not first.trunk
-    assert len(cache) == 2
+    # Fully convolutional: one trunk serves every size and pooling of a backbone.
+    assert cache.get(recipe("xception", 96)).trunk is first.trunk
+    assert cache.get(Recipe.create("xception", pooling="gem", input_size=120, weights="none")).trunk is first.trunk
+    assert len(cache) == 1
+    # VGG16's study descriptor reads fc1, which fixes the input: a trunk of its own.
+    study, mac = cache.get(recipe("vgg16", 224)), cache.get(Recipe.create("vgg16", pooling="mac", weights="none"))
+    assert study.trunk is not mac.trunk and study.trunk.input_size == 224 and mac.trunk.input_size is None
+    assert len(cache) == 3
 
 
 @pytest.mark.slow
