@@ -30,7 +30,7 @@ from cbir.errors import SettingsError
 from cbir.download import sha256_file
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
-from cbir.index import Manifest, StoreSpec, damage, load_index, write_index
+from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
 from cbir.layout import IndexLayout, IndexLoadError, read_collection_record, write_collection_record
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
@@ -38,7 +38,7 @@ from cbir.stores.annoy import DEFAULT_N_TREES
 from cbir.distances import Metric
 from cbir.ranking import EXACT_SEARCH_LIMIT, database_side_augmentation
 from cbir.stores import hnsw, milvus
-from cbir.whitening import WhiteningSource, learn_whitening
+from cbir.whitening import Whitening, WhiteningSource, learn_whitening
 
 logger = logging.getLogger(__name__)
 
@@ -284,26 +284,12 @@ def _whiten(
             "another one (Paris6k for Oxford5k and the reverse), and results are labelled accordingly",
             recipe.key,
         )
-    manifest = Manifest(
-        collection=collection.name,
-        recipe=recipe,
-        images=list(rows.manifest.images),
-        skipped=list(rows.manifest.skipped),
-        store=settings.store_spec(collection.name, recipe, len(rows.manifest.images)),
-        versions=keras_versions(),
-        timings={"whitening_seconds": round(time.perf_counter() - started, 3)},
-        whitening=learned_on,
-        derived_from=derived_from,
-    )
-    write_index(folder, whitening.apply(np.asarray(rows.descriptors)), manifest, whitening=whitening)
-    rows.close()
+    whitened = whitening.apply(np.asarray(rows.descriptors))
     source.close()
     logger.info("%s/%s: whitened (%s), learned on %d descriptors of %s", collection.name, recipe.key, reason,
                 len(source), spec.source)  # fmt: skip
-    return BuildOutcome(
-        recipe, folder, BuildStatus.BUILT, len(manifest.images), len(manifest.skipped),
-        seconds=time.perf_counter() - started, reason=reason,
-    )  # fmt: skip
+    return _write_derived(collection, recipe, rows, whitened, settings, folder, reason, started,
+                          derived_from, whitening, learned_on)  # fmt: skip
 
 
 def _augment(
@@ -322,6 +308,25 @@ def _augment(
         return _kept(collection, recipe, folder)
     rows = load_index(before.folder, expected=recipe.before_dba)
     augmented = database_side_augmentation(np.asarray(rows.descriptors), Metric.COSINE, k=recipe.dba)
+    logger.info("%s/%s: augmented with %d neighbours per row (%s)", collection.name, recipe.key, recipe.dba, reason)
+    return _write_derived(collection, recipe, rows, augmented, settings, folder, reason, started,
+                          derived_from, rows.whitening, rows.manifest.whitening)  # fmt: skip
+
+
+def _write_derived(
+    collection: Collection,
+    recipe: Recipe,
+    rows: LoadedIndex,
+    descriptors: np.ndarray,
+    settings: BuildSettings,
+    folder: Path,
+    reason: str,
+    started: float,
+    derived_from: dict[str, str],
+    whitening: Whitening | None,
+    learned_on: WhiteningSource | None,
+) -> BuildOutcome:
+    """Write an index whose rows were computed from `rows` (the same images, in the same order)."""
     manifest = Manifest(
         collection=collection.name,
         recipe=recipe,
@@ -329,13 +334,12 @@ def _augment(
         skipped=list(rows.manifest.skipped),
         store=settings.store_spec(collection.name, recipe, len(rows.manifest.images)),
         versions=keras_versions(),
-        timings={"dba_seconds": round(time.perf_counter() - started, 3)},
-        whitening=rows.manifest.whitening,
+        timings={"derive_seconds": round(time.perf_counter() - started, 3)},
+        whitening=learned_on,
         derived_from=derived_from,
     )
-    write_index(folder, augmented, manifest, whitening=rows.whitening)
+    write_index(folder, descriptors, manifest, whitening=whitening)
     rows.close()
-    logger.info("%s/%s: augmented with %d neighbours per row (%s)", collection.name, recipe.key, recipe.dba, reason)
     return BuildOutcome(
         recipe, folder, BuildStatus.BUILT, len(manifest.images), len(manifest.skipped),
         seconds=time.perf_counter() - started, reason=reason,
