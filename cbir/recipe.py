@@ -38,7 +38,7 @@ import numpy as np
 
 from cbir.backbones import BACKBONES, Weights, WeightsKind, get_backbone, resolve_input_size
 from cbir.errors import SettingsError
-from cbir.pooling import Pooling, pool
+from cbir.pooling import POOLINGS, Pooling, pool
 
 # The literature's multi-scale set: 1, 1/sqrt(2), 1/2.
 STANDARD_SCALES = (1.0, 0.707, 0.5)
@@ -183,8 +183,6 @@ class Recipe:
 
     def describe_label(self) -> str:
         """How the page names the recipe: 'xception · GeM · 3 scales · whitened on Paris6k · 512-d'."""
-        from cbir.pooling import POOLINGS
-
         parts = [self.backbone]
         if self.pooling is not Pooling.GAP:
             parts.append(POOLINGS[self.pooling].short_label)
