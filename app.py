@@ -42,7 +42,7 @@ from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
 from cbir.index import IndexInfo, scan_indexes
 from cbir.layout import IndexLayout
 from cbir.pooling import POOLINGS
-from cbir.ranking import AlphaQueryExpansion
+from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS, AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
 from cbir.self_retrieval import RECALL_AT, SelfRetrievalResults, load_self_retrieval
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
@@ -65,8 +65,6 @@ MAX_HISTORY = 10  # previous queries kept per session for "previous query"
 SELECT_GRACE_SECONDS = 3.0
 MAX_K = 100
 EXAMPLES_SHOWN = 8
-# The query expansion the page offers: the literature's alpha = 3 (cbir.ranking).
-QUERY_EXPANSION = AlphaQueryExpansion()
 # Submit on Enter anywhere but in a text field.
 ENTER_TO_SEARCH = """
 <script>
@@ -217,10 +215,12 @@ class SearchPage:
         metric: str,
         k: float,
         expand: bool = False,
+        expand_n: float = QUERY_EXPANSION_NEIGHBOURS,
+        expand_alpha: float = QUERY_EXPANSION_ALPHA,
         request: gr.Request | None = None,
     ):
         """The search event: (gallery items, status line). Problems a user can fix become messages.
-        `expand`: re-rank with α-weighted query expansion."""
+        `expand`: re-rank with α-weighted query expansion, reading the top `expand_n` results."""
         image = query_image(editor)
         if image is None:
             raise gr.Error("Add an image first: upload, paste or take a photo, then crop the part to search.")
@@ -230,14 +230,16 @@ class SearchPage:
             raise gr.Error(f"Choose a metric: {', '.join(METRICS)}.")
         k = int(max(1, min(MAX_K, k or DEFAULT_K)))
         try:
-            rerankers = (QUERY_EXPANSION,) if expand else ()
+            expansion = AlphaQueryExpansion(int(expand_n or QUERY_EXPANSION_NEIGHBOURS),
+                                            float(QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha))
+            rerankers = (expansion,) if expand else ()
             result = self.engine.search(
                 image, collection=collection, recipe=recipe, metric=metric, k=k, name="the uploaded image",
                 rerankers=rerankers,
             )  # fmt: skip
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
-        line = status_line(result) + (f" · re-ranked by {QUERY_EXPANSION.label}" if expand else "")
+        line = status_line(result) + (f" · re-ranked by {expansion.label}" if expand else "")
         served = lambda image: self.served(collection, image)  # noqa: E731
         session = self._session(request)
         if session is not None:
@@ -550,10 +552,15 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                     k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
                     expand = gr.Checkbox(
                         value=False,
-                        label=f"Query expansion ({QUERY_EXPANSION.label})",
+                        label="Query expansion (αQE)",
                         info="search again with the query averaged with its best matches: finds more views of "
                         "the same building, costs a second search",
                     )
+                    with gr.Row():
+                        expand_n = gr.Number(value=QUERY_EXPANSION_NEIGHBOURS, minimum=1, maximum=MAX_K * 2,
+                                             precision=0, label="αQE: top n read", min_width=80)  # fmt: skip
+                        expand_alpha = gr.Number(value=QUERY_EXPANSION_ALPHA, minimum=0, maximum=10,
+                                                 label="αQE: α (weight = similarity^α)", min_width=80)  # fmt: skip
                     button = gr.Button("Search", variant="primary", elem_id="search-button")
                     if not collections:
                         gr.Markdown(
@@ -575,12 +582,12 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
 
         button.click(
             page.search,
-            inputs=[editor, collection, backbone, metric, k, expand],
+            inputs=[editor, collection, backbone, metric, k, expand, expand_n, expand_alpha],
             outputs=[gallery, status],
             api_name="search",
             concurrency_limit=1,
         )
-        search_inputs = [editor, collection, backbone, metric, k, expand]
+        search_inputs = [editor, collection, backbone, metric, k, expand, expand_n, expand_alpha]
         gallery.select(page.select_result, None, None, api_visibility="private")
         use_result.click(page.result_as_query, inputs=[editor], outputs=[editor], api_visibility="private").success(
             page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private"

@@ -173,6 +173,19 @@ def test_api_search_ranks_and_scores_by_the_metric_chosen(served, client):
 
 
 @pytest.mark.slow
+def test_api_search_with_query_expansion_names_its_settings_and_refuses_nonsense(served, client):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    editor = {"background": handle_file(str(served["photos"] / "picture_005.jpg")), "layers": [], "composite": None}
+    gallery, status = client.predict(editor, "demo", "xception", "cosine", 5, True, 3, 2.0, api_name="/search")
+    assert len(gallery) == 5 and gallery[0]["caption"].startswith("#1 picture_005 ·")
+    assert status.endswith("re-ranked by αQE (n = 3, α = 2)")
+    with pytest.raises(AppError, match="less than minimum value 1"):  # the page refuses it before the search
+        client.predict(editor, "demo", "xception", "cosine", 5, True, 0, 2.0, api_name="/search")
+
+
+@pytest.mark.slow
 def test_api_search_finds_the_source_of_a_crop_at_rank_1(served, client, tmp_path):
     query = tmp_path / "crop.png"
     crop_of(served["photos"] / "picture_007.jpg", fraction=0.8, scale=1.2).save(query)
