@@ -31,7 +31,7 @@ from cbir.download import sha256_file
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
-from cbir.layout import IndexLayout, IndexLoadError, read_collection_record, write_collection_record
+from cbir.layout import DESCRIPTORS, IndexLayout, IndexLoadError, read_collection_record, write_collection_record
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores.annoy import DEFAULT_N_TREES
@@ -236,7 +236,7 @@ def _derived(
     """(folder, why it must be computed again or None, what it is derived from) for an index whose
     rows are computed from `before`'s rows (whitened or augmented)."""
     folder = layout.index_dir(collection.name, recipe.key)
-    derived_from = {"key": before.key, "descriptors_sha256": sha256_file(before.folder / "descriptors.npy")}
+    derived_from = {"key": before.key, "descriptors_sha256": sha256_file(before.folder / DESCRIPTORS)}
     reason = _why_rebuild(folder, collection, recipe, settings, root_changed)
     if reason is None and Manifest.read(folder).derived_from != derived_from:
         reason = f"its {before.key} rows changed"
@@ -262,7 +262,7 @@ def _whiten(
         raise IndexLoadError(
             f"the whitening is learned on {spec.source}'s {recipe.base.key} descriptors, which are not built: {error}"
         ) from None
-    source_sha = sha256_file(source_folder / "descriptors.npy")
+    source_sha = sha256_file(source_folder / DESCRIPTORS)
     folder, reason, derived_from = _derived(collection, recipe, base, settings, layout, root_changed)
     if reason is None:
         learned_on = Manifest.read(folder).whitening
