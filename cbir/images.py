@@ -134,6 +134,31 @@ def check_header(source: str | os.PathLike[str] | bytes, *, name: str | None = N
     return size
 
 
+def load_region(
+    path: str | os.PathLike[str],
+    box: Box,
+    *,
+    min_side: int,
+    name: str | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> Image.Image:
+    """The part of an image file inside `box` (pixels of the image as shown: EXIF orientation
+    applied), decoded no larger than needed: a JPEG decodes at the smallest DCT scale (1/2, 1/4,
+    1/8) that keeps the box's shorter side >= `min_side`, the network's input. A box drawn on a
+    phone photo (4032 x 3024) then costs a quarter of the full decode, which alone took longer
+    than the forward pass. Raises ImageError."""
+    width, height = check_header(path, name=name, limits=limits)
+    longest = max(width, height)  # the orientation is not known before decoding; this bounds the box
+    left, top, right, bottom = (min(max(value, 0.0), longest) for value in box)
+    shorter = min(abs(right - left), abs(bottom - top))
+    draft = math.ceil(min(width, height) * min_side / shorter) if shorter > min_side else None
+    picture = load_image(path, name=name, limits=limits, draft_size=draft)
+    scale = max(picture.size) / longest  # the same for both sides, whichever way the photo is turned
+    if scale != 1:
+        box = (box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale)
+    return crop_box(picture, box, limits=limits, name=name or os.fspath(path))
+
+
 def _bomb(label: str, limits: ImageLimits) -> ImageError:
     """Pillow refuses in Image.open what claims over twice its MAX_IMAGE_PIXELS, before the size is
     known to us: say what is allowed, in the same words as our own check."""

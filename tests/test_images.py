@@ -23,6 +23,7 @@ from cbir.images import (
     crop_box,
     load_for_network,
     load_image,
+    load_region,
     to_network_input,
 )
 
@@ -450,6 +451,31 @@ def test_load_for_network_with_draft_matches_the_full_decode(tmp_path):
     assert fast.shape == (224, 224, 3)
     assert fast.dtype == np.uint8
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 12
+
+
+def phone_sized(path, orientation: int = 1) -> None:
+    """A 4032 x 3024 JPEG whose red says x and green says y (as stored), with an EXIF orientation."""
+    xx, yy = np.meshgrid(np.linspace(0, 255, 4032), np.linspace(0, 255, 3024))
+    exif = Image.Exif()
+    exif[274] = orientation
+    Image.fromarray(np.stack([xx, yy, np.full_like(xx, 90)], -1).astype(np.uint8)).save(path, quality=90, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])  # 6: the camera was held upright, shown turned 90 degrees
+def test_a_box_on_a_phone_photo_decodes_only_the_pixels_the_network_reads(tmp_path, orientation):
+    path = tmp_path / "phone.jpg"
+    phone_sized(path, orientation)
+    full = load_image(path)  # as shown: EXIF orientation applied
+    width, height = full.size
+    box = (width // 4, height // 3, width // 4 + 1612, height // 3 + 1210)
+    region = load_region(path, box, min_side=299)
+    # A quarter-scale decode: 1612 x 1210 -> 403 x 303, still >= 299 on the shorter side (1/8 would not be).
+    assert region.size == (403, 303)
+    reference = crop_box(full, box).resize(region.size, Image.Resampling.BOX)
+    assert np.abs(np.asarray(region, int) - np.asarray(reference, int)).mean() < 3  # the same part of the photo
+    # A box smaller than the network's input is cut from the full-resolution image.
+    small = (100, 200, 300, 350)
+    assert np.array_equal(np.asarray(load_region(path, small, min_side=299)), np.asarray(crop_box(full, small)))
 
 
 def test_load_for_network_raises_image_error(tmp_path):
