@@ -1,19 +1,23 @@
-"""Time from pressing Search in the page to the ranked results shown, in headless Chromium.
+"""Time from pressing Search in the page to the ranked results shown, in headless Chromium, beside
+the search's own time (the handler's: decode, descriptor, search) for the same searches.
 
-    python bench/page.py               # xception at 299 px, k=12, 20 searches, 300 indexed photos
-    python bench/page.py --quick       # 96 px, 5 searches, 40 photos
+    python bench/page.py                          # 640 x 480, 1024 x 768, 4032 x 3024 photos, 10 each
+    python bench/page.py --query-widths 4032 --searches 5
+    python bench/page.py --quick                  # 96 px network, 3 searches, 40 photos
 
 The app runs in its own process, exactly as `python app.py` starts it, over a synthetic collection
-built with random weights (same arithmetic as ImageNet weights). Each search uploads a different
-photo, presses the button and waits until the gallery shows k captioned results; the first search
-(which builds the network) is reported apart, and so are the phases of the wait and the same
-searches through the API (gradio_client). Needs Debian's chromium (/usr/bin/chromium).
+built with random weights (same arithmetic as ImageNet weights). Each search chooses a different
+photo (the page uploads it then, once: timed apart as "upload"), drags a box over its middle 60 %,
+presses Search and waits until the gallery shows k thumbnails. Reported per photo size: medians of
+the page's time, the handler's time (the status line's "N results in T ms") and their difference,
+the requests the page sent to /upload during the searches (0: nothing is re-sent), and the same
+searches through the API (gradio_client, `/search_photo`). The first search of the run, which
+builds the network, is left out. Needs Debian's chromium (/usr/bin/chromium).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -30,41 +34,48 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 CHROMIUM = "/usr/bin/chromium"
+BOX_FRACTION = 0.6  # the box drawn: the middle 60 % of each side
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="xception")
-    parser.add_argument("--searches", type=int, default=20)
-    parser.add_argument("--photos", type=int, default=300)
+    parser.add_argument("--searches", type=int, default=10, help="timed searches per photo size")
+    parser.add_argument("--photos", type=int, default=300, help="indexed photos")
     parser.add_argument("--k", type=int, default=12)
     parser.add_argument("--input-size", type=int)
-    parser.add_argument("--query-width", type=int, default=1024, help="width of the uploaded photos (4:3)")
+    parser.add_argument("--query-widths", default="640,1024,4032", help="widths of the uploaded photos (4:3)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--name", default=None, help="results file stem (default page, or page-quick)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     arguments = parser.parse_args(argv)
     if arguments.quick:
-        arguments.searches, arguments.photos = 5, 40
+        arguments.searches, arguments.photos = 3, 40
         arguments.input_size = arguments.input_size or 96
+    widths = [int(width) for width in arguments.query_widths.split(",")]
     command = "python bench/page.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from playwright.sync_api import sync_playwright
     from synthetic import make_gallery
 
-    from bench.common import cpu_model
+    from bench.common import write_report
     from cbir.backbones import Weights, get_backbone
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import folder_collection
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        photos = make_gallery(scratch / "photos", arguments.photos, width=1024, height=768)
-        queries = make_gallery(scratch / "queries", arguments.searches + 1, width=arguments.query_width, height=arguments.query_width * 3 // 4, start_seed=10_000)
+        make_gallery(scratch / "photos", arguments.photos, width=1024, height=768)
+        queries = {
+            width: make_gallery(scratch / f"queries-{width}", arguments.searches, width=width, height=width * 3 // 4,
+                                start_seed=10_000 + width)  # fmt: skip
+            for width in widths
+        }
+        warm_up = make_gallery(scratch / "warm-up", 1, width=800, height=600, start_seed=9_999)[0]
         settings = BuildSettings(
             index_dir=scratch / "indexes", weights=Weights.parse("none"), input_size=arguments.input_size, progress=False
         )
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
-        del photos
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -76,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}/"
+        measured: dict[int, dict[str, list[float]]] = {}
         try:
             for _ in range(240):
                 try:
@@ -83,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 except OSError:
                     time.sleep(0.5)
-            times, handler_ms, phases, uploads_per_search = [], [], [], []
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
                     executable_path=CHROMIUM,
@@ -91,90 +102,143 @@ def main(argv: list[str] | None = None) -> int:
                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
                 )
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                # Files the page uploads per search: the image editor sends its images before the event runs.
-                uploads = []
-                page.on("request", lambda request: uploads.append(request.url) if request.url.endswith("/upload") else None)
-                page.goto(url, wait_until="networkidle")
+                uploads: list[str] = []
+                page.on("request", lambda request: uploads.append(request.url) if "/upload" in request.url else None)
+                page.goto(url, wait_until="load")
+                page.locator("#search-button").wait_for()
                 page.locator("input[type=range]").first.fill(str(arguments.k))
-                for number, query in enumerate(queries):
-                    page.locator("input[type=file]").first.set_input_files(str(query))
-                    page.wait_for_timeout(1200)  # let the editor draw the upload before pressing
-                    tracker = "document.querySelector('#search-status [data-testid=status-tracker]')"
-                    uploads.clear()
-                    started = time.perf_counter()
-                    page.locator("#search-button").click()
-                    # Gradio shows a progress tracker on the outputs while the event runs: wait for it
-                    # to appear and to go, then for every result thumbnail to be drawn.
-                    page.wait_for_function(f"() => !{tracker}.classList.contains('hide')", timeout=120_000, polling=5)
-                    shown = time.perf_counter()
-                    page.wait_for_function(f"() => {tracker}.classList.contains('hide')", timeout=120_000, polling=5)
-                    answered = time.perf_counter()
-                    page.wait_for_function(
-                        "(k) => { const images = [...document.querySelectorAll('#results img')]; "
-                        "return images.length === k && images.every((i) => i.complete && i.naturalWidth > 0); }",
-                        arg=arguments.k,
-                        timeout=120_000,
-                        polling=5,
-                    )
-                    elapsed = time.perf_counter() - started
-                    phases.append((shown - started, answered - shown, started + elapsed - answered))
-                    status = page.locator("#search-status").inner_text()
-                    handler_ms.append(float(re.search(r"results in (\d+) ms", status).group(1)))
-                    times.append(elapsed)
-                    uploads_per_search.append(len(uploads))
-                    print(f"search {number}: {1000 * elapsed:.0f} ms (descriptor + search {handler_ms[-1]:.0f} ms; "
-                          f"until running {1000 * phases[-1][0]:.0f}, running {1000 * phases[-1][1]:.0f}, drawing "
-                          f"{1000 * phases[-1][2]:.0f})", flush=True)
+                search(page, warm_up, arguments.k)  # builds and traces the network: set-up, not search time
+                for width in widths:
+                    runs = measured[width] = {"page": [], "handler": [], "upload": [], "uploads_during": []}
+                    for number, query in enumerate(queries[width]):
+                        uploads.clear()
+                        upload, elapsed, handler, during = search(page, query, arguments.k, uploads)
+                        for key, value in (("page", elapsed), ("handler", handler), ("upload", upload),
+                                           ("uploads_during", during)):  # fmt: skip
+                            runs[key].append(value)
+                        print(f"{width} px, search {number}: page {1000 * elapsed:.0f} ms, handler {1000 * handler:.0f}"
+                              f" ms, upload when chosen {1000 * upload:.0f} ms, {during} uploads during the search",
+                              flush=True)  # fmt: skip
                 browser.close()
-            # The same searches through Gradio's API (gradio_client): no canvas in the way.
+            # The same searches through Gradio's API (gradio_client): the file, the box, the rest.
             from gradio_client import Client, handle_file
 
             client = Client(url, verbose=False)
-            api_times = []
-            for query in queries[1:]:
-                started = time.perf_counter()
-                editor = {"background": handle_file(str(query)), "layers": [], "composite": None}
-                client.predict(editor, "bench", arguments.backbone, "cosine", arguments.k, api_name="/search")
-                api_times.append(time.perf_counter() - started)
+            for width in widths:
+                measured[width]["api"] = []
+                for query in queries[width]:
+                    height = width * 3 // 4
+                    box = middle_box(width, height)
+                    started = time.perf_counter()
+                    client.predict(handle_file(str(query)), ",".join(map(str, box)), "bench", arguments.backbone,
+                                   "cosine", arguments.k, api_name="/search_photo")  # fmt: skip
+                    measured[width]["api"].append(time.perf_counter() - started)
         finally:
             app.terminate()
             app.wait(timeout=30)
+        file_sizes = {width: statistics.median(path.stat().st_size for path in queries[width]) for width in widths}
 
-    first, rest = times[0], times[1:]
+    def median_ms(values: list[float]) -> float:
+        return round(1000 * statistics.median(values), 1)
+
+    rows, sizes = [], []
+    for width in widths:
+        runs = measured[width]
+        page_ms, handler_ms = median_ms(runs["page"]), median_ms(runs["handler"])
+        overheads = [page - handler for page, handler in zip(runs["page"], runs["handler"])]
+        size = {
+            "photo": f"{width} x {width * 3 // 4}",
+            "jpeg_bytes": int(file_sizes[width]),
+            "searches": len(runs["page"]),
+            "page_median_ms": page_ms,
+            "handler_median_ms": handler_ms,
+            "page_minus_handler_median_ms": median_ms(overheads),
+            "page_over_handler": round(page_ms / handler_ms, 2),
+            "page_p90_ms": round(1000 * sorted(runs["page"])[int(0.9 * (len(runs["page"]) - 1))], 1),
+            "upload_when_chosen_median_ms": median_ms(runs["upload"]),
+            "uploads_during_searches": int(sum(runs["uploads_during"])),
+            "api_median_ms": median_ms(runs["api"]),
+            "page_ms": [round(1000 * t, 1) for t in runs["page"]],
+            "handler_ms": [round(1000 * t, 1) for t in runs["handler"]],
+        }
+        sizes.append(size)
+        rows.append([size["photo"], f"{size['jpeg_bytes'] / 1e6:.2f} MB", size["searches"], page_ms, handler_ms,
+                     size["page_minus_handler_median_ms"], size["page_over_handler"], size["uploads_during_searches"],
+                     size["upload_when_chosen_median_ms"], size["api_median_ms"]])  # fmt: skip
     report = {
         "benchmark": "page",
         "command": command.strip(),
         "cores": os.cpu_count(),
-        "cpu": cpu_model(),
         "date": time.strftime("%Y-%m-%d"),
         "backbone": arguments.backbone,
         "input_size": arguments.input_size or get_backbone(arguments.backbone).input_size,
         "k": arguments.k,
         "indexed_photos": arguments.photos,
-        "first_search_ms": round(1000 * first, 1),
-        "searches": len(rest),
-        "median_ms": round(1000 * statistics.median(rest), 1),
-        "p90_ms": round(1000 * sorted(rest)[int(0.9 * (len(rest) - 1))], 1),
-        # What the server's handler spent (descriptor + search); the rest is upload, Gradio and drawing.
-        "handler_median_ms": round(statistics.median(handler_ms[1:]), 1),
-        # Where the page's time goes, medians: from the click until the event runs (the browser
-        # exports the editor's canvas), the event running (upload, decoding, handler, gallery), drawing.
-        "phases_median_ms": {
-            name: round(1000 * statistics.median(phase[i] for phase in phases[1:]), 1)
-            for i, name in enumerate(("until_running", "running", "drawing"))
-        },
-        "api_median_ms": round(1000 * statistics.median(api_times), 1),
-        "all_ms": [round(1000 * t, 1) for t in rest],
-        "handler_ms": handler_ms[1:],
-        # Every search, the first included: Gradio's ImageEditor uploads background, layer and
-        # composite before the event runs, sometimes several times over.
-        "uploads_per_search": uploads_per_search,
+        "box": f"the middle {BOX_FRACTION:.0%} of each side, drawn with the mouse",
+        "sizes": sizes,
     }
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    stem = "page-quick" if arguments.quick else "page"
-    (arguments.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({key: value for key, value in report.items() if key != "all_ms"}, indent=1))
+    stem = arguments.name or ("page-quick" if arguments.quick else "page")
+    write_report(
+        arguments.out, stem, report,
+        f"Click to results in headless Chromium vs the handler's own time, medians of {arguments.searches} "
+        f"(`{report['command']}`, {arguments.backbone} at {report['input_size']} px, {arguments.photos} photos, k "
+        f"{arguments.k}, a box drawn on each photo; {report['date']}, {report['cores']} cores)",
+        ["photo", "JPEG", "searches", "page ms", "handler ms", "page - handler ms", "page / handler",
+         "uploads during searches", "upload when chosen ms", "API ms"],
+        rows,
+    )  # fmt: skip
     return 0
+
+
+def middle_box(width: int, height: int) -> tuple[int, int, int, int]:
+    margin_x, margin_y = round(width * (1 - BOX_FRACTION) / 2), round(height * (1 - BOX_FRACTION) / 2)
+    return (margin_x, margin_y, width - margin_x, height - margin_y)
+
+
+def search(page, photo: Path, k: int, uploads: list[str] | None = None) -> tuple[float, float, float, int]:
+    """Choose `photo`, drag the middle box, press Search: (seconds from choosing to the photo shown,
+    seconds from the click to k thumbnails drawn, the handler's seconds, uploads during the search)."""
+    started = time.perf_counter()
+    page.locator("#query-image input[type=file]").set_input_files(str(photo))
+    page.wait_for_function(
+        "(name) => { const i = document.querySelector('#query-image .image-frame img'); "
+        "return i && i.complete && i.naturalWidth > 0 && decodeURIComponent(i.src).endsWith('/' + name); }",
+        arg=photo.name,
+        timeout=120_000,
+        polling=5,
+    )
+    chosen = time.perf_counter() - started
+    image = page.locator("#query-image .image-frame img")
+    left, top, scale, width, height = image.evaluate(
+        "(img) => { const r = img.getBoundingClientRect(); "
+        "const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight); "
+        "return [r.left + (r.width - img.naturalWidth * s) / 2, r.top + (r.height - img.naturalHeight * s) / 2, s, "
+        "img.naturalWidth, img.naturalHeight]; }"
+    )
+    box = middle_box(width, height)
+    page.mouse.move(left + box[0] * scale, top + box[1] * scale)
+    page.mouse.down()
+    page.mouse.move(left + box[2] * scale, top + box[3] * scale, steps=5)
+    page.mouse.up()
+    uploads_before = len(uploads) if uploads is not None else 0
+    tracker = "document.querySelector('#search-status [data-testid=status-tracker]')"
+    started = time.perf_counter()
+    page.locator("#search-button").click()
+    # Gradio shows a progress tracker on the outputs while the event runs: wait for it to appear and
+    # to go, then for every result thumbnail to be drawn.
+    page.wait_for_function(f"() => !{tracker}.classList.contains('hide')", timeout=120_000, polling=5)
+    page.wait_for_function(f"() => {tracker}.classList.contains('hide')", timeout=120_000, polling=5)
+    page.wait_for_function(
+        "(k) => { const images = [...document.querySelectorAll('#results img')]; "
+        "return images.length === k && images.every((i) => i.complete && i.naturalWidth > 0); }",
+        arg=k,
+        timeout=120_000,
+        polling=5,
+    )
+    elapsed = time.perf_counter() - started
+    status = page.locator("#search-status").inner_text()
+    handler = float(re.search(r"results in (\d+) ms", status).group(1)) / 1000
+    return chosen, elapsed, handler, (len(uploads) - uploads_before) if uploads is not None else 0
 
 
 if __name__ == "__main__":

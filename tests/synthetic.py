@@ -54,3 +54,18 @@ def crop_of(path: Path, fraction: float = 0.7, scale: float = 1.3) -> Image.Imag
         x0, y0 = (width - w) // 2, (height - h) // 2
         crop = image.crop((x0, y0, x0 + w, y0 + h))
         return crop.resize((int(w * scale), int(h * scale)), Image.Resampling.BICUBIC)
+
+
+def phone_photo(
+    path: Path, inside: Path, around: Path, *, size: tuple[int, int] = (4032, 3024)
+) -> tuple[int, int, int, int]:
+    """Write a phone-sized JPEG of `around` (scaled up to fill it) with `inside` in one part of it,
+    and return that part's box in the photo's pixels: searched whole, the photo looks like `around`;
+    searched by the box, like `inside`."""
+    width, height = size
+    with Image.open(around) as background, Image.open(inside) as part:
+        photo = background.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        box = (width // 2, height // 3, width // 2 + width * 2 // 5, height // 3 + height * 2 // 5)
+        photo.paste(part.convert("RGB").resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.BICUBIC), box[:2])
+    photo.save(path, "JPEG", quality=90)
+    return box

@@ -1,0 +1,353 @@
+"""Photos a visitor gives the page, made into a searchable collection: the limits, the safe
+unpacking of a zip, and the private collections of browser sessions.
+
+What a visitor sends is treated like an archive from the internet (cbir.archives): a zip member
+that would land outside the target (absolute, "../", a link) refuses the whole zip; the count of
+members, the bytes written and each image's pixels are bounded before or while they are written,
+so a zip bomb costs nothing (the sizes a zip declares can lie: the bytes are counted as they are
+written). Images the network cannot read are not refused here: the build skips and lists them,
+as it does for a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+
+from cbir.backbones import Backbone, ExtractorCache
+from cbir.build import BuildOutcome, BuildSettings, build_indexes
+from cbir.datasets import folder_collection
+from cbir.errors import CbirError
+from cbir.images import IMAGE_SUFFIXES
+from cbir.search import SearchEngine
+
+logger = logging.getLogger(__name__)
+
+COPY_CHUNK = 1 << 20
+
+
+class UploadError(CbirError):
+    """An upload that is refused: over a limit, an unsafe or unreadable zip, no images."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one upload may hold. Each image's pixels are bounded by the build's ImageLimits."""
+
+    max_images: int = 200
+    max_bytes: int = 200 * 2**20  # every image together, as written (after unzipping)
+    max_zip_members: int = 1_000  # files and folders in one zip, images or not
+
+    def describe(self) -> str:
+        return (
+            f"up to {self.max_images} images or zips of them, {self.max_bytes // 2**20} MB in all "
+            f"(after unzipping), {self.max_zip_members:,} files per zip"
+        )
+
+
+@dataclass
+class GatheredUpload:
+    """The images of an upload, written under `folder`, and what was left out and why."""
+
+    folder: Path
+    images: list[str] = field(default_factory=list)  # relative POSIX paths under `folder`
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (name as sent, why)
+
+
+def gather_upload(files: Sequence[Path], folder: Path, limits: UploadLimits = UploadLimits()) -> GatheredUpload:
+    """Write the images among `files` (images, or zips of images) into `folder`, within `limits`.
+
+    Raises UploadError (and leaves `folder` out of use: the caller removes it) for anything
+    refused as a whole: an unsafe or corrupt zip, too many members, images or bytes, or no image.
+    """
+    gathered = GatheredUpload(Path(folder))
+    gathered.folder.mkdir(parents=True, exist_ok=True)
+    budget = _Budget(limits)
+    for file in files:
+        file = Path(file)
+        if file.suffix.lower() == ".zip":
+            _unzip(file, gathered, budget, limits)
+        elif file.suffix.lower() in IMAGE_SUFFIXES:
+            with open(file, "rb") as source:
+                _write(source, file.name, file.name, gathered, budget)
+        else:
+            gathered.ignored.append((file.name, "not an image or a zip"))
+    if not gathered.images:
+        raise UploadError(
+            f"no images in what was sent ({', '.join(sorted(IMAGE_SUFFIXES))}, or a .zip of them)"
+            + (f"; left out: {', '.join(name for name, _ in gathered.ignored[:5])}" if gathered.ignored else "")
+        )
+    return gathered
+
+
+class _Budget:
+    """Images and bytes written so far, against the limits."""
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.images = 0
+        self.bytes = 0
+
+    def take_image(self, name: str) -> None:
+        self.images += 1
+        if self.images > self.limits.max_images:
+            raise UploadError(f"too many images: at most {self.limits.max_images} per upload ({name} is one more)")
+
+    def take_bytes(self, count: int, name: str) -> None:
+        self.bytes += count
+        if self.bytes > self.limits.max_bytes:
+            raise UploadError(
+                f"too large: at most {self.limits.max_bytes // 2**20} MB of images per upload, after unzipping "
+                f"(reached at {name})"
+            )
+
+
+def _unzip(archive: Path, gathered: GatheredUpload, budget: _Budget, limits: UploadLimits) -> None:
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            members = opened.infolist()
+            if len(members) > limits.max_zip_members:
+                raise UploadError(
+                    f"{archive.name} holds {len(members):,} files: at most {limits.max_zip_members:,} per zip"
+                )
+            declared = sum(member.file_size for member in members if _is_image_name(member.filename))
+            if declared > limits.max_bytes:  # said up front; what is written is counted again below
+                raise UploadError(
+                    f"{archive.name} unzips to {declared / 2**20:.0f} MB of images: at most "
+                    f"{limits.max_bytes // 2**20} MB per upload"
+                )
+            for member in members:  # every name is checked before anything is written
+                _check_member(archive, member)
+            for member in members:
+                if member.is_dir():
+                    continue
+                if not _is_image_name(member.filename) or _hidden(member.filename):
+                    gathered.ignored.append((f"{archive.name}:{member.filename}", "not an image"))
+                    continue
+                if member.flag_bits & 0x1:
+                    raise UploadError(f"{archive.name}: {member.filename} is encrypted; send it unencrypted")
+                with opened.open(member) as source:
+                    _write(source, member.filename, f"{archive.name}:{member.filename}", gathered, budget)
+    except zipfile.BadZipFile as error:
+        raise UploadError(f"{archive.name} is not a zip this app can read ({error})") from None
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as error:
+        if isinstance(error, UploadError):
+            raise
+        raise UploadError(f"{archive.name} cannot be unzipped ({type(error).__name__}: {error})") from None
+
+
+def _check_member(archive: Path, member: zipfile.ZipInfo) -> None:
+    name = member.filename.replace("\\", "/")
+    if name.startswith("/") or PureWindowsPath(member.filename).drive:
+        raise UploadError(f"refusing {archive.name}: member {member.filename!r} has an absolute path")
+    normal = posixpath.normpath(name)
+    if normal == ".." or normal.startswith("../"):
+        raise UploadError(f"refusing {archive.name}: member {member.filename!r} would be written outside its folder")
+    if stat.S_ISLNK(member.external_attr >> 16):
+        raise UploadError(f"refusing {archive.name}: member {member.filename!r} is a link")
+
+
+def _is_image_name(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.replace("\\", "/").split("/"))
+
+
+def _write(source, name: str, label: str, gathered: GatheredUpload, budget: _Budget) -> None:
+    """Copy one image into the upload's folder under a safe, unique name, counting its bytes."""
+    budget.take_image(label)
+    relative = _unique(gathered.folder, _safe_name(name))
+    target = gathered.folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        while chunk := source.read(COPY_CHUNK):
+            budget.take_bytes(len(chunk), label)
+            out.write(chunk)
+    gathered.images.append(relative)
+
+
+def _safe_name(name: str) -> str:
+    """A relative POSIX path of plain parts: no '..', no leading dots, no odd characters."""
+    parts = [part for part in posixpath.normpath(name.replace("\\", "/")).split("/") if part not in ("", ".", "..")]
+    parts = [re.sub(r"[^\w.\- ]", "_", part).lstrip(".") or "_" for part in parts]
+    return "/".join(parts[-3:]) or "image"
+
+
+def _unique(folder: Path, relative: str) -> str:
+    stem, suffix = posixpath.splitext(relative)
+    candidate, number = relative, 1
+    while (folder / candidate).exists():
+        number += 1
+        candidate = f"{stem}_{number}{suffix}"
+    return candidate
+
+
+ProgressCallback = Callable[[int, int], None]  # (images described, images in all)
+
+
+def add_collection(
+    files: Sequence[Path],
+    name: str,
+    backbone: Backbone,
+    *,
+    images_root: Path,
+    index_dir: Path,
+    settings: BuildSettings,
+    extractors: ExtractorCache,
+    limits: UploadLimits = UploadLimits(),
+    on_progress: ProgressCallback | None = None,
+) -> tuple[str, list[BuildOutcome], list[tuple[str, str]]]:
+    """Gather `files` into `images_root`/NAME and build NAME's index under `index_dir` with `backbone`
+    (the weights and limits of `settings`): (NAME, the build's outcomes, what was left out and why).
+    A collection of that name sent before is replaced."""
+    name = collection_name(name)
+    images = Path(images_root) / name
+    if images.exists():
+        shutil.rmtree(images)
+    try:
+        gathered = gather_upload(files, images, limits)
+    except UploadError:
+        shutil.rmtree(images, ignore_errors=True)
+        raise
+    build = BuildSettings(
+        index_dir=Path(index_dir),
+        weights=settings.weights,
+        input_size=settings.input_size,
+        store="exact",  # a few hundred images: a scan is the fastest search
+        progress=False,
+        limits=settings.limits,
+        force=True,  # the images under this name are new ones
+    )
+    report = (lambda _key, done, total: on_progress(done, total)) if on_progress else None
+    outcomes = build_indexes(folder_collection(images, name), [backbone], build, extractors=extractors, on_progress=report)
+    return name, outcomes, gathered.ignored
+
+
+@dataclass
+class PrivateCollection:
+    name: str
+    engine: SearchEngine  # over this session's own index folder
+    outcomes: list[BuildOutcome]
+    ignored: list[tuple[str, str]]
+
+
+class PrivateCollections:
+    """Each browser session's own collections, in a folder of its own under `root`, searched by an
+    engine of its own that shares the networks (`extractors`). A session's folder is removed when
+    the session ends (`drop`), and the oldest sessions' when more than `max_sessions` hold one.
+
+    `keep=True` (a local, single-user run): every session shares one set of collections, kept
+    under `root` across sessions and restarts."""
+
+    SHARED = "kept"
+
+    def __init__(
+        self,
+        root: Path | None,
+        settings: BuildSettings,
+        extractors: ExtractorCache,
+        *,
+        limits: UploadLimits = UploadLimits(),
+        max_sessions: int = 20,
+        keep: bool = False,
+    ) -> None:
+        if keep and root is None:
+            raise ValueError("kept collections need a folder")
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="cbir-uploads-"))
+        self.settings = settings
+        self.extractors = extractors
+        self.limits = limits
+        self.max_sessions = max_sessions
+        self.keep = keep
+        self._sessions: OrderedDict[str, dict[str, PrivateCollection]] = OrderedDict()
+        self._lock = threading.Lock()
+        if keep:
+            self._sessions[self.SHARED] = self._kept_before()
+
+    def _kept_before(self) -> dict[str, PrivateCollection]:
+        """The collections a kept folder holds from earlier runs."""
+        engine = SearchEngine(self.folder(self.SHARED) / "indexes", extractors=self.extractors)
+        return {info.collection: PrivateCollection(info.collection, engine, [], []) for info in engine.available()}
+
+    def folder(self, session: str) -> Path:
+        if self.keep:
+            session = self.SHARED
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session):
+            raise ValueError(f"not a session id: {session!r}")
+        return self.root / session
+
+    def _session(self, session: str | None) -> str:
+        return self.SHARED if self.keep else (session or "")
+
+    def add(
+        self,
+        session: str,
+        files: Sequence[Path],
+        name: str,
+        backbone: Backbone,
+        on_progress: ProgressCallback | None = None,
+    ) -> PrivateCollection:
+        """Gather `files`, describe them with `backbone`, and keep the collection for `session`."""
+        folder = self.folder(session)
+        name, outcomes, ignored = add_collection(
+            files, name, backbone, images_root=folder / "images", index_dir=folder / "indexes",
+            settings=self.settings, extractors=self.extractors, limits=self.limits, on_progress=on_progress,
+        )  # fmt: skip
+        collection = PrivateCollection(name, SearchEngine(folder / "indexes", extractors=self.extractors), outcomes,
+                                       ignored)  # fmt: skip
+        session = self._session(session)
+        with self._lock:
+            self._sessions.setdefault(session, {})[name] = collection
+            self._sessions.move_to_end(session)
+            while len(self._sessions) > self.max_sessions:
+                oldest, _ = self._sessions.popitem(last=False)
+                logger.info("removing the uploaded collections of an old session")
+                shutil.rmtree(self.folder(oldest), ignore_errors=True)
+        return collection
+
+    def get(self, session: str | None, name: str | None) -> PrivateCollection | None:
+        if not name:
+            return None
+        with self._lock:
+            return self._sessions.get(self._session(session), {}).get(name)
+
+    def names(self, session: str | None) -> list[str]:
+        with self._lock:
+            return sorted(self._sessions.get(self._session(session), {}))
+
+    def drop(self, session: str | None) -> None:
+        """The session ended: forget its collections and delete their files (kept ones stay)."""
+        if not session or self.keep:
+            return
+        with self._lock:
+            known = self._sessions.pop(session, None)
+        if known is not None or self.folder(session).exists():
+            shutil.rmtree(self.folder(session), ignore_errors=True)
+
+    def close(self) -> None:
+        """The server stops: every session's files go (kept ones stay)."""
+        if self.keep:
+            return
+        with self._lock:
+            self._sessions.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def collection_name(text: str) -> str:
+    """A collection name from what a visitor typed: letters, digits, '-', '_' (as folder names)."""
+    name = re.sub(r"[^\w-]+", "-", text.strip()).strip("-_")[:40]
+    if not name:
+        raise UploadError("give the collection a name (letters, digits, '-' or '_')")
+    return name
