@@ -164,6 +164,30 @@ MUTATIONS = [
     Mutation("links leaving the folder accepted", "cbir/archives.py",
              "if _is_absolute(target) or _climbs_out(posixpath.join(posixpath.dirname(normal), target)):",
              "if False:", ("tests/test_archives.py",)),
+    # cbir/images.py: a box on a big photo, decoded at a reduced scale
+    Mutation("box not scaled onto the reduced decode", "cbir/images.py",
+             "    if scale != 1:\n        box = (box[0] * scale", "    if False:\n        box = (box[0] * scale",
+             ("tests/test_images.py::test_a_box_on_a_phone_photo_decodes_only_the_pixels_the_network_reads",)),
+    Mutation("reduced scale read from the unturned width", "cbir/images.py",
+             "scale = max(picture.size) / longest", "scale = picture.width / width",
+             ("tests/test_images.py::test_a_box_on_a_phone_photo_decodes_only_the_pixels_the_network_reads",)),
+    # cbir/uploads.py: what a visitor sends
+    Mutation("zip member names not checked", "cbir/uploads.py",
+             "                _check_member(archive, member)", "                pass",
+             ("tests/test_uploads.py::test_a_member_that_would_land_outside_refuses_the_whole_zip",)),
+    Mutation("zip member count not bounded", "cbir/uploads.py",
+             "if len(members) > limits.max_zip_members:", "if False:",
+             ("tests/test_uploads.py::test_ten_thousand_tiny_members_are_refused_before_any_is_written",)),
+    Mutation("bytes written not counted", "cbir/uploads.py",
+             "            budget.take_bytes(len(chunk), label)", "            pass",
+             ("tests/test_uploads.py::test_a_zip_bomb_stops_at_the_byte_limit",)),
+    Mutation("an uploaded collection found from any session", "cbir/uploads.py",
+             "            return self._sessions.get(self._session(session), {}).get(name)",
+             "            return next((c[name] for c in self._sessions.values() if name in c), None)",
+             ("tests/test_uploads.py",)),
+    Mutation("a closed session's files kept", "cbir/uploads.py",
+             "            shutil.rmtree(self.folder(session), ignore_errors=True)", "            pass",
+             ("tests/test_uploads.py::test_a_session_sees_only_its_own_collection_and_it_goes_with_the_session",)),
 ]  # fmt: skip
 
 
