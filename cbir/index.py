@@ -176,13 +176,20 @@ class Manifest:
 
 
 def write_index(
-    folder: Path, descriptors: np.ndarray, manifest: Manifest, *, whitening: Whitening | None = None
+    folder: Path,
+    descriptors: np.ndarray,
+    manifest: Manifest,
+    *,
+    whitening: Whitening | None = None,
+    grown_from: int | None = None,
 ) -> Manifest:
     """Write descriptors, the manifest's store (and the recipe's whitening) and the manifest, all or
     nothing.
 
     Everything goes into a sibling temporary folder which replaces `folder` only when complete;
-    the manifest is written last and records the size of every file.
+    the manifest is written last and records the size of every file. `grown_from`: the rows before
+    `grown_from` are those of the index now in `folder` (same store), and a store that can take new
+    rows (`StoreKind.add`) grows a copy of its files instead of being built again.
     """
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if descriptors.ndim != 2 or descriptors.shape != (len(manifest.images), manifest.dim):
@@ -197,7 +204,10 @@ def write_index(
         if whitening is not None:
             whitening.save(temporary / WHITENING_FILE)
         started = time.perf_counter()
-        params = kind.build(temporary, descriptors, dict(manifest.store.params))
+        if grown_from is not None and kind.add is not None:
+            params = kind.add(Path(folder), temporary, descriptors, grown_from, dict(manifest.store.params))
+        else:
+            params = kind.build(temporary, descriptors, dict(manifest.store.params))
         manifest.timings = {**manifest.timings, "store_build_seconds": round(time.perf_counter() - started, 3)}
         manifest.store = StoreSpec(kind.name, params)
         manifest.files = {name: (temporary / name).stat().st_size for name in _required_files(manifest, params)}
@@ -292,6 +302,13 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
             f"{folder} was built by {manifest.recipe.backbone}, not {expected.backbone}; its descriptors cannot be "
             f"compared with {expected.backbone}'s. {fix}"
         )
+    if expected is not None and manifest.recipe.runtime != expected.runtime:
+        built_with = manifest.recipe.runtime.value
+        raise IndexLoadError(
+            f"{folder} was described by the {built_with} runtime; descriptors made by {expected.runtime.value} do not "
+            f"match its rows exactly. Describe the queries with {built_with} (the recipe {manifest.key}), or build an "
+            f"index for {expected.runtime.value}: {build_command(manifest.collection, expected.key)}"
+        )
     if expected is not None and manifest.recipe.key != expected.key:
         raise IndexLoadError(f"{folder} holds {manifest.recipe.key} descriptors, not {expected.key}. {fix}")
     if expected is not None and manifest.dim != expected.dim:
@@ -299,7 +316,8 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
     if expected is not None and manifest.recipe.identity() != expected.identity():
         built, wanted = manifest.recipe.identity(), expected.identity()
         differences = ", ".join(
-            f"{name} {built.get(name)} (expected {wanted.get(name)})" for name in wanted if built.get(name) != wanted.get(name)
+            f"{name} {built.get(name)} (expected {wanted.get(name)})" for name in {**built, **wanted}
+            if built.get(name) != wanted.get(name)
         )
         raise IndexLoadError(f"{folder} was built with another recipe: {differences}. {fix}")
     problems = damage(folder, manifest)

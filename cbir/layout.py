@@ -2,6 +2,7 @@
 
     <index root>/<collection>/
         collection.json         the collection record: where its images are, its queries
+        added.json              folders outside the images folder that `--add` added images from
         <recipe key>/           one index folder per recipe (cbir.index)
         .extract-<recipe key>/  checkpoints of an extraction in progress (removed when done)
         evaluation/             results files (cbir.evaluate)
@@ -37,6 +38,7 @@ DESCRIPTORS = "descriptors.npy"
 RESULTS_DIR = "evaluation"
 THUMBNAILS_DIR = "thumbnails"
 CHECKPOINT_PREFIX = ".extract-"
+ADDED_RECORD = "added.json"
 
 
 class IndexLoadError(CbirError):
@@ -74,6 +76,10 @@ class IndexLayout:
     def checkpoint_dir(self, collection: str, recipe_key: str) -> Path:
         # Beside the index, never inside it: the index folder is replaced whole when it is written.
         return self.collection_dir(collection) / f"{CHECKPOINT_PREFIX}{recipe_key}"
+
+    def added_record_path(self, collection: str) -> Path:
+        # Folders outside the images folder whose images `build_index.py --add` added (cbir.add).
+        return self.collection_dir(collection) / ADDED_RECORD
 
     def results_dir(self, collection: str) -> Path:
         return self.collection_dir(collection) / RESULTS_DIR

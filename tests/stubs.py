@@ -34,7 +34,7 @@ class StubbedEngine(SearchEngine):
         self.calls: list[tuple[str, Any]] = []
         self.next: np.ndarray | None = None
 
-    def describe(self, image: Any, *, collection: str, recipe: str, box=None, name=None) -> np.ndarray:
+    def describe(self, image: Any, *, collection: str, recipe: str, box=None, name=None, reduced_decode=False) -> np.ndarray:
         """(file stem, cropped?) -> the descriptor the test chose; or `next` for any image."""
         self.index(collection, recipe)  # as the real one: the index must load
         label = Path(image).name if isinstance(image, (str, Path)) else type(image).__name__

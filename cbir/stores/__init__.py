@@ -45,6 +45,10 @@ class StoreKind:
     # A server the user chose to search with (Milvus): it answers even where a local scan of the
     # descriptors would be as fast (cbir.ranking.prefers_exact).
     serves_every_search: bool = False
+    # (current index folder, temporary index folder, every row, first new row, recorded parameters)
+    # -> parameters to record: the store grown by rows added after its build, without rebuilding it.
+    # None: the store cannot take rows after its build (Annoy), so `build_index.py --add` rebuilds it.
+    add: Callable[[Path, Path, np.ndarray, int, dict[str, Any]], dict[str, Any]] | None = None
 
 
 STORES: dict[str, StoreKind] = {}

@@ -45,8 +45,12 @@ def _files(params: dict[str, Any]) -> list[str]:
     return []
 
 
+def _add(current: Path, folder: Path, descriptors: np.ndarray, first_new_row: int, params: dict[str, Any]) -> dict[str, Any]:
+    return params  # the appended rows of descriptors.npy are the whole store
+
+
 from cbir.stores import StoreKind, register  # noqa: E402
 
 KIND = register(
-    StoreKind("exact", "exact numpy scan over the stored descriptors", _build, _open, _files, exact=True)
+    StoreKind("exact", "exact numpy scan over the stored descriptors", _build, _open, _files, exact=True, add=_add)
 )

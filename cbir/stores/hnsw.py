@@ -16,6 +16,7 @@ A graph takes new rows after loading (`add_rows`): the build adds images without
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from importlib import metadata
@@ -181,11 +182,19 @@ def _files(params: dict[str, Any]) -> list[str]:
     return [file_name(metric) for metric in HNSW_SPACES]
 
 
+def _add(current: Path, folder: Path, descriptors: np.ndarray, first_new_row: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Copies of the current graphs in the new (temporary) folder, grown by the rows from `first_new_row`:
+    the current folder stays searchable until the new one replaces it."""
+    for metric in HNSW_SPACES:
+        shutil.copyfile(Path(current) / file_name(metric), Path(folder) / file_name(metric))
+    return add_rows(folder, np.asarray(descriptors[first_new_row:], dtype=np.float32), first_new_row, params)
+
+
 from cbir.stores import StoreKind, register  # noqa: E402
 
 KIND = register(
     StoreKind(
         "hnsw", "HNSW graphs (hnswlib; cosine and euclidean); the exact distances of the rows they find",
-        _build, _open, _files,
+        _build, _open, _files, add=_add,
     )
 )  # fmt: skip

@@ -134,9 +134,15 @@ class MilvusStore:
             stored = json.loads(properties.get(IDENTITY_PROPERTY, ""))
         except ValueError:
             raise IndexLoadError(f"Milvus collection {self.name} at {self.uri} was not written by this project. {fix}") from None
-        expected = self.params.get("identity_stored", {})
+        expected = dict(self.params.get("identity_stored", {}))
+        # An --add killed between growing the collection and swapping in the grown folder leaves more
+        # rows in Milvus than here: still this index (searches read rows below this folder's count).
+        grown = isinstance(stored.get("rows"), int) and stored["rows"] > len(self.descriptors)
+        if grown:
+            for key in ("rows", "descriptors_sha256"):
+                expected.pop(key, None)
         differences = [f"{key} {stored.get(key)!r} (expected {value!r})" for key, value in expected.items() if stored.get(key) != value]
-        if stored.get("dim") != self.descriptors.shape[1] or stored.get("rows") != len(self.descriptors):
+        if stored.get("dim") != self.descriptors.shape[1] or not (grown or stored.get("rows") == len(self.descriptors)):
             differences.insert(0, f"{stored.get('rows')} rows of {stored.get('dim')} floats "
                                   f"(expected {len(self.descriptors)} of {self.descriptors.shape[1]})")  # fmt: skip
         if differences:
@@ -155,9 +161,11 @@ class MilvusStore:
         if self.params.get("index_type") == "HNSW":
             search_params["params"] = {"ef": max(k, candidates or int(self.params.get("ef", DEFAULT_EF)))}
         with _calling(self.uri, f"search {self.name}"):
+            # Only this folder's rows: `build_index.py --add` inserts the new rows before the grown
+            # folder replaces this one.
             hits = self.client.search(
                 self.name, data=[query.tolist()], anns_field=metric.value, limit=k, output_fields=["row"],
-                search_params=search_params, timeout=CALL_SECONDS,
+                search_params=search_params, filter=f"row < {len(self.descriptors)}", timeout=CALL_SECONDS,
             )[0]  # fmt: skip
         rows = np.asarray([hit["row"] for hit in hits], dtype=np.int64)
         return nearest(exact_distances(self.descriptors[rows], query, metric), len(rows), rows)
@@ -211,11 +219,7 @@ def _build(folder: Path, descriptors: np.ndarray, params: dict[str, Any]) -> dic
                 client.create_collection(name, schema=schema, index_params=_index_params(client, "FLAT", settings),
                                          timeout=CALL_SECONDS)  # fmt: skip
         with _calling(uri, f"insert into {name}"):
-            for start in range(0, len(descriptors), INSERT_BATCH):
-                block = np.asarray(descriptors[start : start + INSERT_BATCH], dtype=np.float32)
-                client.insert(name, [{"row": start + offset, "cosine": vector, "euclidean": vector}
-                                     for offset, vector in enumerate(block.tolist())], timeout=CALL_SECONDS)  # fmt: skip
-            client.flush(name, timeout=CALL_SECONDS)
+            _insert(client, name, descriptors)
             # The identity goes in last: a collection whose build died has none and is refused.
             client.alter_collection_properties(name, properties={IDENTITY_PROPERTY: json.dumps(identity)},
                                                timeout=CALL_SECONDS)  # fmt: skip
@@ -225,6 +229,36 @@ def _build(folder: Path, descriptors: np.ndarray, params: dict[str, Any]) -> dic
         **params, **settings, "uri": uri, "collection_name": name, "index_type": index_type,
         "identity_stored": identity, "insert_seconds": round(time.perf_counter() - started, 3),
     }  # fmt: skip
+
+
+def _insert(client, name: str, descriptors: np.ndarray, first_row: int = 0, *, upsert: bool = False) -> None:
+    """Rows first_row, first_row + 1, ... by primary key. Added rows are upserted: adding again after
+    an interrupted run leaves each row once."""
+    write = client.upsert if upsert else client.insert
+    for start in range(0, len(descriptors), INSERT_BATCH):
+        block = np.asarray(descriptors[start : start + INSERT_BATCH], dtype=np.float32)
+        write(name, [{"row": first_row + start + offset, "cosine": vector, "euclidean": vector}
+                     for offset, vector in enumerate(block.tolist())], timeout=CALL_SECONDS)  # fmt: skip
+    client.flush(name, timeout=CALL_SECONDS)
+
+
+def _add(current: Path, folder: Path, descriptors: np.ndarray, first_new_row: int, params: dict[str, Any]) -> dict[str, Any]:
+    """The rows from `first_new_row` inserted into the index's Milvus collection, then its identity
+    updated. Until the grown folder replaces the current one, its searches ignore the new rows."""
+    uri, name = params["uri"], params["collection_name"]
+    started = time.perf_counter()
+    client = connect(uri)
+    try:
+        with _calling(uri, f"insert into {name}"):
+            if not client.has_collection(name, timeout=CALL_SECONDS):
+                raise IndexLoadError(f"Milvus at {uri} has no collection {name} to add rows to. Rebuild it with --force.")
+            _insert(client, name, descriptors[first_new_row:], first_new_row, upsert=True)
+            identity = _identity(params, descriptors)
+            client.alter_collection_properties(name, properties={IDENTITY_PROPERTY: json.dumps(identity)},
+                                               timeout=CALL_SECONDS)  # fmt: skip
+    finally:
+        client.close()
+    return {**params, "identity_stored": identity, "add_seconds": round(time.perf_counter() - started, 3)}
 
 
 def _open(folder: Path, descriptors: np.ndarray, params: dict[str, Any]) -> MilvusStore:
@@ -239,5 +273,5 @@ from cbir.stores import StoreKind, register  # noqa: E402
 
 KIND = register(
     StoreKind("milvus", "a Milvus collection (Lite file or server; HNSW, else FLAT); the exact distances of its rows",
-              _build, _open, _files, serves_every_search=True)
+              _build, _open, _files, serves_every_search=True, add=_add)
 )  # fmt: skip
