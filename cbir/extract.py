@@ -18,7 +18,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from cbir import atomic
 from cbir.backbones import FeatureExtractor
 from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, NetworkShape, load_for_network
 from cbir.index import Skipped
+
+if TYPE_CHECKING:
+    from cbir.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,13 @@ DEFAULT_CHECKPOINT_EVERY = 512
 # With progress bars off, a log line at most this often, so a long build can be watched in a log.
 LOG_EVERY_SECONDS = 30.0
 IDENTITY_FILE = "checkpoint.json"
+
+
+class Executor(str, Enum):
+    """Where the network runs: in this process (threads decode), or on a Ray cluster (cbir.distributed)."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 @dataclass
@@ -196,17 +208,11 @@ def extract_descriptors(
     relpaths = list(relpaths)
     total = len(relpaths)
     dim = extractor.dim
-    checkpoint_every = max(batch_size, checkpoint_every - checkpoint_every % batch_size)
-    chunks: list[Chunk] = []
-    checkpoints = None
-    if checkpoint_dir is not None:
-        identity = {**extractor.recipe.identity(), "checkpoint_every": checkpoint_every, "n_images": total}
-        checkpoints = Checkpoints(checkpoint_dir, identity)
-        chunks = checkpoints.load(root, relpaths, checkpoint_every)
+    checkpoint_every, checkpoints, chunks = open_checkpoints(
+        extractor.recipe, root, relpaths, batch_size, checkpoint_dir, checkpoint_every
+    )
     resumed = sum(len(c.inputs) for c in chunks)
-    label = extractor.recipe.key + (" (untrained)" if extractor.recipe.untrained else "")
-    if resumed:
-        logger.info("%s: resuming after %d of %d images already described", label, resumed, total)
+    label = progress_label(extractor.recipe, resumed, total)
     report = _Progress(label, total, resumed, progress, on_progress)
 
     size, shape = extractor.input_size, extractor.recipe.network_shape
@@ -257,11 +263,39 @@ def extract_descriptors(
             # Reported after the checkpoint, so progress a caller saw is never lost to an interrupt.
             report.advance(taken)
     report.close()
+    return assemble(chunks, dim, time.perf_counter() - started, resumed, label)
 
+
+def open_checkpoints(
+    recipe: Recipe,
+    root: Path,
+    relpaths: Sequence[str],
+    batch_size: int,
+    checkpoint_dir: Path | None,
+    checkpoint_every: int,
+) -> tuple[int, Checkpoints | None, list[Chunk]]:
+    """(images per chunk, the checkpoints, the chunks an earlier run finished). Every executor
+    (local or Ray, cbir.distributed) plans the same chunks, so either resumes the other's work."""
+    checkpoint_every = max(batch_size, checkpoint_every - checkpoint_every % batch_size)
+    if checkpoint_dir is None:
+        return checkpoint_every, None, []
+    identity = {**recipe.identity(), "checkpoint_every": checkpoint_every, "n_images": len(relpaths)}
+    checkpoints = Checkpoints(checkpoint_dir, identity)
+    return checkpoint_every, checkpoints, checkpoints.load(root, relpaths, checkpoint_every)
+
+
+def progress_label(recipe: Recipe, resumed: int, total: int) -> str:
+    label = recipe.key + (" (untrained)" if recipe.untrained else "")
+    if resumed:
+        logger.info("%s: resuming after %d of %d images already described", label, resumed, total)
+    return label
+
+
+def assemble(chunks: Sequence[Chunk], dim: int, seconds: float, resumed: int, label: str) -> ExtractionResult:
+    """The chunks, in order, as one result."""
     descriptors = np.concatenate([c.descriptors(dim) for c in chunks]) if chunks else np.zeros((0, dim), np.float32)
     images = [image for c in chunks for image in c.images]
     skipped = [entry for c in chunks for entry in c.skipped]
-    seconds = time.perf_counter() - started
     result = ExtractionResult(descriptors, images, skipped, seconds, resumed)
     logger.info(
         "%s: %d images described, %d skipped, %.1f images/s", label, len(images), len(skipped), result.images_per_second
