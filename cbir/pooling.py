@@ -4,7 +4,9 @@ Pooling runs outside the Keras graph so that one forward pass can serve several 
 same trunk. A pooling is a row of `POOLINGS`: its name (the value a recipe records) and a pure
 function over a batch of outputs. The trunk gives a feature map of shape (n, h, w, channels) for
 every pooling but the study's descriptor of VGG16, whose `gap` recipe is its `fc1` layer (a vector
-per image already, so pooling passes it through).
+per image already, so pooling passes it through). A vision transformer's trunk gives its token
+sequence: `cls` reads the class token, the other poolings its patch tokens as a map (the recipe
+turns the sequence into that map, cbir.backbones.VitArchitecture.patch_map).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Pooling(str, Enum):
     SPOC = "spoc"  # sum (here: mean) of each channel (Babenko & Lempitsky 2015)
     GEM = "gem"  # generalised mean, p = 3 (Radenovic et al. 2018); p = 1 is SPoC, p -> inf is MAC
     RMAC = "rmac"  # regional MAC over an L = 3 grid, regions L2-normalised and summed (Tolias et al. 2016)
+    CLS = "cls"  # a vision transformer's class token after its final norm (DINOv2's own global descriptor)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,14 @@ def regional_max(outputs: np.ndarray, levels: int = RMAC_LEVELS) -> np.ndarray:
     return total.astype(np.float32)
 
 
+def class_token(outputs: np.ndarray) -> np.ndarray:
+    """CLS: the first token of a (n, tokens, dim) sequence."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if outputs.ndim != 3:
+        raise ValueError(f"the CLS token needs a vision transformer's (n, tokens, dim) output, not {outputs.shape}")
+    return outputs[:, 0, :]
+
+
 POOLINGS: dict[Pooling, PoolingRow] = {
     row.pooling: row
     for row in (
@@ -123,6 +134,7 @@ POOLINGS: dict[Pooling, PoolingRow] = {
         PoolingRow(Pooling.SPOC, "SPoC", "SPoC", mean_pool),
         PoolingRow(Pooling.GEM, "GeM (p = 3)", "GeM", generalised_mean),
         PoolingRow(Pooling.RMAC, "R-MAC (L = 3)", "R-MAC", regional_max),
+        PoolingRow(Pooling.CLS, "CLS token", "CLS", class_token),
     )
 }
 
