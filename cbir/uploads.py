@@ -12,6 +12,7 @@ as it does for a folder.
 from __future__ import annotations
 
 import logging
+import lzma
 import posixpath
 import re
 import shutil
@@ -19,6 +20,7 @@ import stat
 import tempfile
 import threading
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +31,9 @@ from cbir.build import BuildOutcome, BuildSettings, build_indexes
 from cbir.datasets import folder_collection
 from cbir.errors import CbirError
 from cbir.images import IMAGE_SUFFIXES
+from cbir.index import Manifest
 from cbir.search import SearchEngine
+from cbir.thumbnails import ThumbnailFolder
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +144,7 @@ def _unzip(archive: Path, gathered: GatheredUpload, budget: _Budget, limits: Upl
                     _write(source, member.filename, f"{archive.name}:{member.filename}", gathered, budget)
     except zipfile.BadZipFile as error:
         raise UploadError(f"{archive.name} is not a zip this app can read ({error})") from None
-    except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as error:
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
         if isinstance(error, UploadError):
             raise
         raise UploadError(f"{archive.name} cannot be unzipped ({type(error).__name__}: {error})") from None
@@ -204,23 +208,32 @@ def add_collection(
     *,
     images_root: Path,
     index_dir: Path,
+    thumbnails_root: Path,
     settings: BuildSettings,
     extractors: ExtractorCache,
     limits: UploadLimits = UploadLimits(),
     on_progress: ProgressCallback | None = None,
 ) -> tuple[str, list[BuildOutcome], list[tuple[str, str]]]:
-    """Gather `files` into `images_root`/NAME and build NAME's index under `index_dir` with `backbone`
-    (the weights and limits of `settings`): (NAME, the build's outcomes, what was left out and why).
-    A collection of that name sent before is replaced."""
+    """Gather `files` into `images_root`/NAME, build NAME's index under `index_dir` with `backbone`
+    (the weights and limits of `settings`) and its thumbnails under `thumbnails_root`/NAME: (NAME,
+    the build's outcomes, what was left out and why). A collection of that name sent before is
+    replaced."""
     name = collection_name(name)
     images = Path(images_root) / name
-    if images.exists():
-        shutil.rmtree(images)
+    # Unpacked beside the collection it replaces, which stays whole until the upload is accepted.
+    incoming = Path(images_root) / f".incoming-{name}"
+    shutil.rmtree(incoming, ignore_errors=True)
     try:
-        gathered = gather_upload(files, images, limits)
+        gathered = gather_upload(files, incoming, limits)
     except UploadError:
-        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(incoming, ignore_errors=True)
         raise
+    # Accepted: the collection of that name goes whole (every backbone's index, the thumbnails), so
+    # no index of the old photos is left to rank the new ones.
+    for old in (images, Path(index_dir) / name, Path(thumbnails_root) / name):
+        shutil.rmtree(old, ignore_errors=True)
+    incoming.rename(images)
+    gathered.folder = images
     build = BuildSettings(
         index_dir=Path(index_dir),
         weights=settings.weights,
@@ -229,9 +242,12 @@ def add_collection(
         progress=False,
         limits=settings.limits,
         force=True,  # the images under this name are new ones
+        thumbnails=False,  # made below, away from the index folder (the page serves that folder alone)
     )
     report = (lambda _key, done, total: on_progress(done, total)) if on_progress else None
     outcomes = build_indexes(folder_collection(images, name), [backbone], build, extractors=extractors, on_progress=report)
+    thumbnails = ThumbnailFolder(Path(thumbnails_root) / name, name, images)
+    thumbnails.make_all(Manifest.read(outcomes[0].folder).images if outcomes else [])
     return name, outcomes, gathered.ignored
 
 
@@ -261,6 +277,7 @@ class PrivateCollections:
         *,
         limits: UploadLimits = UploadLimits(),
         max_sessions: int = 20,
+        max_collections: int = 5,
         keep: bool = False,
     ) -> None:
         if keep and root is None:
@@ -270,6 +287,8 @@ class PrivateCollections:
         self.extractors = extractors
         self.limits = limits
         self.max_sessions = max_sessions
+        self.max_collections = max_collections  # per session (a name sent again replaces its collection)
+        self._closed: OrderedDict[str, None] = OrderedDict()  # sessions ended (bounded), see add
         self.keep = keep
         self._sessions: OrderedDict[str, dict[str, PrivateCollection]] = OrderedDict()
         self._lock = threading.Lock()
@@ -301,14 +320,31 @@ class PrivateCollections:
     ) -> PrivateCollection:
         """Gather `files`, describe them with `backbone`, and keep the collection for `session`."""
         folder = self.folder(session)
-        name, outcomes, ignored = add_collection(
-            files, name, backbone, images_root=folder / "images", index_dir=folder / "indexes",
-            settings=self.settings, extractors=self.extractors, limits=self.limits, on_progress=on_progress,
-        )  # fmt: skip
-        collection = PrivateCollection(name, SearchEngine(folder / "indexes", extractors=self.extractors), outcomes,
-                                       ignored)  # fmt: skip
         session = self._session(session)
         with self._lock:
+            held = self._sessions.get(session, {})
+        if collection_name(name) not in held and len(held) >= self.max_collections and not self.keep:
+            raise UploadError(f"at most {self.max_collections} collections at once: send one again under a name you "
+                              f"already used ({', '.join(sorted(held))}) to replace it")  # fmt: skip
+        try:
+            name, outcomes, ignored = add_collection(
+                files, name, backbone, images_root=folder / "images", index_dir=folder / "indexes",
+                thumbnails_root=folder / "thumbnails",
+                settings=self.settings, extractors=self.extractors, limits=self.limits, on_progress=on_progress,
+            )  # fmt: skip
+        except UploadError:
+            raise  # refused before anything was replaced: the collection of that name is as it was
+        except Exception:
+            # Failed after the collection of that name was replaced: it is gone, not left to mislead.
+            with self._lock:
+                self._sessions.get(session, {}).pop(collection_name(name), None)
+            raise
+        collection = PrivateCollection(name, SearchEngine(folder / "indexes", extractors=self.extractors), outcomes,
+                                       ignored)  # fmt: skip
+        with self._lock:
+            if session in self._closed:  # the page was closed while its photos were described
+                shutil.rmtree(folder, ignore_errors=True)
+                raise UploadError("the page was closed before its photos were described")
             self._sessions.setdefault(session, {})[name] = collection
             self._sessions.move_to_end(session)
             while len(self._sessions) > self.max_sessions:
@@ -333,6 +369,9 @@ class PrivateCollections:
             return
         with self._lock:
             known = self._sessions.pop(session, None)
+            self._closed[session] = None
+            while len(self._closed) > 10_000:
+                self._closed.popitem(last=False)
         if known is not None or self.folder(session).exists():
             shutil.rmtree(self.folder(session), ignore_errors=True)
 

@@ -97,8 +97,10 @@ def test_build_writes_a_complete_folder_and_lists_skipped_files(built):
     assert manifest["store"]["kind"] == "annoy" and manifest["store"]["params"]["n_trees"] == 10
     assert manifest["files"]["descriptors.npy"] == (folder / "descriptors.npy").stat().st_size
     assert np.load(folder / "descriptors.npy").shape == (24, 2048)
-    # No checkpoint or temporary folder is left beside the index.
-    assert sorted(p.name for p in (built / "demo").iterdir()) == ["collection.json", "xception"]
+    # No checkpoint or temporary folder is left beside the index; the page's thumbnails are made,
+    # one per indexed image (none for the skipped), so no search waits for them.
+    assert sorted(p.name for p in (built / "demo").iterdir()) == ["collection.json", "thumbnails", "xception"]
+    assert len(list((built / "demo" / "thumbnails").glob("*.jpg"))) == 24
 
 
 def test_a_crop_finds_its_source_at_rank_1_through_annoy_and_exact(built, gallery, extractors):

@@ -187,3 +187,68 @@ def test_the_page_resolves_an_uploaded_collection_only_for_its_own_session(photo
         page.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, request=visitor)
     with pytest.raises(gr.Error, match="That uploaded collection is gone"):
         page.served("uploaded: mine", photos[1].name, visitor)
+
+
+def fake_builds(monkeypatch) -> list:
+    """Builds that only record what they were asked (the collection logic is what is tested)."""
+    import cbir.uploads as uploads_module
+
+    built = []
+    monkeypatch.setattr(uploads_module, "build_indexes", lambda *args, **kwargs: built.append(args) or [])
+    return built
+
+
+def test_a_refused_upload_leaves_the_collection_of_that_name_as_it_was(photos, tmp_path, monkeypatch):
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
+    images = uploads.folder("me") / "images" / "mine"
+    before = files_under(images)
+    bad = zip_of(tmp_path / "bad.zip", {"../x.jpg": photos[0].read_bytes()})
+    with pytest.raises(UploadError, match="outside its folder"):
+        uploads.add("me", [bad], "mine", BACKBONES["xception"])
+    assert files_under(images) == before == [photos[0].name, photos[1].name]
+    assert uploads.names("me") == ["mine"]
+    assert [p.name for p in (uploads.folder("me") / "images").iterdir()] == ["mine"]  # nothing half unpacked
+
+
+def test_a_collection_sent_again_loses_every_index_of_its_old_photos(photos, tmp_path, monkeypatch):
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
+    old_index = uploads.folder("me") / "indexes" / "mine" / "vgg16"  # as if built with another backbone
+    old_index.mkdir(parents=True)
+    uploads.add("me", photos[2:4], "mine", BACKBONES["xception"])
+    assert not old_index.exists()
+    assert files_under(uploads.folder("me") / "images" / "mine") == [photos[2].name, photos[3].name]
+
+
+def test_a_damaged_zip_stream_and_too_many_collections_are_messages(photos, tmp_path, monkeypatch):
+    archive = zip_of(tmp_path / "damaged.zip", {"a.jpg": bytes(100_000)})
+    data = bytearray(archive.read_bytes())
+    data[40:60] = b"\xff" * 20  # inside the deflated stream (zlib: "invalid code lengths"); the directory is intact
+    archive.write_bytes(bytes(data))
+    with pytest.raises(UploadError, match="damaged.zip"):
+        gather_upload([archive], tmp_path / "out")
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache(), max_collections=2)
+    uploads.add("me", photos[:1], "one", BACKBONES["xception"])
+    uploads.add("me", photos[:1], "two", BACKBONES["xception"])
+    with pytest.raises(UploadError, match="at most 2 collections at once"):
+        uploads.add("me", photos[:1], "three", BACKBONES["xception"])
+    uploads.add("me", photos[1:2], "two", BACKBONES["xception"])  # replacing one is allowed
+
+
+def test_a_page_closed_while_its_photos_are_described_leaves_nothing(photos, tmp_path, monkeypatch):
+    import cbir.uploads as uploads_module
+
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+
+    def build_then_close(*args, **kwargs):  # the tab is closed while the network runs
+        uploads.drop("me")
+        return []
+
+    monkeypatch.setattr(uploads_module, "build_indexes", build_then_close)
+    with pytest.raises(UploadError, match="page was closed"):
+        uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
+    assert not uploads.folder("me").exists() and uploads.names("me") == []
