@@ -10,7 +10,10 @@ UI only: the search, the builds and the evaluation all live in `cbir`.
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
 import logging
+import math
 import os
 import sys
 import threading
@@ -23,7 +26,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
+from cbir.backbones import BACKBONES, DEFAULT_BACKBONE, Family
 from cbir.datasets.model import ids_to_paths
 from cbir.distances import Metric
 from cbir.errors import CbirError
@@ -40,12 +43,12 @@ from cbir.evaluate import (
 )
 from cbir.images import DEFAULT_LIMITS, check_header, crop_box, load_image
 from cbir.index import IndexInfo, scan_indexes
-from cbir.layout import IndexLayout
 from cbir.pooling import POOLINGS
 from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS, AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
 from cbir.self_retrieval import RECALL_AT, SelfRetrievalResults, load_self_retrieval
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
+from cbir.uploads import PrivateCollections as Uploads
 
 logger = logging.getLogger("app")
 
@@ -60,24 +63,21 @@ CACHE_MAX_AGE_SECONDS = 3600
 # bench/results/load.md measures them (docs/performance.md, "Load").
 DEFAULT_QUEUE_SIZE = 120
 DEFAULT_K = 12
+# How the collection menu names a visitor's own photos (searched by their session's engine).
+UPLOADED = "uploaded: "
 REMEMBERED_SESSIONS = 1000  # browser sessions whose last results are kept (a few hundred bytes each)
 MAX_HISTORY = 10  # previous queries kept per session for "previous query"
+HISTORY_SIDE = 1024  # ... each at most this many pixels a side (the networks read at most 480)
 SELECT_GRACE_SECONDS = 3.0
 MAX_K = 100
 EXAMPLES_SHOWN = 8
-# Submit on Enter anywhere but in a text field.
-ENTER_TO_SEARCH = """
-<script>
-document.addEventListener("keydown", (event) => {
-  if (event.key !== "Enter" || event.target.closest("textarea, input[type=text], input[type=number]")) return;
-  const button = document.querySelector("#search-button");
-  if (button) { event.preventDefault(); button.click(); }
-});
-</script>
-"""
+# The page's script: drawing the query box, and Enter to search (page/query.js).
+PAGE_SCRIPT = f"<script>\n{(Path(__file__).resolve().parent / 'page' / 'query.js').read_text()}</script>"
+# The search event's `js` hook: the box drawn on the photo is read from the page when Search is pressed.
+BOX_FROM_PAGE = "(image, box, ...rest) => [image, window.cbirQueryBox ? window.cbirQueryBox() : box, ...rest]"
 
 
-def guarded_upload(editor: gr.ImageEditor) -> gr.ImageEditor:
+def guarded_upload(component: gr.ImageEditor | gr.Image) -> gr.ImageEditor | gr.Image:
     """Check an upload's header against the app's limits before Gradio decodes it, and turn an
     unreadable upload into a message (Gradio's own would say only "Error").
 
@@ -86,7 +86,7 @@ def guarded_upload(editor: gr.ImageEditor) -> gr.ImageEditor:
     component's preprocess (not subclassing: a component subclass makes Gradio write a .pyi file
     beside this module) puts `check_header` first.
     """
-    decode = editor.preprocess
+    decode = component.preprocess
 
     def preprocess(payload):
         for part in _uploaded_parts(payload):
@@ -99,16 +99,25 @@ def guarded_upload(editor: gr.ImageEditor) -> gr.ImageEditor:
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
             raise gr.Error(f"The uploaded file is not an image this app can read ({type(error).__name__}).") from None
 
-    editor.preprocess = preprocess
-    return editor
+    component.preprocess = preprocess
+    return component
 
 
 def _uploaded_parts(payload) -> list:
-    """The files (paths) or blobs (bytes) of an editor payload: background, layers, composite."""
+    """The files (paths) or blobs (bytes) of an upload: an image's file, or an editor's background,
+    layers and composite."""
     if payload is None:
         return []
     if getattr(payload, "id", None) is not None:
         return []  # blobs Gradio already holds were checked when they arrived as files
+    if not hasattr(payload, "background"):  # a plain image: one file, or (through the API) a data URL
+        url = getattr(payload, "url", None) or ""
+        if not getattr(payload, "path", None) and url.startswith("data:"):
+            try:
+                return [base64.b64decode(url.split(",", 1)[1], validate=False)]
+            except (IndexError, ValueError):
+                raise gr.Error("The uploaded image is not a valid data URL.") from None
+        return [payload.path] if getattr(payload, "path", None) else []
     parts = [payload.background, *(payload.layers or []), payload.composite]
     found = []
     for part in parts:
@@ -131,52 +140,83 @@ class BrowsingSession:
 class SearchPage:
     """What the page's events call: the search engine plus the labels the page shows."""
 
-    def __init__(self, engine: SearchEngine, index_root: Path) -> None:
+    def __init__(self, engine: SearchEngine, index_root: Path, uploads: Uploads | None = None) -> None:
         self.engine = engine
         self.index_root = Path(index_root)
+        self.uploads = uploads
         self.indexes, self.broken = scan_indexes(engine.index_dir)
-        self._thumbnails: dict[str, ThumbnailFolder] = {}
+        self._thumbnails: dict[tuple[Path, str], ThumbnailFolder] = {}
         # Per browser session, what "search with the selected result" and "previous query" need.
         # Kept here rather than in gr.State: a State makes the page hold a heartbeat connection open.
         # Bounded: the oldest sessions go first.
         self._sessions: OrderedDict[str, BrowsingSession] = OrderedDict()
         self._sessions_lock = threading.Lock()
 
-    def served(self, collection: str, image: str) -> str | None:
+    def source(self, collection: str | None, request: gr.Request | None = None) -> tuple[SearchEngine, str | None]:
+        """The engine that serves a choice of the collection menu, and the collection's own name: a
+        visitor's uploaded collection ("uploaded: NAME") is searched by their session's engine."""
+        if collection and collection.startswith(UPLOADED):
+            private = self.uploads.get(session_of(request), collection[len(UPLOADED):]) if self.uploads else None
+            if private is None:
+                raise gr.Error("That uploaded collection is gone (its browser session ended): add the photos again "
+                               "in 'Your photos'.")  # fmt: skip
+            return private.engine, private.name
+        return self.engine, collection
+
+    def served(self, collection: str, image: str, request: gr.Request | None = None) -> str | None:
         """The thumbnail the page shows for an indexed image (never the image file itself)."""
-        if collection not in self._thumbnails:
-            record = self.engine.record(collection)
-            folder = IndexLayout(self.index_root).thumbnails_dir(collection)
+        engine, name = self.source(collection, request)
+        key = (engine.index_dir, name)
+        if key not in self._thumbnails:
+            record = engine.record(name)
+            folder = engine.layout.thumbnails_dir(name)
+            if engine is not self.engine:  # a visitor's own: beside their images, away from the indexes
+                folder = self.uploads.folder(session_of(request)) / "thumbnails" / name
             # A bundle's thumbnails were made at its own size: use them as they are.
             size = record.thumbnail_max_side or DEFAULT_MAX_SIDE
-            self._thumbnails[collection] = ThumbnailFolder(folder, collection, record.root, size)
-        path = self._thumbnails[collection].path_for(image)
+            self._thumbnails[key] = ThumbnailFolder(folder, name, record.root, size)
+        path = self._thumbnails[key].path_for(image)
         return str(path) if path is not None else None
 
     def collections(self) -> list[str]:
         return sorted({info.collection for info in self.indexes})
 
-    def recipe_choices(self, collection: str | None) -> list[tuple[str, str]]:
-        """(label, recipe key) of the collection's indexes, in registry order."""
+    def collection_choices(self, request: gr.Request | None = None) -> list[str]:
+        """The collection menu: the served collections, then this session's uploaded ones."""
+        uploaded = self.uploads.names(session_of(request)) if self.uploads else []
+        return self.collections() + [UPLOADED + name for name in uploaded]
+
+    def _infos(self, collection: str | None, request: gr.Request | None = None) -> tuple[list[IndexInfo], str | None]:
+        if collection and collection.startswith(UPLOADED):
+            engine, name = self.source(collection, request)
+            return [i for i in engine.available() if i.collection == name], name
+        return [i for i in self.indexes if i.collection == collection], collection
+
+    def recipe_choices(self, collection: str | None, request: gr.Request | None = None) -> list[tuple[str, str]]:
+        """(label, recipe key) of the collection's indexes: the study's six, then the newer backbones, each in
+        registry order."""
         order = list(BACKBONES)
         infos = sorted(
-            (i for i in self.indexes if i.collection == collection),
-            key=lambda i: (order.index(i.backbone), i.key),
+            self._infos(collection, request)[0],
+            key=lambda i: (list(Family).index(BACKBONES[i.backbone].family), order.index(i.backbone), i.key),
         )
         return [(recipe_label(i), i.key) for i in infos]
 
-    def default_recipe(self, collection: str | None) -> str | None:
-        keys = [value for _, value in self.recipe_choices(collection)]
+    def default_recipe(self, collection: str | None, request: gr.Request | None = None) -> str | None:
+        keys = [value for _, value in self.recipe_choices(collection, request)]
         return DEFAULT_BACKBONE if DEFAULT_BACKBONE in keys else (keys[0] if keys else None)
 
-    def example_queries(self, collection: str | None) -> list[tuple[str, str, tuple | None]]:
+    def example_queries(
+        self, collection: str | None, request: gr.Request | None = None
+    ) -> list[tuple[str, str, tuple | None]]:
         """(indexed image, caption, box) for the collection's own query images, or a few of its photos."""
-        infos = [i for i in self.indexes if i.collection == collection]
+        infos, name = self._infos(collection, request)
         if not collection or not infos:
             return []
         try:
-            record = self.engine.record(collection)
-            images = self.engine.index(collection, infos[0].key).manifest.images
+            engine, _ = self.source(collection, request)
+            record = engine.record(name)
+            images = engine.index(name, infos[0].key).manifest.images
         except CbirError as error:
             logger.warning("no examples for %s: %s", collection, error)
             return []
@@ -192,20 +232,43 @@ class SearchPage:
         step = max(1, len(images) // EXAMPLES_SHOWN)
         return [(image, readable(Path(image).stem), None) for image in images[::step][:EXAMPLES_SHOWN]]
 
-    def example_picture(self, collection: str, image: str, box: tuple | None) -> Image.Image:
+    def example_picture(
+        self, collection: str, image: str, box: tuple | None, request: gr.Request | None = None
+    ) -> Image.Image:
         """An example query as the editor gets it: the image cropped to its box. A bundle has
         thumbnails only: the box, in the original's pixels, is scaled onto the thumbnail."""
-        record = self.engine.record(collection)
+        engine, name = self.source(collection, request)
+        record = engine.record(name)
         if not record.thumbnails_only:
             path = record.root / image
             return crop_box(load_image(path), box) if box else load_image(path)
-        picture = load_image(self.served(collection, image))
+        picture = load_image(self.served(collection, image, request))
         size = (record.image_sizes or {}).get(Path(image).stem)
         if box and size:
             scale_x, scale_y = picture.width / size[0], picture.height / size[1]
             box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
             return crop_box(picture, box)
         return picture
+
+    def search_photo(
+        self,
+        photo: str | None,
+        box: str | None,
+        collection: str | None,
+        recipe: str | None,
+        metric: str,
+        k: float,
+        expand: bool = False,
+        expand_n: float = QUERY_EXPANSION_NEIGHBOURS,
+        expand_alpha: float = QUERY_EXPANSION_ALPHA,
+        request: gr.Request | None = None,
+    ):
+        """The page's search (API `/search_photo`): a photo file, the box drawn on it in the photo's
+        pixels ("left,top,right,bottom"; empty: the whole photo), then as `search`."""
+        if not photo:
+            raise gr.Error("Add an image first: upload, paste or take a photo, then drag a box on the part to search.")
+        return self._search(photo, parse_box(box), collection, recipe, metric, k, expand, expand_n, expand_alpha,
+                            request)  # fmt: skip
 
     def search(
         self,
@@ -219,11 +282,28 @@ class SearchPage:
         expand_alpha: float = QUERY_EXPANSION_ALPHA,
         request: gr.Request | None = None,
     ):
-        """The search event: (gallery items, status line). Problems a user can fix become messages.
-        `expand`: re-rank with α-weighted query expansion, reading the top `expand_n` results."""
+        """API `/search`, kept for clients written before `/search_photo`: the query as an image
+        editor's value (its composite, else its background). Returns as `search_photo`."""
         image = query_image(editor)
         if image is None:
             raise gr.Error("Add an image first: upload, paste or take a photo, then crop the part to search.")
+        return self._search(image, None, collection, recipe, metric, k, expand, expand_n, expand_alpha, request)
+
+    def _search(
+        self,
+        image: str | Image.Image,
+        box: tuple | None,
+        collection: str | None,
+        recipe: str | None,
+        metric: str,
+        k: float,
+        expand: bool,
+        expand_n: float,
+        expand_alpha: float,
+        request: gr.Request | None,
+    ):
+        """(gallery items, status line). Problems a user can fix become messages. `expand`: re-rank
+        with α-weighted query expansion, reading the top `expand_n` results."""
         if not collection or not recipe:
             raise gr.Error("No index is built yet. Build one with: python build_index.py --dataset oxford5k")
         if metric not in METRICS:
@@ -233,14 +313,15 @@ class SearchPage:
             expansion = AlphaQueryExpansion(int(expand_n or QUERY_EXPANSION_NEIGHBOURS),
                                             float(QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha))
             rerankers = (expansion,) if expand else ()
-            result = self.engine.search(
-                image, collection=collection, recipe=recipe, metric=metric, k=k, name="the uploaded image",
+            engine, name = self.source(collection, request)
+            result = engine.search(
+                image, collection=name, recipe=recipe, metric=metric, k=k, box=box, name="the uploaded image",
                 rerankers=rerankers,
             )  # fmt: skip
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
         line = status_line(result) + (f" · re-ranked by {expansion.label}" if expand else "")
-        served = lambda image: self.served(collection, image)  # noqa: E731
+        served = lambda image: self.served(collection, image, request)  # noqa: E731
         session = self._session(request)
         if session is not None:
             session.collection, session.shown = collection, [h.image for h in result.hits if served(h.image)]
@@ -263,7 +344,7 @@ class SearchPage:
         if session is not None:
             session.selected = event.index
 
-    def result_as_query(self, editor: dict | None, request: gr.Request | None = None) -> dict:
+    def result_as_query(self, photo: str | None, box: str | None, request: gr.Request | None = None) -> Image.Image:
         """'Search with the selected result': the clicked result becomes the query (the current one
         is kept, for 'previous query')."""
         session = self._session(request)
@@ -274,26 +355,87 @@ class SearchPage:
         if session is None or session.selected is None or not 0 <= session.selected < len(session.shown):
             raise gr.Error("Click a result first, then 'Search with the selected result'.")
         try:
-            picture = self.example_picture(session.collection, session.shown[session.selected], None)
+            picture = self.example_picture(session.collection, session.shown[session.selected], None, request)
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
-        current = query_image(editor)
-        if current is not None:  # kept as it was searched: the crop, flattened (RGBA would not save as JPEG)
-            session.history = [current.convert("RGB"), *session.history][:MAX_HISTORY]
-        return {"background": picture, "layers": [], "composite": picture}
+        if photo:  # kept as it was searched: the photo cut to its box
+            try:
+                current = crop_box(load_image(photo, limits=DEFAULT_LIMITS), parse_box(box))
+            except CbirError as error:
+                raise gr.Error(_sentence(str(error))) from None
+            current = current.convert("RGB")
+            current.thumbnail((HISTORY_SIDE, HISTORY_SIDE))  # ten per session, a thousand sessions: kept small
+            session.history = [current, *session.history][:MAX_HISTORY]
+        return picture
 
-    def previous_query(self, request: gr.Request | None = None) -> dict:
+    def previous_query(self, request: gr.Request | None = None) -> Image.Image:
         """'Previous query': the query before the last 'search with the selected result'."""
         session = self._session(request)
         if session is None or not session.history:
             raise gr.Error("There is no previous query: 'Search with the selected result' keeps one.")
-        picture = session.history.pop(0)
-        return {"background": picture, "layers": [], "composite": picture}
+        return session.history.pop(0)
+
+    def add_photos(
+        self,
+        files: list[str] | None,
+        name: str,
+        backbone: str,
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),
+    ):
+        """'Your photos': describe what a visitor sent as a collection of theirs, then make it the
+        collection searched. Returns (what happened, the collection menu)."""
+        if self.uploads is None:
+            raise gr.Error("Adding photos is off on this server: start it with --uploads to allow it.")
+        session = session_of(request)
+        if not session:
+            raise gr.Error("Adding photos needs the page (a browser session).")
+        if not files:
+            raise gr.Error("Choose some photos (or a zip of them) first.")
+        if backbone not in BACKBONES:
+            raise gr.Error(f"Choose a backbone: {', '.join(BACKBONES)}.")
+        progress(0, desc="Unpacking")
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc=f"Describing with {backbone}", unit="images")
+
+        started = time.perf_counter()
+        try:
+            added = self.uploads.add(session, [Path(file) for file in files], name or "my-photos",
+                                     BACKBONES[backbone], report)  # fmt: skip
+            skipped = added.engine.index(added.name, added.outcomes[0].key).manifest.skipped if added.outcomes else []
+        except CbirError as error:
+            raise gr.Error(_sentence(str(error))) from None
+        described = added.outcomes[0].n_images if added.outcomes else 0
+        lines = [
+            f"**{added.name}**: {described} images described with {backbone} in "
+            f"{time.perf_counter() - started:.0f} s, now the collection searched ("
+            + ("kept on this computer)." if self.uploads.keep else "yours alone; removed when you close the page).")
+        ]
+        left_out = [f"{item.image}: {item.reason}" for item in skipped] + [f"{n}: {why}" for n, why in added.ignored]
+        if left_out:
+            lines.append(f"Left out ({len(left_out)}):\n" + "\n".join(f"- {readable(line)}" for line in left_out[:20]))
+        choice = UPLOADED + added.name
+        return "\n\n".join(lines), gr.update(choices=self.collection_choices(request), value=choice, visible=True)
+
+    def end_session(self, request: gr.Request | None = None) -> None:
+        """The page was closed: its uploaded collections go."""
+        if self.uploads is None or self.uploads.keep or not session_of(request):
+            return
+        folder = self.uploads.folder(session_of(request))
+        for key in [key for key in list(self._thumbnails) if key[0].is_relative_to(folder)]:
+            self._thumbnails.pop(key, None)
+        self.uploads.drop(session_of(request))
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    return request.session_hash if request is not None else None
 
 
 def recipe_label(info: IndexInfo) -> str:
     """How the backbone choice names an index: 'xception · GeM · whitened on paris6k · 512-d'."""
-    return info.recipe.describe_label() + (" · UNTRAINED" if info.untrained else "")
+    newer = BACKBONES[info.backbone].family is Family.NEWER
+    return ("newer · " if newer else "") + info.recipe.describe_label() + (" · UNTRAINED" if info.untrained else "")
 
 
 def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
@@ -312,6 +454,20 @@ def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
             return None
         picture = picture.crop(visible)
     return picture
+
+
+def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    """The query box as the page sends it, "left,top,right,bottom" in the photo's pixels; None for
+    an empty text (the whole photo)."""
+    if not text or not text.strip():
+        return None
+    try:
+        numbers = [float(part) for part in text.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 4 or not all(math.isfinite(n) for n in numbers):
+        raise gr.Error(f"A box is four numbers, left,top,right,bottom in the photo's pixels (got {text[:40]!r}).")
+    return tuple(numbers)
 
 
 def _sentence(text: str) -> str:
@@ -480,60 +636,53 @@ def broken_notice(page: SearchPage) -> str:
     return "**Not served (damaged or unreadable):**\n" + "\n".join(lines)
 
 
-def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
-    """The whole page, importable and constructible without launching."""
-    page = SearchPage(engine, index_root)
-    collections = page.collections()
+def build_ui(engine: SearchEngine, index_root: Path, uploads: Uploads | None = None) -> gr.Blocks:
+    """The whole page, importable and constructible without launching. `uploads`: where the 'Your
+    photos' tab keeps what visitors add (None: no such tab)."""
+    page = SearchPage(engine, index_root, uploads)
+    collections = page.collection_choices()
     first = collections[0] if collections else None
 
-    def examples_for(collection: str | None) -> list[tuple[str, str]]:
-        examples = [(page.served(collection, image), caption) for image, caption, _ in page.example_queries(collection)]
+    def examples_for(collection: str | None, request: gr.Request | None = None) -> list[tuple[str, str]]:
+        examples = [(page.served(collection, image, request), caption)
+                    for image, caption, _ in page.example_queries(collection, request)]  # fmt: skip
         return [(path, caption) for path, caption in examples if path is not None]
 
-    def on_collection(collection: str | None):
+    def on_collection(collection: str | None, request: gr.Request):
         return (
-            gr.update(choices=page.recipe_choices(collection), value=page.default_recipe(collection)),
-            gr.update(value=examples_for(collection)),
+            gr.update(choices=page.recipe_choices(collection, request), value=page.default_recipe(collection, request)),
+            gr.update(value=examples_for(collection, request)),
         )
 
-    def on_example(collection: str | None, event: gr.SelectData):
-        examples = page.example_queries(collection)
+    def on_example(collection: str | None, event: gr.SelectData, request: gr.Request):
+        examples = page.example_queries(collection, request)
         if not examples or event.index is None or event.index >= len(examples):
             return gr.update()
         image, _, box = examples[event.index]
         try:
-            picture = page.example_picture(collection, image, box)
+            picture = page.example_picture(collection, image, box, request)
         except CbirError as error:
             raise gr.Error(_sentence(str(error))) from None
-        return {"background": picture, "layers": [], "composite": picture}
+        return picture
 
     with gr.Blocks(title="Building image search", delete_cache=(CACHE_MAX_AGE_SECONDS, CACHE_MAX_AGE_SECONDS)) as demo:
         gr.Markdown(
             "# Building image search\n"
-            "Upload, paste or take a photo, crop the part to search (crop tool), and press **Search**."
+            "Upload, paste or take a photo, drag a box on the part to search, and press **Search**."
         )
         with gr.Tab("Search"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    editor = gr.ImageEditor(
-                        label="Query (the cropped region is what is searched)",
-                        type="pil",
-                        # RGBA keeps the canvas margin transparent, so query_image can cut it off.
-                        image_mode="RGBA",
+                    photo = guarded_upload(gr.Image(
+                        label="Query: drag a box on the photo to search that part (a click clears it)",
+                        # A path: the photo is uploaded once, when chosen, and searches send only its
+                        # reference and the box (page/query.js), never the pixels again.
+                        type="filepath",
                         sources=["upload", "clipboard", "webcam"],
-                        brush=False,
-                        eraser=False,
-                        transforms=["crop"],
-                        layers=False,
-                        format="jpeg",
                         height=420,
-                        # The browser exports the canvas on every search; at the photo's own size
-                        # (12 MP from a phone) that alone takes seconds. The networks see at most
-                        # 480 px, so a 640 px canvas loses nothing they would use.
-                        canvas_size=(640, 640),
-                        fixed_canvas=True,
-                    )
-                    guarded_upload(editor)
+                        elem_id="query-image",
+                    ))  # fmt: skip
+                    box = gr.Textbox(value="", visible=False)
                     examples = gr.Gallery(
                         value=examples_for(first),
                         label="Example queries from the collection (click one)",
@@ -546,7 +695,8 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
                         choices=collections, value=first, label="Collection", visible=len(collections) != 1
                     )
                     backbone = gr.Dropdown(
-                        choices=page.recipe_choices(first), value=page.default_recipe(first), label="Backbone"
+                        choices=page.recipe_choices(first), value=page.default_recipe(first),
+                        label="Backbone (the study's six, then newer)",
                     )
                     metric = gr.Dropdown(choices=METRICS, value="cosine", label="Distance")
                     k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
@@ -574,39 +724,96 @@ def build_ui(engine: SearchEngine, index_root: Path) -> gr.Blocks:
             with gr.Row():
                 use_result = gr.Button("Search with the selected result", elem_id="use-result", size="sm")
                 previous = gr.Button("← Previous query", elem_id="previous-query", size="sm")
+        if uploads is not None:
+            with gr.Tab("Your photos"):
+                gr.Markdown(upload_help(uploads))
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        sent = gr.File(label="Photos, or a zip of them", file_count="multiple",
+                                       file_types=["image", ".zip"], type="filepath", elem_id="upload-files")  # fmt: skip
+                    with gr.Column(scale=1):
+                        upload_name = gr.Textbox(value="my-photos", label="Name", max_length=40, elem_id="upload-name")
+                        upload_backbone = gr.Dropdown(choices=list(BACKBONES), value=DEFAULT_BACKBONE, label="Backbone")
+                        add = gr.Button("Describe and add", variant="primary", elem_id="upload-button")
+                upload_status = gr.Markdown(elem_id="upload-status")
         with gr.Tab("Evaluation"):
             if not collections:
                 gr.Markdown("Nothing is built or evaluated yet.")
-            for name in collections:
+            for name in page.collections():  # a visitor's own collections are not evaluated
                 evaluation_tab(page, name)
 
+        search_inputs = [photo, box, collection, backbone, metric, k, expand, expand_n, expand_alpha]
         button.click(
+            page.search_photo,
+            inputs=search_inputs,
+            outputs=[gallery, status],
+            js=BOX_FROM_PAGE,
+            api_name="search_photo",
+            concurrency_limit=1,
+            concurrency_id="search",  # one forward pass at a time, whichever way it comes
+        )
+        # A new photo (uploaded, an example, a result searched with) starts without a box.
+        photo.change(None, js="() => { if (window.cbirClearQueryBox) window.cbirClearQueryBox(); }")
+        gallery.select(page.select_result, None, None, api_visibility="private")
+        use_result.click(
+            page.result_as_query, inputs=[photo, box], outputs=[photo], js=BOX_FROM_PAGE, api_visibility="private"
+        ).success(page.search_photo, inputs=search_inputs, outputs=[gallery, status], api_visibility="private",
+                  concurrency_id="search")
+        previous.click(page.previous_query, inputs=None, outputs=[photo], api_visibility="private").success(
+            page.search_photo, inputs=search_inputs, outputs=[gallery, status], api_visibility="private",
+            concurrency_id="search",
+        )
+        # `/search` as it was before `/search_photo`: the query as an image editor's value. Kept for API
+        # clients; not on the page (an editor re-uploads its canvas on every search).
+        editor = guarded_upload(gr.ImageEditor(type="pil", image_mode="RGBA", visible=False))
+        gr.Button(visible=False).click(
             page.search,
             inputs=[editor, collection, backbone, metric, k, expand, expand_n, expand_alpha],
             outputs=[gallery, status],
             api_name="search",
             concurrency_limit=1,
-        )
-        search_inputs = [editor, collection, backbone, metric, k, expand, expand_n, expand_alpha]
-        gallery.select(page.select_result, None, None, api_visibility="private")
-        use_result.click(page.result_as_query, inputs=[editor], outputs=[editor], api_visibility="private").success(
-            page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private"
-        )
-        previous.click(page.previous_query, inputs=None, outputs=[editor], api_visibility="private").success(
-            page.search, inputs=search_inputs, outputs=[gallery, status], api_visibility="private"
+            concurrency_id="search",  # one forward pass at a time, whichever way it comes
         )
         collection.change(on_collection, inputs=[collection], outputs=[backbone, examples], api_visibility="private")
-        examples.select(on_example, inputs=[collection], outputs=[editor], api_visibility="private")
+        if uploads is not None:
+            # One collection described at a time, beside the searches (which go on meanwhile).
+            add.click(page.add_photos, inputs=[sent, upload_name, upload_backbone], outputs=[upload_status, collection],
+                      api_visibility="private", concurrency_limit=1, concurrency_id="add-photos")  # fmt: skip
+            if not uploads.keep:
+                demo.unload(page.end_session)
+        examples.select(on_example, inputs=[collection], outputs=[photo], api_visibility="private")
     return demo
 
 
-def thumbnail_dirs(engine: SearchEngine) -> list[str]:
-    """The only folders the page serves files from: each served collection's thumbnails."""
+def upload_help(uploads: Uploads) -> str:
+    where = (
+        f"They are kept in `{uploads.root}` (this is a local, single-user run: `--keep-uploads`)."
+        if uploads.keep
+        else "They stay yours alone: no other visitor can see or search them, and they are deleted when you "
+        "close the page."
+    )
+    return (
+        "Search your own photos: send images or a zip of them, pick a backbone, and press **Describe and "
+        f"add**. The collection is then the one searched on the Search tab. Limits: "
+        f"{uploads.limits.describe()}; each file sent at most {MAX_UPLOAD.upper()}, each image at most "
+        f"{DEFAULT_LIMITS.max_side:,} px a side and {DEFAULT_LIMITS.max_pixels / 1e6:.0f} megapixels. Images that "
+        f"cannot be read are skipped and listed. {where}"
+    )
+
+
+def thumbnail_dirs(engine: SearchEngine, uploads: Uploads | None = None) -> list[str]:
+    """The only folders the page serves files from: each served collection's thumbnails. (Visitors'
+    own collections are under a temporary folder, whose thumbnails Gradio copies into its cache as
+    it sends them; a kept folder, `--keep-uploads`, may be anywhere: its thumbnails are named too.)"""
     folders = []
     for collection in sorted({info.collection for info in engine.available()}):
         folder = engine.layout.thumbnails_dir(collection)
         folder.mkdir(parents=True, exist_ok=True)
         folders.append(str(folder.resolve()))
+    if uploads is not None and uploads.keep:
+        kept = uploads.folder(uploads.SHARED) / "thumbnails"
+        kept.mkdir(parents=True, exist_ok=True)
+        folders.append(str(kept.resolve()))
     return folders
 
 
@@ -639,6 +846,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", default="imagenet", help="weights for what is built: imagenet, none, or a file")
     parser.add_argument("--backbones", default=DEFAULT_BACKBONE, help="backbones to build at start, or 'all'")
     parser.add_argument("--input-size", type=int, help="build networks at this input size (smoke tests only)")
+    parser.add_argument(
+        "--uploads",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("CBIR_UPLOADS", "auto"),
+        help="the 'Your photos' tab, where visitors describe their own photos (CPU and disk of this server): "
+        "auto is on for a local run, off with --share or on Hugging Face Spaces (env CBIR_UPLOADS)",
+    )
+    parser.add_argument(
+        "--keep-uploads",
+        type=Path,
+        metavar="DIR",
+        help="a local, single-user run: keep the photos added on the page, and their indexes, in DIR across "
+        "sessions and restarts (default: each browser session's own, deleted when the page is closed)",
+    )
     parser.add_argument(
         "--queue-size",
         type=int,
@@ -682,6 +903,15 @@ def first_start_help(error: Exception, arguments: argparse.Namespace) -> str:
         "  3. Your own photos:\n"
         "       python app.py --images ~/Pictures"
     )
+
+
+def uploads_enabled(arguments: argparse.Namespace) -> bool:
+    """'Your photos' is on for a local run; a public link, a Space or a server listening beyond this
+    machine would let anyone spend its CPU and disk, so there it takes --uploads on."""
+    if arguments.uploads != "auto":
+        return arguments.uploads == "on"
+    local = arguments.host in ("127.0.0.1", "localhost", "::1")
+    return local and not (arguments.share or os.environ.get("SPACE_ID"))
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -737,7 +967,16 @@ def main(argv: list[str] | None = None) -> int:
     # Pillow's own decompression-bomb guard at the app's limit too, for anything decoded here.
     Image.MAX_IMAGE_PIXELS = DEFAULT_LIMITS.max_pixels
     engine = SearchEngine(arguments.index_dir)
-    demo = build_ui(engine, arguments.index_dir)
+    uploads = None
+    if uploads_enabled(arguments):
+        from cbir.backbones import Weights
+        from cbir.build import BuildSettings
+
+        # The same weights (and test-only input size) as the collections this app builds.
+        settings = BuildSettings(weights=Weights.parse(arguments.weights), input_size=arguments.input_size)
+        uploads = Uploads(arguments.keep_uploads, settings, engine.extractors, keep=arguments.keep_uploads is not None)
+        atexit.register(uploads.close)  # visitors' photos do not outlive the server
+    demo = build_ui(engine, arguments.index_dir, uploads)
     demo.queue(default_concurrency_limit=1, max_size=arguments.queue_size)
     demo.launch(
         server_name=arguments.host,
@@ -745,9 +984,9 @@ def main(argv: list[str] | None = None) -> int:
         share=arguments.share,
         # Only thumbnail folders: never a collection's own folder, so nothing beside its images
         # (a .env, a .git) is reachable.
-        allowed_paths=thumbnail_dirs(engine),
+        allowed_paths=thumbnail_dirs(engine, uploads),
         max_file_size=MAX_UPLOAD,
-        head=ENTER_TO_SEARCH,
+        head=PAGE_SCRIPT,
     )
     return 0
 

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from cbir.backbones import BACKBONES, DEFAULT_BACKBONE
+from cbir.backbones import BACKBONES, DEFAULT_BACKBONE, KERAS_HUB_INSTALL
 from cbir.datasets.registry import DATASETS
 
 
@@ -41,18 +41,28 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="append every image under DIR to the database as distractors (revisitop's R1M, or any folder): a "
         "collection of its own, '<collection>+<DIR name>', evaluated with the same ground truth",
     )
+    source.add_argument(
+        "--add",
+        type=Path,
+        metavar="NEW_DIR",
+        help="with --images DIR --name NAME: add the images under NEW_DIR to every index of the built collection "
+        "without describing its old images again (HNSW, exact, Milvus: rows added; Annoy: trees rebuilt from the "
+        "stored rows; DBA: recomputed)",
+    )
     parser.add_argument(
         "--backbones",
         default=DEFAULT_BACKBONE,
-        help="comma-separated backbones, or 'all'. Known: " + ", ".join(BACKBONES),
+        help="comma-separated backbones, 'study' (the study's six) or 'all'. Known: " + ", ".join(BACKBONES)
+        + ". The dinov2_* rows (DINOv2 from keras-hub, Apache-2.0) need: " + KERAS_HUB_INSTALL,
     )
     parser.add_argument(
         "--pooling",
-        default="gap",
-        choices=["gap", "mac", "spoc", "gem", "rmac"],
-        help="how the network's output becomes a descriptor: gap = the study's (global average pool; VGG16: "
-        "fc1); mac, spoc, gem (p = 3) and rmac (L = 3) pool the last convolutional map, with the image's aspect "
-        "ratio kept (longer side = the input size). Each recipe is an index of its own (folder <backbone>-<pooling>...)",
+        choices=["gap", "mac", "spoc", "gem", "rmac", "cls"],
+        help="how the network's output becomes a descriptor (default: each backbone's own): gap = the study's (global "
+        "average pool; VGG16: fc1); mac, spoc, gem (p = 3) and rmac (L = 3) pool the last convolutional map, with the "
+        "image's aspect ratio kept (longer side = the input size); cls = a vision transformer's class token (the "
+        "dinov2 rows' own; their other poolings read the patch tokens, squashed to a square). Each recipe is an "
+        "index of its own (folder <backbone>-<pooling>...)",
     )
     parser.add_argument(
         "--scales",
@@ -77,8 +87,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (Keras downloads and caches them under KERAS_HOME), a path to a local weights "
-        "file, or 'none' (random init: a smoke test only; every result is marked untrained)",
+        help="'imagenet' (Keras downloads and caches them under KERAS_HOME; for the dinov2 rows: their keras-hub "
+        "preset, downloaded into keras-hub's cache), a path to a local weights file, a keras-hub preset directory "
+        "(saved with save_to_preset) or handle (hf://..., kaggle://...), or 'none' (random init: a smoke test only; "
+        "every result is marked untrained)",
+    )
+    parser.add_argument(
+        "--runtime",
+        default="keras",
+        choices=["keras", "openvino-f32", "openvino-bf16"],
+        help="what runs the network, part of the recipe (queries to the index are described the same way): keras; "
+        "openvino-f32 (the same descriptors to about 1e-6, a little faster); openvino-bf16 (about 2x faster where "
+        "the CPU has bfloat16 units, descriptors move by a cosine of about 1e-5). OpenVINO: pip install -r "
+        "requirements-scale.txt",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument(
@@ -126,6 +147,24 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="images per extraction checkpoint; an interrupted build resumes from the last one",
     )
     parser.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="where the networks run: local (this process; decoding in threads) or ray (a Ray Data pipeline: decoding "
+        "in tasks, the network in an actor pool; pip install -r requirements-scale.txt). Either resumes the other's "
+        "checkpoints; see the README's 'Extraction on Ray'",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="for --executor ray: the cluster to join, e.g. ray://head:10001 or head:6379 (env RAY_ADDRESS); with "
+        "neither, Ray starts on this machine",
+    )
+    parser.add_argument(
+        "--ray-actors", type=int, help="for --executor ray: network actors, each building the network once "
+        "(default: one per node of the cluster)",
+    )  # fmt: skip
+    parser.add_argument(
         "--evaluate", action="store_true", help="after building, evaluate: mAP for collections with ground truth, "
         "self-retrieval (edited photos finding their source) for the others"
     )
@@ -146,10 +185,16 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         arguments.dataset = "oxford5k"
     if arguments.name and arguments.images is None:
         parser.error("--name goes with --images")
+    if arguments.add is not None and arguments.images is None:
+        parser.error("--add goes with --images DIR --name NAME: the folder collection the images are added to")
     if arguments.store == "milvus" and not arguments.milvus_uri:
         parser.error("--store milvus needs --milvus-uri (a Milvus Lite file such as ./milvus.db, or http://host:19530)")
     if arguments.batch_size < 1 or arguments.n_trees < 1:
         parser.error("--batch-size and --n-trees must be at least 1")
+    if arguments.executor != "ray" and (arguments.ray_actors is not None):
+        parser.error("--ray-actors goes with --executor ray")
+    if arguments.ray_actors is not None and arguments.ray_actors < 1:
+        parser.error("--ray-actors must be at least 1")
     if arguments.dim is not None and not arguments.whiten_on:
         parser.error("--dim goes with --whiten-on (it is the dimension the whitening keeps)")
     if arguments.scales is not None:
@@ -173,17 +218,28 @@ def main(argv: list[str] | None = None) -> int:
     from cbir.build import collection_by_name
     from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset, with_distractors
     from cbir.errors import CbirError
+    from cbir.extract import Executor
     from cbir.pooling import Pooling
+    from cbir.runtime import Runtime, check_runtime
 
     try:
+        if arguments.executor == "ray":
+            from cbir.distributed import require_ray
+
+            require_ray()  # before any download or build: the message names the install
         backbones = parse_backbones(arguments.backbones)
         weights = Weights.parse(arguments.weights)
         download = DownloadSettings.from_env(
             data_dir=arguments.data_dir, mirror=arguments.mirror, progress=not arguments.no_progress
         )
-        if arguments.images is not None:
+        if arguments.add is not None:
             name = arguments.name or arguments.images.resolve().name
-            collection = folder_collection(arguments.images, name)
+            return add(arguments, name)
+        if arguments.images is not None:
+            from cbir.add import with_added_folders
+
+            name = arguments.name or arguments.images.resolve().name
+            collection = with_added_folders(folder_collection(arguments.images, name), arguments.index_dir)
         else:
             collection = prepare_dataset(arguments.dataset, download)
         if arguments.distractors is not None:
@@ -196,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = BuildSettings(
             index_dir=arguments.index_dir,
             weights=weights,
-            pooling=Pooling(arguments.pooling),
+            pooling=arguments.pooling and Pooling(arguments.pooling),
             batch_size=arguments.batch_size,
             store=arguments.store,
             n_trees=arguments.n_trees,
@@ -206,11 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             progress=not arguments.no_progress,
             workers=arguments.workers,
             checkpoint_every=arguments.checkpoint_every,
+            executor=Executor(arguments.executor),
+            ray_address=arguments.ray_address,
+            ray_actors=arguments.ray_actors,
             scales=arguments.scales,
             whiten_on=arguments.whiten_on,
             whitened_dim=arguments.dim,
             dba=arguments.dba,
+            runtime=Runtime(arguments.runtime),
         )
+        check_runtime(settings.runtime)  # before any network is built: bf16 on a CPU without it, no OpenVINO
         outcomes = build_indexes(collection, backbones, settings, whitening_source=whitening_source)
         print_summary(outcomes, weights.untrained)
         if arguments.evaluate and not collection.queries:
@@ -237,6 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     except CbirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def add(arguments: argparse.Namespace, name: str) -> int:
+    """`--add NEW_DIR`: grow every index of the collection; one line per index saying how."""
+    from cbir.add import AddSettings, add_images
+
+    settings = AddSettings(batch_size=arguments.batch_size, workers=arguments.workers,
+                           checkpoint_every=arguments.checkpoint_every, progress=not arguments.no_progress)  # fmt: skip
+    for outcome in add_images(arguments.index_dir, name, arguments.images, arguments.add, settings):
+        print(f"{name}/{outcome.key}: {outcome.message} ({outcome.n_images} images now)")
     return 0
 
 

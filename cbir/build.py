@@ -28,12 +28,14 @@ from cbir.datasets import DATASETS, DownloadSettings, folder_collection, prepare
 from cbir.datasets.model import Collection, DatasetError
 from cbir.errors import SettingsError
 from cbir.download import sha256_file
-from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
+from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, ExtractionResult, Executor, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
 from cbir.layout import DESCRIPTORS, IndexLayout, IndexLoadError, read_collection_record, write_collection_record
+from cbir.thumbnails import ThumbnailFolder
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
+from cbir.runtime import Runtime
 from cbir.stores.annoy import DEFAULT_N_TREES
 from cbir.distances import Metric
 from cbir.ranking import EXACT_SEARCH_LIMIT, database_side_augmentation
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 class BuildSettings:
     index_dir: Path = Path("indexes")
     weights: Weights = field(default_factory=lambda: Weights(WeightsKind.IMAGENET))
-    pooling: Pooling = Pooling.GAP
+    pooling: Pooling | None = None  # None: each backbone's own (gap for the study's six, CLS for a ViT)
     input_size: int | None = None  # None: each backbone's own size; smaller sizes are for tests
     store: str = "annoy"  # a cbir.stores name, or "auto": chosen by the collection's size (choose_store)
     n_trees: int = DEFAULT_N_TREES
@@ -57,11 +59,16 @@ class BuildSettings:
     progress: bool = True
     workers: int | None = None
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # images per extraction checkpoint
+    executor: Executor = Executor.LOCAL  # where the networks run: this process, or a Ray cluster
+    ray_address: str | None = None  # for Executor.RAY: a cluster's address (None: env RAY_ADDRESS, else local)
+    ray_actors: int | None = None  # for Executor.RAY: network actors (None: one per node)
     limits: ImageLimits = DEFAULT_LIMITS
     scales: tuple[float, ...] | None = None  # None: one scale
     whiten_on: str | None = None  # a collection to learn a PCA-whitening on
     whitened_dim: int | None = None  # dimensions the whitening keeps (None: all)
     dba: int | None = None  # database-side augmentation: neighbours per row (None: none)
+    thumbnails: bool = True  # make the page's thumbnail of every image once the index is built
+    runtime: Runtime = Runtime.KERAS  # what runs the network: Keras, or OpenVINO f32 / bf16 (cbir.runtime)
 
     def recipe_for(self, backbone: Backbone) -> Recipe:
         return Recipe.create(
@@ -73,6 +80,7 @@ class BuildSettings:
             whiten_on=self.whiten_on,
             whitened_dim=self.whitened_dim,
             dba=self.dba,
+            runtime=self.runtime,
         )
 
     def store_spec(self, collection: str = "", recipe: Recipe | None = None, rows: int = 0) -> StoreSpec:
@@ -85,7 +93,7 @@ class BuildSettings:
                 raise SettingsError("--store milvus needs --milvus-uri: a Milvus Lite file (./milvus.db) or http://host:19530")
             if recipe is None:
                 raise ValueError("a Milvus store is named after its collection and recipe")
-            identity = {"collection": collection, "recipe": recipe.key, "weights": recipe.weights.identity}
+            identity = {"collection": collection, "recipe": recipe.key, "weights": recipe.weights_identity}
             return StoreSpec(kind, {"uri": milvus.normalise_uri(self.milvus_uri),
                                     "collection_name": milvus.collection_name(collection, recipe.key),
                                     "identity": identity})  # fmt: skip
@@ -197,6 +205,13 @@ def build_indexes(
             outcomes.append(_whiten(collection, recipe.before_dba, base, settings, layout, root_changed))
         if recipe.dba:
             outcomes.append(_augment(collection, recipe, outcomes[-1], settings, layout, root_changed))
+    if settings.thumbnails and outcomes:
+        # The page shows a thumbnail of every hit: made now, so that no search waits for them.
+        images = Manifest.read(outcomes[0].folder).images
+        record = read_collection_record(layout, collection.name)
+        ThumbnailFolder(layout.thumbnails_dir(collection.name), collection.name, record.root).make_all(
+            images, progress=settings.progress
+        )
     return outcomes
 
 
@@ -220,7 +235,7 @@ def _build_or_keep(
 
 def _kept(collection: Collection, recipe: Recipe, folder: Path) -> BuildOutcome:
     manifest = Manifest.read(folder)
-    kept = f"already built ({len(manifest.images)} images, {recipe.weights.identity})"
+    kept = f"already built ({len(manifest.images)} images, {recipe.weights_identity})"
     logger.info("%s/%s: %s; nothing to do (--force rebuilds)", collection.name, recipe.key, kept)
     return BuildOutcome(recipe, folder, BuildStatus.UP_TO_DATE, len(manifest.images), len(manifest.skipped), reason=kept)
 
@@ -356,21 +371,8 @@ def _build_one(
     on_progress: BuildProgress | None,
 ) -> BuildOutcome:
     started = time.perf_counter()
-    extractor = extractors.get(recipe)
-    built = time.perf_counter()
     checkpoint_dir = layout.checkpoint_dir(collection.name, recipe.key)
-    result = extract_descriptors(
-        extractor,
-        Path(collection.root),
-        collection.images,
-        batch_size=settings.batch_size,
-        workers=settings.workers,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=settings.checkpoint_every,
-        limits=settings.limits,
-        progress=settings.progress,
-        on_progress=(lambda done, total: on_progress(recipe.key, done, total)) if on_progress else None,
-    )
+    result, built = _extract(collection, recipe, settings, extractors, checkpoint_dir, on_progress)
     if not result.images:
         raise DatasetError(
             f"none of the {len(collection.images)} images of {collection.name} could be read; "
@@ -415,6 +417,31 @@ def _build_one(
         reason=reason,
         resumed_images=result.resumed_images,
     )
+
+
+def _extract(
+    collection: Collection,
+    recipe: Recipe,
+    settings: BuildSettings,
+    extractors: ExtractorCache,
+    checkpoint_dir: Path,
+    on_progress: BuildProgress | None,
+) -> tuple[ExtractionResult, float]:
+    """The recipe's descriptors of the collection, and when its network was built (on Ray, each
+    actor builds its own: the driver builds none)."""
+    report = (lambda done, total: on_progress(recipe.key, done, total)) if on_progress else None
+    common = dict(batch_size=settings.batch_size, checkpoint_dir=checkpoint_dir, checkpoint_every=settings.checkpoint_every,
+                  limits=settings.limits, progress=settings.progress, on_progress=report)  # fmt: skip
+    if settings.executor is Executor.RAY:
+        from cbir.distributed import extract_on_ray  # here only: the demo never imports Ray
+
+        started = time.perf_counter()
+        result = extract_on_ray(recipe, Path(collection.root), collection.images, address=settings.ray_address,
+                                actors=settings.ray_actors, **common)  # fmt: skip
+        return result, started
+    extractor = extractors.get(recipe)
+    built = time.perf_counter()
+    return extract_descriptors(extractor, Path(collection.root), collection.images, workers=settings.workers, **common), built
 
 
 def collection_by_name(name: str, index_dir: Path, download: DownloadSettings) -> Collection | None:

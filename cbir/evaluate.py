@@ -373,7 +373,7 @@ def summarise(key: RowKey, loaded: LoadedIndex, runs: list[QueryRun]) -> ResultR
         protocol=key.protocol,
         metric=key.metric,
         query_mode=key.query_mode,
-        weights=manifest.recipe.weights.identity,
+        weights=manifest.recipe.weights_identity,
         untrained=manifest.untrained,
         store=manifest.store.kind,
         map_oxford=means["ap_oxford"],
@@ -661,7 +661,7 @@ def format_summary(results: Results) -> str:
     return "\n".join(lines)
 
 
-def recipes_to_evaluate(text: str, pooling: Pooling, built: Sequence[str]) -> tuple[list[str], list[str]]:
+def recipes_to_evaluate(text: str, pooling: Pooling | None, built: Sequence[str]) -> tuple[list[str], list[str]]:
     """(recipe keys to evaluate, keys asked for that are not built) for a --backbones value.
 
     'all' means every backbone of the registry, as in build_index.py: the ones not built are
@@ -692,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated backbones, or 'all' (every backbone, as in build_index.py; those not built "
         "for the collection are listed and left out)",
     )
-    parser.add_argument("--pooling", default=Pooling.GAP.value, choices=[p.value for p in Pooling])
+    parser.add_argument("--pooling", choices=[p.value for p in Pooling],
+                        help="default: each backbone's own descriptor (gap for the study's six, cls for a ViT)")
     parser.add_argument(
         "--recipes",
         help="comma-separated recipe keys (index folder names such as xception-gem-w512-paris6k), or 'all': every "
@@ -739,7 +740,7 @@ def run(arguments: argparse.Namespace, modes: list[QueryMode]) -> int:
                 f"not built for {arguments.collection}: {', '.join(not_built)}. Built: {', '.join(built) or 'nothing'}"
             )
     else:
-        recipes, not_built = recipes_to_evaluate(arguments.backbones, Pooling(arguments.pooling), built)
+        recipes, not_built = recipes_to_evaluate(arguments.backbones, arguments.pooling and Pooling(arguments.pooling), built)
     if not_built and recipes:
         logger.info("not built for %s, left out: %s", arguments.collection, ", ".join(not_built))
     if not recipes:

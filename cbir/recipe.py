@@ -25,6 +25,10 @@ How images are fed (written down because published numbers depend on it):
   (cbir.whitening); the folder of a whitened recipe keeps the learned transform beside its rows.
 - `dba` (database-side augmentation, k neighbours) replaces each database row by the similarity^3
   weighted sum of itself and its k nearest rows (cbir.ranking); queries are described as without it.
+- a vision transformer (the keras-hub rows) is built for one square input whose side is a multiple
+  of its patch: every image is squashed to it, and it has one scale. Its own descriptor (the recipe
+  without a pooling in its key) is the CLS token; `gem` and the other map poolings read its patch
+  tokens as a map.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from cbir.backbones import BACKBONES, Weights, WeightsKind, get_backbone, resolve_input_size
+from cbir.backbones import BACKBONES, Backbone, Weights, WeightsKind, get_backbone, resolve_input_size
 from cbir.errors import SettingsError
 from cbir.pooling import POOLINGS, Pooling, pool
+from cbir.runtime import Runtime, parse_runtime
 
 # The literature's multi-scale set: 1, 1/sqrt(2), 1/2.
 STANDARD_SCALES = (1.0, 0.707, 0.5)
@@ -69,10 +74,16 @@ class WhiteningSpec:
         return f"w{self.dim or 'full'}-{self.source}"
 
 
+def default_pooling(backbone: Backbone) -> Pooling:
+    """A backbone's own descriptor, the recipe whose key is the backbone's name: the study's `gap` for
+    the six, the CLS token for a vision transformer."""
+    return Pooling.CLS if backbone.vision_transformer else Pooling.GAP
+
+
 @dataclass(frozen=True)
 class Recipe:
     backbone: str
-    pooling: Pooling = Pooling.GAP
+    pooling: Pooling | None = None  # None: the backbone's own (default_pooling)
     input_size: int = 0  # 0: the backbone's own (resolved by `create`)
     weights: Weights = field(default_factory=lambda: Weights(WeightsKind.IMAGENET))
     scales: tuple[float, ...] = (1.0,)
@@ -80,14 +91,25 @@ class Recipe:
     input_shape: InputShape | None = None
     whitening: WhiteningSpec | None = None
     dba: int | None = None  # database-side augmentation: neighbours per row (None: none)
+    runtime: Runtime = Runtime.KERAS  # what runs the network (cbir.runtime); part of the key unless Keras
 
     def __post_init__(self) -> None:
         backbone = get_backbone(self.backbone)
-        object.__setattr__(self, "pooling", Pooling(self.pooling))
+        object.__setattr__(self, "runtime", Runtime(self.runtime))
+        object.__setattr__(self, "pooling", Pooling(self.pooling or default_pooling(backbone)))
+        if self.pooling is Pooling.CLS and not backbone.vision_transformer:
+            vits = ", ".join(b.name for b in BACKBONES.values() if b.vision_transformer)
+            raise SettingsError(f"--pooling cls reads a vision transformer's class token; {self.backbone} is a CNN "
+                                f"(choose gap, mac, spoc, gem or rmac, or a backbone such as {vits})")  # fmt: skip
         size = resolve_input_size(backbone, self.input_size or None, study_layer=self.uses_study_layer)
         object.__setattr__(self, "input_size", size)
-        shape = self.input_shape or (InputShape.SQUARE if self.pooling is Pooling.GAP else InputShape.LONGER_SIDE)
+        square = self.pooling is Pooling.GAP or backbone.vision_transformer
+        shape = self.input_shape or (InputShape.SQUARE if square else InputShape.LONGER_SIDE)
         object.__setattr__(self, "input_shape", InputShape(shape))
+        one_square = self.input_shape is InputShape.SQUARE and self.scales in {(), (1.0,)}
+        if backbone.vision_transformer and not one_square:
+            raise SettingsError(f"{self.backbone} is built for one square input size, so it has one scale and "
+                                "squashes every image to a square; leave out --scales")  # fmt: skip
         if self.uses_study_layer and self.input_shape is not InputShape.SQUARE:
             raise SettingsError(f"{self.backbone}'s study descriptor ({backbone.feature_layer}) takes square inputs only")
         scales = tuple(float(scale) for scale in self.scales) or (1.0,)
@@ -113,25 +135,27 @@ class Recipe:
         cls,
         backbone: str,
         *,
-        pooling: Pooling | str = Pooling.GAP,
+        pooling: Pooling | str | None = None,
         input_size: int | None = None,
         weights: Weights | str | None = None,
         scales: tuple[float, ...] | None = None,
         whiten_on: str | None = None,
         whitened_dim: int | None = None,
         dba: int | None = None,
+        runtime: Runtime | str = Runtime.KERAS,
     ) -> Recipe:
         if whitened_dim is not None and not whiten_on:
             raise SettingsError("a whitened dimension (--dim) needs a collection to learn the whitening on (--whiten-on)")
         if not isinstance(weights, Weights):
             weights = Weights.parse(weights)
         try:
-            pooling = Pooling(pooling)
+            pooling = Pooling(pooling) if pooling else None
         except ValueError:
             known = ", ".join(p.value for p in Pooling)
             raise SettingsError(f"unknown pooling {pooling!r}; known poolings: {known}") from None
         whitening = WhiteningSpec(whiten_on, whitened_dim) if whiten_on else None
-        return cls(backbone, pooling, input_size or 0, weights, tuple(scales or (1.0,)), None, whitening, dba)
+        return cls(backbone, pooling, input_size or 0, weights, tuple(scales or (1.0,)), None, whitening, dba,
+                   parse_runtime(runtime))  # fmt: skip
 
     @property
     def key(self) -> str:
@@ -143,10 +167,12 @@ class Recipe:
     @property
     def key_without_whitening(self) -> str:
         parts = [self.backbone]
-        if self.pooling is not Pooling.GAP:
+        if self.pooling is not default_pooling(BACKBONES[self.backbone]):
             parts.append(self.pooling.value)
         if self.multi_scale:
             parts.append("ms" + "_".join(f"{scale:g}" for scale in self.scales))
+        if self.runtime.key_part:
+            parts.append(self.runtime.key_part)
         return "-".join(parts)
 
     @property
@@ -184,7 +210,7 @@ class Recipe:
     def describe_label(self) -> str:
         """How the page names the recipe: 'xception · GeM · 3 scales · whitened on Paris6k · 512-d'."""
         parts = [self.backbone]
-        if self.pooling is not Pooling.GAP:
+        if self.pooling is not default_pooling(BACKBONES[self.backbone]):
             parts.append(POOLINGS[self.pooling].short_label)
         if self.multi_scale:
             parts.append(f"{len(self.scales)} scales")
@@ -192,6 +218,8 @@ class Recipe:
             parts.append(f"whitened on {self.whitening.source}")
         if self.dba:
             parts.append(f"DBA k = {self.dba}")
+        if self.runtime is not Runtime.KERAS:
+            parts.append(self.runtime.label)
         parts.append(f"{self.dim}-d")
         return " · ".join(parts)
 
@@ -204,7 +232,15 @@ class Recipe:
     def untrained(self) -> bool:
         return self.weights.untrained
 
+    @property
+    def weights_identity(self) -> str:
+        """What the manifest says about the weights ('imagenet' of a keras-hub row names its preset)."""
+        return self.weights.identity_for(BACKBONES[self.backbone])
+
     def pool(self, outputs: np.ndarray) -> np.ndarray:
+        architecture = BACKBONES[self.backbone].architecture
+        if architecture is not None and self.pooling is not Pooling.CLS:
+            outputs = architecture.patch_map(outputs)  # the token sequence -> its patches as a map
         return pool(self.pooling, outputs)
 
     def identity(self) -> dict[str, Any]:
@@ -214,11 +250,13 @@ class Recipe:
             "backbone": self.backbone,
             "pooling": self.pooling.value,
             "input_size": self.input_size,
-            "weights": self.weights.identity,
+            "weights": self.weights_identity,
             "input_shape": self.input_shape.value,
             "scales": list(self.scales),
             "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
             "dba": self.dba,
+            # Only when not Keras: identities (and checkpoints) made before runtimes stay equal.
+            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -233,6 +271,7 @@ class Recipe:
             "scales": list(self.scales),
             "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
             "dba": self.dba,
+            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),  # Keras: as before
         }
 
     @classmethod
@@ -248,6 +287,7 @@ class Recipe:
             InputShape(data.get("input_shape", InputShape.SQUARE.value)),
             WhiteningSpec(whitening["source"], whitening.get("dim")) if whitening else None,
             data.get("dba"),
+            Runtime(data.get("runtime", Runtime.KERAS.value)),  # recipes written before runtimes: Keras
         )
 
 
@@ -262,6 +302,8 @@ def build_options(recipe_key: str) -> str:
             options.append("--scales " + ",".join(part[2:].split("_")))
         elif part.startswith("dba") and part[3:].isdigit():
             options.append(f"--dba {part[3:]}")
+        elif Runtime.from_key_part(part) is not None:
+            options.append(f"--runtime {Runtime.from_key_part(part).value}")
         elif part.startswith("w"):
             dim = part[1:]
             options.append(f"--whiten-on {'-'.join(parts[position + 1:])}" + ("" if dim == "full" else f" --dim {dim}"))

@@ -94,7 +94,50 @@
     }
     return box;
   };
-  window.cbirClearQueryBox = clear;
+  // A new photo (the `change` event): a box drawn on another photo goes. Checked against the photo
+  // shown, so a change event arriving after the box was drawn on this photo leaves it alone.
+  window.cbirClearQueryBox = () => {
+    const img = document.querySelector(IMAGE);
+    if (!img || (img.currentSrc || img.src) !== boxedSource) clear();
+  };
+
+  // A photo chosen for the query is made at most MAX_SIDE pixels a side in the browser, before it
+  // is uploaded: a 12 MP phone photo (3-5 MB) becomes about 0.5 MB, and the networks read at most
+  // 480 px of it (a box of a third of the photo still has 680 px a side).
+  const MAX_SIDE = 2048;
+  const FILE_INPUT = "#query-image input[type=file]";
+  document.addEventListener("change", async (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || !input.matches(FILE_INPUT) || input.dataset.cbirResized) return;
+    const file = input.files && input.files[0];
+    if (!file || !/^image\/(jpeg|png|webp)$/.test(file.type)) return;
+    event.stopImmediatePropagation();  // Gradio sees the smaller file instead, re-sent below
+    let chosen = file;
+    try {
+      const bitmap = await createImageBitmap(file, {imageOrientation: "from-image"});
+      const scale = MAX_SIDE / Math.max(bitmap.width, bitmap.height);
+      if (scale < 1) {
+        const canvas = document.createElement("canvas");
+        canvas.width = Math.round(bitmap.width * scale);
+        canvas.height = Math.round(bitmap.height * scale);
+        const context = canvas.getContext("2d");
+        context.fillStyle = "#fff";  // transparency flattened on white, as the server does
+        context.fillRect(0, 0, canvas.width, canvas.height);
+        context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+        const blob = await new Promise((done) => canvas.toBlob(done, "image/jpeg", 0.92));
+        if (blob) chosen = new File([blob], file.name.replace(/\.\w+$/, "") + ".jpg", {type: "image/jpeg"});
+      }
+      bitmap.close();
+    } catch (error) {
+      chosen = file;  // not decodable here: the server says what is wrong with it
+    }
+    const files = new DataTransfer();
+    files.items.add(chosen);
+    input.files = files.files;
+    input.dataset.cbirResized = "1";
+    input.dispatchEvent(new Event("change", {bubbles: true}));
+    delete input.dataset.cbirResized;
+  }, true);
 
   // Enter searches, anywhere but in a text field.
   document.addEventListener("keydown", (event) => {

@@ -4,6 +4,7 @@ driven through Gradio's API and in headless Chromium."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from cbir.build import BuildSettings, build_indexes
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
 from cbir.search import SearchEngine
-from synthetic import crop_of, make_gallery
+from synthetic import crop_of, make_gallery, phone_photo
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -95,7 +96,8 @@ def served(tmp_path_factory):
     port = free_port()
     log = open(root / "app.log", "w")
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_root), "--no-build", "--port", str(port)],
+        [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_root), "--no-build", "--port", str(port),
+         "--weights", "none", "--input-size", "96"],  # what the "Your photos" tab builds with
         cwd=root,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
         stdout=log,
@@ -170,6 +172,22 @@ def test_api_search_ranks_and_scores_by_the_metric_chosen(served, client):
     assert float(first.split("L2 ")[1]) == pytest.approx(0.5 * served["metric_query_norm"], rel=0.01)
     assert float(second.split("L2 ")[1]) == pytest.approx(2 * served["metric_query_norm"], rel=0.01)
     assert "Euclidean distance" in status
+
+
+@pytest.mark.slow
+def test_api_search_photo_searches_the_box_drawn_on_a_phone_photo(served, client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    photo = tmp_path / "phone.jpg"
+    box = phone_photo(photo, served["photos"] / "picture_007.jpg", served["photos"] / "picture_003.jpg")
+    whole, _ = client.predict(handle_file(str(photo)), "", "demo", "xception", "cosine", 3, api_name="/search_photo")
+    assert whole[0]["caption"].startswith("#1 picture_003 ·")  # the photo as a whole: what is around the box
+    boxed, status = client.predict(handle_file(str(photo)), ",".join(map(str, box)), "demo", "xception", "cosine", 3,
+                                   api_name="/search_photo")  # fmt: skip
+    assert boxed[0]["caption"].startswith("#1 picture_007 ·") and "3 results" in status
+    with pytest.raises(AppError, match="four numbers"):
+        client.predict(handle_file(str(photo)), "1,2,3", "demo", "xception", "cosine", 3, api_name="/search_photo")
 
 
 @pytest.mark.slow
@@ -253,6 +271,27 @@ def test_only_thumbnails_of_indexed_images_are_served(served, client, tmp_path):
             assert refused.value.code in (403, 404), (route, target)
 
 
+def drag_box(page, box: tuple[int, int, int, int], photo_width: int | None = None) -> None:
+    """Drag the mouse over `box` on the query photo, as a visitor would. `box` is in the pixels of
+    the photo as chosen, `photo_width` wide (the page may have made it smaller before uploading)."""
+    image = page.locator("#query-image img")
+    image.wait_for()
+    page.wait_for_function("() => document.querySelector('#query-image img').naturalWidth > 0")
+    left, top, scale, natural_width = image.evaluate(
+        "(img) => { const r = img.getBoundingClientRect(); "
+        "const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight); "
+        "return [r.left + (r.width - img.naturalWidth * s) / 2, r.top + (r.height - img.naturalHeight * s) / 2, s, "
+        "img.naturalWidth]; }"
+    )
+    scale *= natural_width / (photo_width or natural_width)
+    page.mouse.move(left + box[0] * scale, top + box[1] * scale)
+    page.mouse.down()
+    page.mouse.move(left + (box[0] + box[2]) / 2 * scale, top + (box[1] + box[3]) / 2 * scale, steps=4)
+    page.mouse.move(left + box[2] * scale, top + box[3] * scale, steps=4)
+    page.mouse.up()
+
+
+@pytest.mark.slow
 # Locally a missing browser skips; in CI (CI=true, as .ci/run runs) it fails, so the page is never
 # left untested by accident.
 @pytest.mark.skipif(
@@ -264,6 +303,8 @@ def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
 
     query = tmp_path / "query.jpg"
     shutil.copy(served["photos"] / "picture_011.jpg", query)
+    phone = tmp_path / "phone.jpg"
+    box = phone_photo(phone, served["photos"] / "picture_007.jpg", served["photos"] / "picture_003.jpg")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -272,11 +313,29 @@ def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(served["url"], wait_until="networkidle")
-            page.locator("input[type=file]").first.set_input_files(str(query))
-            page.wait_for_timeout(1500)  # the editor draws the upload on its canvas
+            page.goto(served["url"], wait_until="load")
+            page.locator("#search-button").wait_for()
+            # A 4032 x 3024 phone photo and a box drawn on it: the box's picture comes first.
+            page.locator("input[type=file]").first.set_input_files(str(phone))
+            drag_box(page, box, photo_width=4032)
+            expect(page.locator("#query-box")).to_be_visible()
+            # Made 2048 px wide in the browser before it was sent (the networks read at most 480).
+            assert page.evaluate("() => document.querySelector('#query-image img').naturalWidth") == 2048
             page.locator("#search-button").click()
             expect(page.locator("#search-status")).to_contain_text("12 results", timeout=60_000)
+            expect(page.locator("#results")).to_contain_text("#1 picture_007 ·", timeout=30_000)
+            # A click without a drag clears the box: the whole photo is searched, and looks like picture_003.
+            drag_box(page, (100, 100, 101, 101))
+            expect(page.locator("#query-box")).to_have_count(0)
+            page.locator("#search-button").click()
+            expect(page.locator("#results")).to_contain_text("#1 picture_003 ·", timeout=60_000)
+
+            page.locator("input[type=file]").first.set_input_files(str(query))
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#query-image img'); return i && i.src.endsWith('query.jpg'); }"
+            )
+            page.locator("#search-button").click()
+            expect(page.locator("#results")).to_contain_text("#1 picture_011 ·", timeout=60_000)
             thumbnails = page.locator("#results img")
             expect(thumbnails).to_have_count(12, timeout=30_000)
             captions = page.locator("#results").inner_text()
@@ -294,9 +353,94 @@ def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
 
             page.get_by_role("tab", name="Evaluation").click()
             expect(page.get_by_text("Not evaluated yet").first).to_be_visible()
+
+            # Both themes are legible: the query's area and the text follow the theme (an image
+            # editor's canvas stayed white in dark mode).
+            for theme, dark in (("light", False), ("dark", True)):
+                themed = browser.new_page(viewport={"width": 1400, "height": 1100})
+                themed.goto(served["url"] + f"?__theme={theme}", wait_until="load")
+                themed.locator("#search-button").wait_for()
+                area, text = themed.evaluate(
+                    "() => [getComputedStyle(document.querySelector('#query-image')).backgroundColor, "
+                    "getComputedStyle(document.querySelector('h1')).color]"
+                )
+                assert (luminance(area) < 0.3) is dark and (luminance(text) > 0.6) is dark, (theme, area, text)
+                themed.screenshot(path=str(tmp_path / f"{theme}.png"), full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "search.png").stat().st_size > 10_000
+
+
+def luminance(css_colour: str) -> float:
+    """0 (black) to 1 (white) for a CSS 'rgb(r, g, b)' or 'rgba(...)' colour."""
+    red, green, blue = (float(part) for part in re.findall(r"[\d.]+", css_colour)[:3])
+    return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed: apt-get install chromium (.ci/run does)",
+)
+def test_your_photos_are_described_searchable_and_seen_by_no_other_session(served, tmp_path):
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    mine = make_gallery(tmp_path / "mine", 4, start_seed=500)
+    archive = tmp_path / "trip.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        for path in mine:
+            opened.write(path, f"trip/mine_{path.name}")
+        opened.writestr("trip/corrupt.jpg", mine[0].read_bytes()[:300])
+    unsafe = tmp_path / "unsafe.zip"
+    with zipfile.ZipFile(unsafe, "w") as opened:
+        opened.writestr("../escape.jpg", mine[0].read_bytes())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(served["url"], wait_until="load")
+            page.get_by_role("tab", name="Your photos").click()
+            files = page.locator("#upload-files input[type=file]")
+            files.set_input_files(str(unsafe))
+            page.locator("#upload-button").click()
+            expect(page.get_by_text("would be written outside its folder").first).to_be_visible(timeout=30_000)
+            page.locator("#upload-files button[aria-label='Clear']").first.click()
+            files.set_input_files(str(archive))
+            page.locator("#upload-name input, #upload-name textarea").first.fill("trip")
+            page.locator("#upload-button").click()
+            status = page.locator("#upload-status")
+            expect(status).to_contain_text("4 images described with xception", timeout=120_000)
+            expect(status).to_contain_text("corrupt.jpg")  # skipped, and said
+
+            # The Search tab now searches the new collection.
+            page.get_by_role("tab", name="Search").click()
+            page.locator("#query-image input[type=file]").set_input_files(str(mine[2]))
+            page.wait_for_function("() => document.querySelector('#query-image img')?.naturalWidth > 0")
+            page.locator("#search-button").click()
+            expect(page.locator("#results")).to_contain_text("#1 mine_picture_002 ·", timeout=60_000)
+            expect(page.locator("#search-status")).to_contain_text("trip")
+
+            # Another visitor (another browser session) is not offered it, and cannot search it.
+            other = browser.new_context().new_page()
+            other.goto(served["url"], wait_until="load")
+            other.locator("#search-button").wait_for()
+            config = other.evaluate("() => JSON.stringify(window.gradio_config)")
+            assert "uploaded: trip" not in config and "demo" in config
+        finally:
+            browser.close()
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError):  # (Gradio's own check refuses a choice the menu never offered; the app's: test_uploads)
+        Client(served["url"], verbose=False).predict(
+            handle_file(str(mine[2])), "", "uploaded: trip", "xception", "cosine", 3, api_name="/search_photo"
+        )
 
 
 @pytest.mark.slow
@@ -316,6 +460,34 @@ def resident_megabytes(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+def test_a_pixel_bomb_sent_as_a_data_url_is_refused_before_decoding(tmp_path):
+    import base64
+    import io
+
+    from gradio.data_classes import ImageData
+
+    import app
+
+    bomb = io.BytesIO()
+    Image.new("1", (13_000, 13_000)).save(bomb, "PNG")
+    photo = app.guarded_upload(gr.Image(type="filepath"))
+    url = "data:image/png;base64," + base64.b64encode(bomb.getvalue()).decode()
+    with pytest.raises(gr.Error, match="at most 64,000,000 pixels"):
+        photo.preprocess(ImageData(url=url))
+
+
+def test_your_photos_is_on_only_for_a_local_private_run(monkeypatch):
+    import app
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("CBIR_UPLOADS", raising=False)
+    enabled = lambda *argv: app.uploads_enabled(app.parse_arguments(list(argv)))  # noqa: E731
+    assert enabled() and not enabled("--share") and not enabled("--host", "0.0.0.0")
+    assert enabled("--host", "0.0.0.0", "--uploads", "on") and not enabled("--uploads", "off")
+    monkeypatch.setenv("SPACE_ID", "someone/demo")
+    assert not enabled()
 
 
 @pytest.mark.slow

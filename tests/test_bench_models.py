@@ -66,15 +66,19 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
     not Path("/usr/bin/chromium").exists() and not os.environ.get("CI"), reason="Debian's chromium is not installed"
 )
 def test_page_benchmark_quick_run_writes_results(tmp_path):
-    run_bench("page.py", "--quick", "--query-width", "320", "--out", str(tmp_path))
+    run_bench("page.py", "--quick", "--query-widths", "320,2400", "--out", str(tmp_path))
     report = json.loads((tmp_path / "page-quick.json").read_text())
-    assert report["searches"] == 5 and len(report["all_ms"]) == 5 and report["k"] == 12
-    # The page can never answer faster than the handler behind it.
-    assert report["median_ms"] > report["handler_median_ms"] > 0
-    assert set(report["phases_median_ms"]) == {"until_running", "running", "drawing"}
-    assert report["api_median_ms"] > 0
-    # The query reaches the server through the editor's uploads: at least one file per search.
-    assert len(report["uploads_per_search"]) == 6 and min(report["uploads_per_search"]) >= 1
+    small, large = report["sizes"]
+    assert (small["photo"], large["photo"]) == ("320 x 240", "2400 x 1800") and report["k"] == 12
+    for size in (small, large):
+        assert size["searches"] == 3 and len(size["page_ms"]) == 3
+        # The page can never answer faster than the handler behind it.
+        assert size["page_median_ms"] > size["handler_median_ms"] > 0 and size["api_median_ms"] > 0
+        # The photo went up once, when chosen: a search re-sends nothing.
+        assert size["uploads_during_searches"] == 0
+    # Past 2,048 px the page sends a smaller copy; below, the photo as it is.
+    assert large["uploaded_bytes_median"] < large["jpeg_bytes"] and small["uploaded_bytes_median"] == small["jpeg_bytes"]
+    assert (tmp_path / "page-quick.md").read_text().count("\n| ") == 3
 
 
 @pytest.mark.slow

@@ -244,7 +244,8 @@ def test_the_page_started_from_a_bundle_searches_in_a_real_browser(exported, tmp
             )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                page.goto(url, wait_until="networkidle")
+                page.goto(url, wait_until="load")
+                page.locator("#search-button").wait_for()
                 # The examples strip shows the bundle's thumbnails.
                 expect(page.locator("img").first).to_be_visible(timeout=30_000)
                 page.locator("input[type=file]").first.set_input_files(str(query))

@@ -37,7 +37,7 @@ def test_the_build_command_of_a_folder_name_makes_that_recipe_again(recipe):
     arguments = build_index.parse_arguments(shlex.split(command)[2:] + ["--weights", "none"])
     settings = BuildSettings(
         weights=Weights.parse(arguments.weights),
-        pooling=Pooling(arguments.pooling),
+        pooling=arguments.pooling and Pooling(arguments.pooling),
         scales=arguments.scales,
         whiten_on=arguments.whiten_on,
         whitened_dim=arguments.dim,

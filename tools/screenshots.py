@@ -117,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drag(page, box: tuple[int, int, int, int]) -> None:
+    """Drag over `box`, given in the pixels of the 4032 px wide phone photo."""
     image = page.locator("#query-image .image-frame img")
     page.wait_for_function("() => document.querySelector('#query-image .image-frame img')?.naturalWidth > 0")
-    left, top, scale = image.evaluate(
+    left, top, scale, natural_width = image.evaluate(
         "(img) => { const r = img.getBoundingClientRect(); "
         "const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight); "
-        "return [r.left + (r.width - img.naturalWidth * s) / 2, r.top + (r.height - img.naturalHeight * s) / 2, s]; }"
+        "return [r.left + (r.width - img.naturalWidth * s) / 2, r.top + (r.height - img.naturalHeight * s) / 2, s, "
+        "img.naturalWidth]; }"
     )
+    scale *= natural_width / 4032  # the box is in the phone photo's pixels; the page sent it smaller
     page.mouse.move(left + box[0] * scale, top + box[1] * scale)
     page.mouse.down()
     page.mouse.move(left + box[2] * scale, top + box[3] * scale, steps=5)
