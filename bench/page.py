@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-CHROMIUM = "/usr/bin/chromium"
 BOX_FRACTION = 0.6  # the box drawn: the middle 60 % of each side
 
 
@@ -59,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/page.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from playwright.sync_api import sync_playwright
+    from served_app import launch_chromium, running_app
     from synthetic import make_gallery
 
     from bench.common import write_report
@@ -80,30 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        app = subprocess.Popen(
-            [sys.executable, str(REPO / "app.py"), "--index-dir", str(scratch / "indexes"), "--no-build", "--port", str(port)],
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GRADIO_ANALYTICS_ENABLED="False"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}/"
         measured: dict[int, dict[str, list[float]]] = {}
-        try:
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(url, timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
+        with running_app(scratch / "indexes") as app:
+            url = app.url
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM,
-                    headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-                )
+                browser = launch_chromium(playwright)
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
                 uploads: list[str] = []
                 page.on("request", lambda request: uploads.append(request.url) if "/upload" in request.url else None)
@@ -142,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
                     client.predict(handle_file(str(query)), ",".join(map(str, box)), "bench", arguments.backbone,
                                    "cosine", arguments.k, api_name="/search_photo")  # fmt: skip
                     measured[width]["api"].append(time.perf_counter() - started)
-        finally:
-            app.terminate()
-            app.wait(timeout=30)
         file_sizes = {width: statistics.median(path.stat().st_size for path in queries[width]) for width in widths}
 
     def median_ms(values: list[float]) -> float:

@@ -6,10 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,10 +20,10 @@ from cbir.build import BuildSettings, build_indexes
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
 from cbir.search import SearchEngine
+from served_app import CHROMIUM, AppDidNotStart, launch_chromium, running_app
 from synthetic import crop_of, make_gallery, phone_photo
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def test_build_ui_constructs_without_launching_or_building(tmp_path):
@@ -68,12 +65,6 @@ def test_query_is_the_composite_without_the_canvas_margin():
     assert app.query_image(None) is None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A built synthetic collection and the app serving it in its own process."""
@@ -93,32 +84,12 @@ def served(tmp_path_factory):
     settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
     build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
     metric_query_norm = add_metric_collection(index_root, photos)
-    port = free_port()
-    log = open(root / "app.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_root), "--no-build", "--port", str(port),
-         "--weights", "none", "--input-size", "96"],  # what the "Your photos" tab builds with
-        cwd=root,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (root / "app.log").read_text()
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the app did not start: " + (root / "app.log").read_text())
-    yield {"url": url, "photos": photos, "root": root, "metric_query_norm": metric_query_norm, "pid": process.pid}
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    try:
+        # --weights, --input-size: what the "Your photos" tab builds with.
+        with running_app(index_root, "--weights", "none", "--input-size", "96", log=root / "app.log", cwd=root) as app:
+            yield {"url": app.url, "photos": photos, "root": root, "metric_query_norm": metric_query_norm, "pid": app.pid}
+    except AppDidNotStart as error:
+        pytest.fail(str(error))
 
 
 def add_metric_collection(index_root: Path, photos: Path) -> float:
@@ -306,11 +277,7 @@ def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
     phone = tmp_path / "phone.jpg"
     box = phone_photo(phone, served["photos"] / "picture_007.jpg", served["photos"] / "picture_003.jpg")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(served["url"], wait_until="load")
@@ -397,11 +364,7 @@ def test_your_photos_are_described_searchable_and_seen_by_no_other_session(serve
     with zipfile.ZipFile(unsafe, "w") as opened:
         opened.writestr("../escape.jpg", mine[0].read_bytes())
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(served["url"], wait_until="load")

@@ -4,11 +4,6 @@ asks Milvus and answers with the exact scan's ranking and scores."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +13,7 @@ if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there 
     pytest.importorskip("milvus_lite")
 
 from synthetic import crop_of, make_gallery
-from test_app import free_port
+from served_app import AppDidNotStart, running_app
 
 pytestmark = pytest.mark.slow
 
@@ -40,29 +35,11 @@ def served(tmp_path_factory):
     from milvus_lite.server_manager import server_manager_instance
 
     server_manager_instance.release_server(str(root / "milvus.db"))
-    port = free_port()
-    log = open(root / "app.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_root), "--no-build", "--port", str(port)],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (root / "app.log").read_text()
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the app did not start: " + (root / "app.log").read_text())
-    yield {"url": url, "photos": photos, "index_root": index_root, "root": root}
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    try:
+        with running_app(index_root, log=root / "app.log", cwd=root) as app:
+            yield {"url": app.url, "photos": photos, "index_root": index_root, "root": root}
+    except AppDidNotStart as error:
+        pytest.fail(str(error))
 
 
 def test_api_search_through_milvus_lite_gives_the_exact_scans_ranking_and_scores(served, tmp_path):

@@ -26,6 +26,7 @@ from cbir.datasets import folder_collection
 from cbir.download import DownloadError, HttpSettings
 from cbir.search import SearchEngine
 from fake_datasets import ServerBehaviour, serve_directory
+from served_app import launch_chromium
 from synthetic import crop_of, make_gallery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,11 +238,7 @@ def test_the_page_started_from_a_bundle_searches_in_a_real_browser(exported, tmp
                                 "--index-dir", str(tmp_path / "none"), cwd=tmp_path)  # fmt: skip
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-            )
+            browser = launch_chromium(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
                 page.goto(url, wait_until="load")

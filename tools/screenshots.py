@@ -9,13 +9,8 @@ not a measure of anything; they show the page). Needs Debian's chromium (/usr/bi
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -23,7 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-CHROMIUM = "/usr/bin/chromium"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
 
     from playwright.sync_api import expect, sync_playwright
+    from served_app import launch_chromium, running_app
     from synthetic import make_gallery, phone_photo
 
     from cbir.backbones import Weights, get_backbone
@@ -56,30 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             for path in mine:
                 opened.write(path, f"trip/{path.name}")
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        app = subprocess.Popen(
-            [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_dir), "--no-build", "--port", str(port),
-             "--weights", "none", "--input-size", "96"],  # fmt: skip
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GRADIO_ANALYTICS_ENABLED="False"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(url, timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
+        # --weights, --input-size: what the "Your photos" tab builds with.
+        with running_app(index_dir, "--weights", "none", "--input-size", "96") as app:
+            url = app.url
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM,
-                    headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-                )
+                browser = launch_chromium(playwright)
                 for theme in ("light", "dark"):
                     page = browser.new_page(viewport={"width": 1400, "height": 1000})
                     page.goto(url + f"?__theme={theme}", wait_until="load")
@@ -108,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                     page.screenshot(path=str(arguments.out / "evaluation-self-retrieval.jpg"), full_page=True, type="jpeg", quality=80)
                     page.close()
                 browser.close()
-        finally:
-            app.terminate()
-            app.wait(timeout=30)
     for path in sorted(arguments.out.glob("*.jpg")):
-        print(path.relative_to(REPO), f"{path.stat().st_size / 1e3:.0f} KB")
+        print(path, f"{path.stat().st_size / 1e3:.0f} KB")
     return 0
 
 
