@@ -16,6 +16,9 @@ defaults, batch 16) measured in the same run:
   and run by the OpenVINO CPU runtime (pip install openvino), once at float32 and once at its
   default precision on CPUs with bfloat16 units. Reported with the largest absolute difference of
   the descriptors from Keras' own, and the lowest cosine between the two for the same image.
+  EfficientNetV2-L's export this way outgrew 24 GiB and was killed; `--runtime` (cbir/runtime.py)
+  converts with `openvino.convert_model` on the network instead, in 2.9 GB, and bench/runtimes.py
+  measures that, the route an index is built with.
 
 Random weights (weights=None), as in bench/extract.py. Results: bench/results/runtime.json, .md.
 """

@@ -22,7 +22,8 @@ build refuses it, and so does this table. The ImageNet weights cannot be downloa
 weights are random, with each batch-norm layer's statistics set from synthetic pictures as a trained
 network's are from its data (bench/calibrated.py; `--weights none` keeps the raw init, under which
 EfficientNetV2-L's activations reach 1e10 and Keras disagrees with itself). The last column is the
-noise floor: Keras' own descriptors of 8 pictures described one at a time against in a batch.
+noise floor: Keras' own descriptors of the same pictures described one at a time against in
+batches (in its first run).
 Results: bench/results/runtimes.json, .md.
 """
 
@@ -48,7 +49,6 @@ from bench.calibrated import WEIGHTS_SAID, add_weights_argument  # noqa: E402
 from bench.common import cpu_model, write_report  # noqa: E402
 
 BATCH = 16
-SELF_CHECK = 8  # pictures Keras also describes one at a time
 ROW_MARK = "RUNTIMES-ROW "
 
 
@@ -85,9 +85,9 @@ def worker(options: dict) -> None:
         rates.append(len(images) / (time.perf_counter() - started))
     np.save(options["out"], descriptors)
     alone = None
-    if recipe.runtime is Runtime.KERAS:  # the noise floor: Keras against itself, pictures one at a time
-        alone = agreement(descriptors[:SELF_CHECK], np.concatenate([extractor.describe(images[i : i + 1])
-                                                                     for i in range(SELF_CHECK)]))["min_cosine"]  # fmt: skip
+    if recipe.runtime is Runtime.KERAS and options["turn"] == 0:  # the noise floor: Keras against itself
+        alone = agreement(descriptors, np.concatenate([extractor.describe(images[i : i + 1])
+                                                       for i in range(len(images))]))["min_cosine"]  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(ROW_MARK + json.dumps({"images_per_second": round(float(np.median(rates)), 3), "prepare_seconds": round(prepared, 1),
                                  "cached_seconds": None if cached is None else round(cached, 1),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +172,74 @@ def test_resume_simulation_quick_run_resumes_half_way(tmp_path):
     report = json.loads((tmp_path / "resume.json").read_text())
     assert report["images"] == 20_000 and 9_000 <= report["resumed_images"] <= 10_000
     assert report["checkpoint_files"] == report["resumed_images"] // 512
+
+
+def needs_openvino() -> None:
+    if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there a missing OpenVINO fails
+        pytest.importorskip("openvino")
+
+
+@pytest.mark.slow
+def test_runtimes_benchmark_quick_run_states_agreement_and_the_noise_floor(tmp_path):
+    needs_openvino()
+    run_bench("runtimes.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "runtimes-quick.json").read_text())
+    rows = {(row["runtime"], row["turn"]): row for row in report["rows"]}
+    keras_rates = [rows[("keras", turn)]["images_per_second"] for turn in (0, 3)]
+    f32 = rows[("openvino-f32", 1)]
+    assert f32["over_keras"] == pytest.approx(f32["images_per_second"] / (sum(keras_rates) / 2), rel=0.01)
+    assert f32["min_cosine"] > 0.99999 and f32["top10_overlap"] == 1.0
+    # Keras against itself (pictures one at a time): the floor the runtimes' agreement is read against.
+    assert rows[("keras", 0)]["self_min_cosine"] > 0.99999 and rows[("keras", 3)]["self_min_cosine"] is None
+    # xception has batch norm: its random weights were given pictures' statistics, and say so.
+    assert "batch-norm statistics" in f32["weights"] and "batch-norm statistics" in report["weights"]
+    bf16 = rows[("openvino-bf16", 2)]
+    assert ("images_per_second" in bf16) == ("BF16" in report["openvino_cpu_capabilities"])
+
+
+@pytest.mark.slow
+def test_runtime_map_benchmark_quick_run_evaluates_each_runtime_s_own_index(tmp_path):
+    needs_openvino()
+    run_bench("runtime_map.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "runtime-map-quick.json").read_text())
+    rows = {(row["runtime"], row["query_mode"]): row for row in report["rows"]}
+    control = "keras, database 1 image a batch"  # Keras against itself: the floor
+    assert {(runtime, mode) for runtime, mode in rows if runtime != "openvino-bf16"} == {
+        (runtime, mode) for runtime in ("keras", "openvino-f32", control) for mode in ("full", "cropped")}  # fmt: skip
+    assert rows[("keras", "full")]["recipe"] == "xception" and rows[("openvino-f32", "full")]["recipe"] == "xception-ovf32"
+    for (runtime, mode), row in rows.items():
+        assert row["n_queries"] == 6 and 0 < row["map"] <= 1
+        base = rows[("keras", mode)]["map"]
+        assert row["map_change"] == pytest.approx(row["map"] - base)
+    # float32 OpenVINO gives Keras' descriptors, so the same rankings and the same mAP.
+    assert abs(rows[("openvino-f32", "cropped")]["map_change"]) < 1e-6
+    assert rows[("openvino-f32", "cropped")]["queries_top10_differ"] == 0
+    assert rows[(control, "cropped")]["recipe"] == "xception" and abs(rows[(control, "cropped")]["map_change"]) < 1e-6
+    assert rows[(control, "cropped")]["database_batch"] == 1 and rows[("keras", "cropped")]["database_batch"] == 16
+    assert "| xception | openvino-f32 | 80 | 6 | cropped |" in (tmp_path / "runtime-map-quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_calibrated_weights_hold_the_pictures_batch_norm_statistics(tmp_path):
+    """bench/calibrated.py: the benchmarks' stand-in for trained weights keeps activations in range."""
+    import keras
+
+    from cbir.backbones import Weights, build_trunk, get_backbone
+    from synthetic import draw_picture
+
+    spec = importlib.util.spec_from_file_location("bench_calibrated", REPO / "bench" / "calibrated.py")
+    calibrated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrated)
+    assert calibrated.calibrated_weights("vgg16", 64, tmp_path / "vgg16.weights.h5") == "none"  # no batch norm
+    path = calibrated.calibrated_weights("xception", 80, tmp_path / "xception.weights.h5")
+    assert path == str(tmp_path / "xception.weights.h5")
+    trunk = build_trunk(get_backbone("xception"), Weights.parse(path), None, study_layer=False)
+    first = next(layer for layer in trunk.model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    # The first batch norm follows the first convolution: its statistics are now those of the pictures'
+    # responses, not the initial mean 0 / variance 1; so that layer's output on the pictures is standardised.
+    assert np.abs(np.asarray(first.moving_mean)).max() > 1e-3
+    pictures = np.stack([np.asarray(draw_picture(seed, 160, 120).resize((80, 80))) for seed in range(16)])
+    probe = keras.Model(trunk.model.input, first.output)
+    normalised = np.asarray(probe(trunk.preprocess(pictures.astype(np.float32)), training=False))
+    assert np.abs(normalised.mean(axis=(0, 1, 2))).max() < 1e-2
+    assert np.allclose(normalised.std(axis=(0, 1, 2)), 1, atol=0.05)
