@@ -2,9 +2,10 @@
 
 The ImageNet weights cannot be downloaded here, and a network straight from its random init is a
 poor stand-in when the question is numerical agreement: its batch-norm layers hold their initial
-statistics (mean 0, variance 1), so nothing keeps activations in range. EfficientNetV2-L's reach
-1e10, and Keras then disagrees with itself: one picture described alone and in a batch of three
-gives descriptors at a cosine of 0.59. A trained network's batch-norm statistics are those of its
+statistics (mean 0, variance 1), so nothing keeps activations in range. EfficientNetV2-L's grow
+unchecked, and Keras then disagrees with itself: one picture described alone and in a batch gives
+descriptors far apart (`python bench/runtimes.py --backbones efficientnet_v2_l --weights none`
+measures it). A trained network's batch-norm statistics are those of its
 inputs. This sets them so (each batch-norm layer's moving mean and variance from one pass over
 synthetic pictures, in training mode, with momentum 0) and saves the result as a Keras weights
 file, which the project loads like any `--weights PATH`. Networks without batch norm (VGG16) keep
