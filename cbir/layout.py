@@ -5,7 +5,7 @@
         added.json              folders outside the images folder that `--add` added images from
         <recipe key>/           one index folder per recipe (cbir.index)
         .extract-<recipe key>/  checkpoints of an extraction in progress (removed when done)
-        evaluation/             results files (cbir.evaluate)
+        evaluation/             results files (cbir.evaluation)
         thumbnails/             the only image files the page serves (cbir.thumbnails)
 
 The collection record stores the images folder relative to the record itself (and, as a fallback,

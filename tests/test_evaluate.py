@@ -17,7 +17,7 @@ from cbir.build import BuildSettings, build_indexes
 from cbir.datasets import DownloadSettings, prepare_dataset
 from cbir.distances import Metric
 from cbir.errors import CbirError
-from cbir.evaluate import (
+from cbir.evaluation import (
     EvaluationSettings,
     evaluate_collection,
     format_summary,

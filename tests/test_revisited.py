@@ -374,7 +374,7 @@ def test_roxford5k_builds_over_imlist_and_evaluates_easy_medium_hard_with_and_wi
 
     from cbir.backbones import BACKBONES, Weights
     from cbir.build import BuildSettings, build_indexes
-    from cbir.evaluate import EvaluationSettings, evaluate_collection, results_folder
+    from cbir.evaluation import EvaluationSettings, evaluate_collection, results_folder
     from cbir.layout import IndexLayout, read_collection_record
 
     with serve_directory(oxford["archive_dir"]) as base_url:
@@ -422,7 +422,7 @@ def test_distractors_are_appended_after_imlist_and_the_ground_truth_still_scores
     from cbir.backbones import BACKBONES, Weights
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import with_distractors
-    from cbir.evaluate import EvaluationSettings, evaluate_collection, results_folder
+    from cbir.evaluation import EvaluationSettings, evaluate_collection, results_folder
     from cbir.layout import IndexLayout, build_command, read_collection_record
     from cbir.metrics import ap_oxford
     from cbir.protocols import QueryMode
@@ -477,7 +477,7 @@ def test_build_index_evaluate_prints_the_easy_medium_hard_table_with_and_without
     import sys
 
     import app
-    from cbir.evaluate import load_results, revisited_table
+    from cbir.evaluation import load_results, revisited_table
 
     repo = Path(__file__).resolve().parents[1]
     with serve_directory(oxford["archive_dir"]) as base_url:

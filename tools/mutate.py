@@ -67,13 +67,13 @@ MUTATIONS = [
              "n_skipped=len(scores) - len(scored),", "n_skipped=0,", METRICS_TESTS),
     Mutation("repeated ids accepted", "cbir/metrics.py",
              "if len(set(ranking)) != len(ranking):", "if False:", METRICS_TESTS),
-    # cbir/protocols.py, cbir/evaluate.py
+    # cbir/protocols.py, cbir/evaluation/loop.py
     Mutation("standard protocol without ok", "cbir/protocols.py",
              'positive={"good", "ok"},', 'positive={"good"},', EVALUATE_TESTS),
-    Mutation("evaluation ignores nothing", "cbir/evaluate.py",
+    Mutation("evaluation ignores nothing", "cbir/evaluation/loop.py",
              "positives, ignored = protocol.positives(query), protocol.ignored_ids(query)",
              "positives, ignored = protocol.positives(query), frozenset()", EVALUATE_TESTS),
-    Mutation("full queries still cropped", "cbir/evaluate.py",
+    Mutation("full queries still cropped", "cbir/evaluation/loop.py",
              "box=query.box if mode is QueryMode.CROPPED else None,", "box=query.box,", EVALUATE_TESTS),
     # cbir/distances.py, cbir/stores/, cbir/index.py, cbir/ranking.py
     Mutation("cosine distance as 1 - cos (other units)", "cbir/distances.py",
