@@ -23,7 +23,6 @@ from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, load_
 from cbir.index import BrokenIndex, IndexInfo, LoadedIndex, load_index, scan_indexes, version_warnings
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
 from cbir.ranking import Ranking, Reranker, rank
-from cbir.stores.annoy import DEFAULT_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 
 class SearchEngine:
-    """Searches the indexes under `index_dir`; safe to share between threads."""
+    """Searches the indexes under `index_dir`; safe to share between threads. `candidates`: how many
+    rows an approximate store examines per search (None: each store's own default)."""
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class SearchEngine:
         *,
         extractors: ExtractorCache | None = None,
         limits: ImageLimits = DEFAULT_LIMITS,
-        candidates: int = DEFAULT_CANDIDATES,
+        candidates: int | None = None,
     ) -> None:
         self.layout = IndexLayout(index_dir)
         self.extractors = extractors if extractors is not None else ExtractorCache()
