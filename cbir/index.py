@@ -10,12 +10,23 @@
 A folder is written under a temporary name and renamed when complete, so a build that dies never
 leaves something that loads. Loading checks the manifest against what the caller expects and every
 file against the size the manifest recorded: a damaged folder is reported, never searched.
+
+A file that changes under a running server (a disk error, a sync tool, a second build writing in
+place) must cost that index, never the process: reading a page of a memory-mapped file that was
+cut short kills the process (SIGBUS), with every collection and visitor. So descriptors up to
+IN_MEMORY_BYTES are read into memory (no mapping left to fault), and before each search the files
+of the folder are compared with what was loaded (size, modification time, inode: one stat each);
+a changed folder is refused with the rebuild command, and the search engine loads it afresh (a
+folder replaced whole by a rebuild is simply the new index). What remains is a file cut short
+during the milliseconds of one search of a mapped file (descriptors above IN_MEMORY_BYTES, Annoy's
+forests): docs/security.md.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +48,8 @@ from cbir.whitening import WHITENING_FILE, Whitening, WhiteningSource
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+# Descriptor files up to this size are read into memory rather than memory-mapped (module docstring).
+IN_MEMORY_BYTES = 256 * 2**20
 READABLE_SCHEMAS = (1, 2)  # 1: written before recipes (backbone + Annoy only), read by conversion
 
 
@@ -248,9 +261,26 @@ class LoadedIndex:
     whitening: Whitening | None = field(default=None, repr=False)
     _store: Store | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # (size, modification time, inode) of each file as loaded: what `changed_files` compares with.
+    _stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.exact = ExactStore(self.descriptors)
+        if not self._stamps:
+            self._stamps = _stamps(self.folder, self.manifest)
+
+    def changed_files(self) -> list[str]:
+        """The files of the folder that are not as they were loaded (missing, cut, rewritten, replaced)."""
+        return [name for name, stamp in _stamps(self.folder, self.manifest).items() if stamp != self._stamps.get(name)]
+
+    def check_unchanged(self) -> None:
+        """Refuse to read an index whose files changed on disk since it was loaded (module docstring)."""
+        changed = self.changed_files()
+        if changed:
+            raise IndexLoadError(
+                f"{self.folder}: {', '.join(changed)} changed on disk while it was being served (a second build "
+                f"writing into it, a sync tool, a disk error?). Rebuild it: {self.manifest.rebuild_command()}"
+            )
 
     def query_descriptor(self, described: np.ndarray) -> np.ndarray:
         """A query's descriptor as the rows hold them: the recipe's whitening applied, if it has one."""
@@ -276,6 +306,7 @@ class LoadedIndex:
         self, query: np.ndarray, metric: Metric, k: int | None, *, exact: bool, candidates: int | None = None
     ) -> Neighbours:
         """The k nearest rows (k=None: every row, exact only)."""
+        self.check_unchanged()
         if exact or k is None:
             return self.exact.search(query, metric, k)
         try:
@@ -288,6 +319,19 @@ class LoadedIndex:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+
+
+def _stamps(folder: Path, manifest: Manifest) -> dict[str, tuple[int, int, int]]:
+    """(size, modification time, inode) of each file of the index; (-1, -1, -1) for a missing one."""
+    stamps = {}
+    for name in _required_files(manifest, manifest.store.params):
+        try:
+            status = os.stat(Path(folder) / name)
+        except OSError:
+            stamps[name] = (-1, -1, -1)
+        else:
+            stamps[name] = (status.st_size, status.st_mtime_ns, status.st_ino)
+    return stamps
 
 
 def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
@@ -323,8 +367,10 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
     problems = damage(folder, manifest)
     if problems:
         raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. {fix}")
+    stamps = _stamps(folder, manifest)  # before reading: a change while loading shows at the first search
     try:
-        descriptors = np.load(folder / DESCRIPTORS, mmap_mode="r", allow_pickle=False)
+        in_memory = (folder / DESCRIPTORS).stat().st_size <= IN_MEMORY_BYTES
+        descriptors = np.load(folder / DESCRIPTORS, mmap_mode=None if in_memory else "r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise IndexLoadError(f"{folder / DESCRIPTORS} is unreadable ({error}). {fix}") from None
     if descriptors.shape != (len(manifest.images), manifest.dim):
@@ -343,7 +389,7 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
                 f"{folder / WHITENING_FILE} maps {whitening.input_dim}-d to {whitening.dim}-d descriptors, the "
                 f"recipe {manifest.key} needs {manifest.recipe.base.dim}-d to {manifest.dim}-d. {fix}"
             )
-    return LoadedIndex(folder, manifest, descriptors, whitening)
+    return LoadedIndex(folder, manifest, descriptors, whitening, _stamps=stamps)
 
 
 def version_warnings(manifest: Manifest, current: dict[str, str]) -> list[str]:

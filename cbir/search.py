@@ -92,6 +92,12 @@ class SearchEngine:
     def index(self, collection: str, recipe: str) -> LoadedIndex:
         key = (collection, recipe)
         with self._lock:
+            cached = self._indexes.get(key)
+            if cached is not None and cached.changed_files():
+                # Replaced by a rebuild, or damaged in place: load it afresh (a damaged folder is refused).
+                # Not closed here: a search in another thread may still hold it.
+                logger.warning("%s changed on disk since it was loaded: loading it again", cached.folder)
+                del self._indexes[key]
             if key not in self._indexes:
                 loaded = load_index(self.layout.index_dir(collection, recipe))
                 if loaded.manifest.dim != loaded.manifest.recipe.dim:
