@@ -38,7 +38,7 @@ import numpy as np
 from cbir import atomic
 from cbir.distances import Metric, Neighbours
 from cbir.errors import SettingsError
-from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command
+from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command, recorded_images
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores import Store, get_store_kind
@@ -100,8 +100,11 @@ class Manifest:
     def untrained(self) -> bool:
         return self.recipe.untrained
 
-    def rebuild_command(self) -> str:
-        return build_command(self.collection, self.key, force=True)
+    def rebuild_command(self, folder: Path | None = None) -> str:
+        """The command that rebuilds this index (`folder`: where it is, so a folder collection's
+        command names the images folder its record names)."""
+        images = recorded_images(Path(folder).parent) if folder is not None else None
+        return build_command(self.collection, self.key, force=True, images=images)
 
     def to_json(self) -> str:
         data = {
@@ -177,14 +180,15 @@ class Manifest:
             raise IndexLoadError(
                 f"{path} has schema version {version}, this code reads versions "
                 f"{', '.join(map(str, READABLE_SCHEMAS))}. Rebuild it: "
-                + build_command(name, Path(folder).name, force=True)
+                + build_command(name, Path(folder).name, force=True, images=recorded_images(Path(folder).parent))
             )
         try:
             return cls.from_json(data)
         except (KeyError, TypeError, ValueError) as error:
             raise IndexLoadError(
                 f"{path} is missing or has wrong fields ({error!r}). Rebuild it: "
-                + build_command(data.get("collection", "<name>"), Path(folder).name, force=True)
+                + build_command(data.get("collection", "<name>"), Path(folder).name, force=True,
+                                images=recorded_images(Path(folder).parent))
             ) from None
 
 
@@ -279,7 +283,7 @@ class LoadedIndex:
         if changed:
             raise IndexLoadError(
                 f"{self.folder}: {', '.join(changed)} changed on disk while it was being served (a second build "
-                f"writing into it, a sync tool, a disk error?). Rebuild it: {self.manifest.rebuild_command()}"
+                f"writing into it, a sync tool, a disk error?). Rebuild it: {self.manifest.rebuild_command(self.folder)}"
             )
 
     def query_descriptor(self, described: np.ndarray) -> np.ndarray:
@@ -312,7 +316,7 @@ class LoadedIndex:
         try:
             return self.store.search(query, metric, min(k, len(self)), candidates=candidates)
         except IndexLoadError as error:
-            raise IndexLoadError(f"{error} Rebuild it: {self.manifest.rebuild_command()}") from None
+            raise IndexLoadError(f"{error} Rebuild it: {self.manifest.rebuild_command(self.folder)}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -338,9 +342,12 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
     """Load an index folder after checking that it is whole and holds what the caller expects."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise IndexLoadError(f"no index at {folder}. Build it: {build_command(folder.parent.name, folder.name)}")
+        raise IndexLoadError(f"no index at {folder}. Build it: "
+                             f"{build_command(folder.parent.name, folder.name, images=recorded_images(folder.parent))}")
     manifest = Manifest.read(folder)
-    fix = "Rebuild it: " + build_command(manifest.collection, expected.key if expected else manifest.key, force=True)
+    images = recorded_images(folder.parent)
+    fix = "Rebuild it: " + build_command(manifest.collection, expected.key if expected else manifest.key, force=True,
+                                         images=images)  # fmt: skip
     if expected is not None and manifest.recipe.backbone != expected.backbone:
         raise IndexLoadError(
             f"{folder} was built by {manifest.recipe.backbone}, not {expected.backbone}; its descriptors cannot be "
@@ -351,7 +358,7 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
         raise IndexLoadError(
             f"{folder} was described by the {built_with} runtime; descriptors made by {expected.runtime.value} do not "
             f"match its rows exactly. Describe the queries with {built_with} (the recipe {manifest.key}), or build an "
-            f"index for {expected.runtime.value}: {build_command(manifest.collection, expected.key)}"
+            f"index for {expected.runtime.value}: {build_command(manifest.collection, expected.key, images=images)}"
         )
     if expected is not None and manifest.recipe.key != expected.key:
         raise IndexLoadError(f"{folder} holds {manifest.recipe.key} descriptors, not {expected.key}. {fix}")
@@ -453,7 +460,7 @@ def scan_indexes(index_root: Path) -> tuple[list[IndexInfo], list[BrokenIndex]]:
             manifest = Manifest.read(folder)
             problems = damage(folder, manifest)
             if problems:
-                raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. Rebuild it: {manifest.rebuild_command()}")
+                raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. Rebuild it: {manifest.rebuild_command(folder)}")
         except IndexLoadError as error:
             logger.warning("ignoring %s: %s", folder, error)
             broken.append(BrokenIndex(folder.parent.name, folder.name, folder, str(error)))

@@ -103,12 +103,12 @@ class SearchEngine:
                 if loaded.manifest.dim != loaded.manifest.recipe.dim:
                     raise IndexLoadError(
                         f"{loaded.folder} holds {loaded.manifest.dim}-d rows, but its recipe gives "
-                        f"{loaded.manifest.recipe.dim}-d descriptors. Rebuild it: {loaded.manifest.rebuild_command()}"
+                        f"{loaded.manifest.recipe.dim}-d descriptors. Rebuild it: {loaded.manifest.rebuild_command(loaded.folder)}"
                     )
                 if loaded.manifest.key != recipe or loaded.manifest.collection != collection:
                     raise IndexLoadError(
                         f"{loaded.folder} holds {loaded.manifest.collection}/{loaded.manifest.key}, not "
-                        f"{collection}/{recipe}. Rebuild it: {loaded.manifest.rebuild_command()}"
+                        f"{collection}/{recipe}. Rebuild it: {loaded.manifest.rebuild_command(loaded.folder)}"
                     )
                 self._warnings[key] = tuple(version_warnings(loaded.manifest, keras_versions()))
                 for warning in self._warnings[key]:
@@ -122,7 +122,7 @@ class SearchEngine:
         if weights.kind is WeightsKind.FILE and (weights.path is None or not weights.path.is_file()):
             raise IndexLoadError(
                 f"{loaded.manifest.collection}/{recipe.key} was built with the weights file {weights.path}, "
-                f"which is no longer there. Put it back, or rebuild: {loaded.manifest.rebuild_command()}"
+                f"which is no longer there. Put it back, or rebuild: {loaded.manifest.rebuild_command(loaded.folder)}"
             )
         return self.extractors.get(recipe)
 

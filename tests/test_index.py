@@ -331,3 +331,21 @@ def test_the_engine_serves_a_rebuilt_folder_and_refuses_a_damaged_one_while_the_
     with pytest.raises(IndexLoadError, match=r"damaged: descriptors.npy has .* bytes.*Rebuild it: .*--force"):
         first("one")
     assert first("two") == "a.jpg"
+
+
+def test_the_rebuild_command_of_a_damaged_folder_collection_names_the_folder_it_was_built_from(tmp_path):
+    from stubs import wide, write_collection
+
+    from cbir.datasets import Collection
+
+    photos = tmp_path / "my photos"  # a space: the command quotes it
+    photos.mkdir()
+    write_collection(tmp_path / "idx", Collection("mine", photos, ("a.jpg", "b.jpg")), wide([1, 0], [0, 1]))
+    folder = tmp_path / "idx" / "mine" / "xception"
+    (folder / "descriptors.npy").write_bytes((folder / "descriptors.npy").read_bytes()[:-4])
+    [broken] = scan_indexes(tmp_path / "idx")[1]
+    expected = f"python build_index.py --images '{photos.resolve()}' --name mine"
+    assert expected in broken.problem and "<folder>" not in broken.problem
+    with pytest.raises(IndexLoadError) as caught:
+        load_index(folder)
+    assert expected in str(caught.value)
