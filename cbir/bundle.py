@@ -143,6 +143,10 @@ def export_bundle(
         name = thumbnail_name(collection, image, max_side)
         files.append((f"{prefix}/thumbnails/{name}", thumbnails.folder / name))
     record_text = _bundle_record(collection, record, max_side, images)
+    try:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)  # `--export-bundle out/new-folder/x.tar`
+    except OSError as error:
+        raise BundleError(f"cannot write the bundle to {dest}: {error.strerror or error}") from None
     record_file = Path(dest).with_name(Path(dest).name + ".collection.json")
     record_file.write_text(record_text)
     files.append((f"{prefix}/collection.json", record_file))

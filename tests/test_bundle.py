@@ -215,6 +215,15 @@ def test_another_bundle_under_the_same_name_is_checked_and_served_not_the_old_on
             assert terms in (opened.parent / BUNDLE_MANIFEST).read_text()
 
 
+def test_a_bundle_is_exported_into_a_folder_that_does_not_exist_yet_or_refused_with_a_message(exported, tmp_path):
+    dest = tmp_path / "new" / "deeper" / "demo.tar"
+    export_bundle(exported["index_dir"], "demo", dest, source="synthetic", terms="t", progress=False)
+    assert read_bundle_manifest(dest).collection == "demo"
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(BundleError, match="cannot write the bundle to"):
+        export_bundle(exported["index_dir"], "demo", tmp_path / "a-file" / "demo.tar", progress=False)
+
+
 def test_a_cut_download_resumes_and_the_next_start_succeeds(exported, tmp_path):
     size = exported["bundle"].stat().st_size
     behaviour = ServerBehaviour(cut_after={"demo.tar": size // 3})
