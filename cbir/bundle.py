@@ -17,6 +17,7 @@ second start finds it there, verified, and opens at once.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -142,6 +143,10 @@ def export_bundle(
         name = thumbnail_name(collection, image, max_side)
         files.append((f"{prefix}/thumbnails/{name}", thumbnails.folder / name))
     record_text = _bundle_record(collection, record, max_side, images)
+    try:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)  # `--export-bundle out/new-folder/x.tar`
+    except OSError as error:
+        raise BundleError(f"cannot write the bundle to {dest}: {error.strerror or error}") from None
     record_file = Path(dest).with_name(Path(dest).name + ".collection.json")
     record_file.write_text(record_text)
     files.append((f"{prefix}/collection.json", record_file))
@@ -219,7 +224,8 @@ def open_bundle(location: str, cache_dir: Path, http: HttpSettings | None = None
     cache_dir = Path(cache_dir)
     if "://" in location and not location.startswith("file://"):
         name = PurePosixPath(urlsplit(location).path).name or "bundle.tar"
-        archive = cache_dir / "downloads" / name
+        # One folder per URL: two bundles of the same file name from two places are two downloads.
+        archive = cache_dir / "downloads" / hashlib.sha256(location.encode()).hexdigest()[:16] / name
         if not archive.is_file():
             logger.info("downloading the bundle %s", location)
             download(location, archive, http)
@@ -228,7 +234,10 @@ def open_bundle(location: str, cache_dir: Path, http: HttpSettings | None = None
         if not archive.is_file():
             raise BundleError(f"no bundle at {archive}: give the path of a .tar made by --export-bundle, or its URL")
     target = cache_dir / "bundles" / archive.name.removesuffix(".tar")
-    stamp = {"archive": str(archive.resolve()), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns}
+    # What was checked: this file, as it was (a bundle replaced under the same name, even at the same
+    # size and time, has another bundle.json, which lists every member's sha256).
+    stamp = {"archive": str(archive.resolve()), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns,
+             "bundle_json_sha256": hashlib.sha256(_manifest_bytes(archive)).hexdigest()}  # fmt: skip
     marker = target / VERIFIED_MARKER
     if marker.is_file():
         try:
@@ -273,10 +282,18 @@ def _extract_checked(archive: Path, target: Path, stamp: dict) -> None:
 def read_bundle_manifest(archive: Path) -> BundleManifest:
     """`bundle.json`, which must be the archive's first member."""
     try:
+        return BundleManifest.from_json(_manifest_bytes(archive).decode())
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"{archive} is not a readable bundle ({error}): download it again") from None
+
+
+def _manifest_bytes(archive: Path) -> bytes:
+    """The bytes of `bundle.json`, the archive's first member."""
+    try:
         with tarfile.open(archive, "r:*") as tar:
             first = tar.next()
             if first is None or first.name != BUNDLE_MANIFEST or not first.isfile() or first.size > 64 << 20:
                 raise BundleError(f"{archive} is not a bundle: it does not start with {BUNDLE_MANIFEST}")
-            return BundleManifest.from_json(tar.extractfile(first).read().decode())
-    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
+            return tar.extractfile(first).read()
+    except (tarfile.TarError, OSError, EOFError) as error:
         raise BundleError(f"{archive} is not a readable bundle ({error}): download it again") from None

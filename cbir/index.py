@@ -10,12 +10,23 @@
 A folder is written under a temporary name and renamed when complete, so a build that dies never
 leaves something that loads. Loading checks the manifest against what the caller expects and every
 file against the size the manifest recorded: a damaged folder is reported, never searched.
+
+A file that changes under a running server (a disk error, a sync tool, a second build writing in
+place) must cost that index, never the process: reading a page of a memory-mapped file that was
+cut short kills the process (SIGBUS), with every collection and visitor. So descriptors up to
+IN_MEMORY_BYTES are read into memory (no mapping left to fault), and before each search the files
+of the folder are compared with what was loaded (size, modification time, inode: one stat each);
+a changed folder is refused with the rebuild command, and the search engine loads it afresh (a
+folder replaced whole by a rebuild is simply the new index). What remains is a file cut short
+during the milliseconds of one search of a mapped file (descriptors above IN_MEMORY_BYTES, Annoy's
+forests): docs/security.md.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +38,7 @@ import numpy as np
 from cbir import atomic
 from cbir.distances import Metric, Neighbours
 from cbir.errors import SettingsError
-from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command
+from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command, recorded_images
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores import Store, get_store_kind
@@ -37,6 +48,8 @@ from cbir.whitening import WHITENING_FILE, Whitening, WhiteningSource
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+# Descriptor files up to this size are read into memory rather than memory-mapped (module docstring).
+IN_MEMORY_BYTES = 256 * 2**20
 READABLE_SCHEMAS = (1, 2)  # 1: written before recipes (backbone + Annoy only), read by conversion
 
 
@@ -87,8 +100,11 @@ class Manifest:
     def untrained(self) -> bool:
         return self.recipe.untrained
 
-    def rebuild_command(self) -> str:
-        return build_command(self.collection, self.key, force=True)
+    def rebuild_command(self, folder: Path | None = None) -> str:
+        """The command that rebuilds this index (`folder`: where it is, so a folder collection's
+        command names the images folder its record names)."""
+        images = recorded_images(Path(folder).parent) if folder is not None else None
+        return build_command(self.collection, self.key, force=True, images=images)
 
     def to_json(self) -> str:
         data = {
@@ -164,14 +180,15 @@ class Manifest:
             raise IndexLoadError(
                 f"{path} has schema version {version}, this code reads versions "
                 f"{', '.join(map(str, READABLE_SCHEMAS))}. Rebuild it: "
-                + build_command(name, Path(folder).name, force=True)
+                + build_command(name, Path(folder).name, force=True, images=recorded_images(Path(folder).parent))
             )
         try:
             return cls.from_json(data)
         except (KeyError, TypeError, ValueError) as error:
             raise IndexLoadError(
                 f"{path} is missing or has wrong fields ({error!r}). Rebuild it: "
-                + build_command(data.get("collection", "<name>"), Path(folder).name, force=True)
+                + build_command(data.get("collection", "<name>"), Path(folder).name, force=True,
+                                images=recorded_images(Path(folder).parent))
             ) from None
 
 
@@ -248,9 +265,26 @@ class LoadedIndex:
     whitening: Whitening | None = field(default=None, repr=False)
     _store: Store | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # (size, modification time, inode) of each file as loaded: what `changed_files` compares with.
+    _stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.exact = ExactStore(self.descriptors)
+        if not self._stamps:
+            self._stamps = _stamps(self.folder, self.manifest)
+
+    def changed_files(self) -> list[str]:
+        """The files of the folder that are not as they were loaded (missing, cut, rewritten, replaced)."""
+        return [name for name, stamp in _stamps(self.folder, self.manifest).items() if stamp != self._stamps.get(name)]
+
+    def check_unchanged(self) -> None:
+        """Refuse to read an index whose files changed on disk since it was loaded (module docstring)."""
+        changed = self.changed_files()
+        if changed:
+            raise IndexLoadError(
+                f"{self.folder}: {', '.join(changed)} changed on disk while it was being served (a second build "
+                f"writing into it, a sync tool, a disk error?). Rebuild it: {self.manifest.rebuild_command(self.folder)}"
+            )
 
     def query_descriptor(self, described: np.ndarray) -> np.ndarray:
         """A query's descriptor as the rows hold them: the recipe's whitening applied, if it has one."""
@@ -276,12 +310,13 @@ class LoadedIndex:
         self, query: np.ndarray, metric: Metric, k: int | None, *, exact: bool, candidates: int | None = None
     ) -> Neighbours:
         """The k nearest rows (k=None: every row, exact only)."""
+        self.check_unchanged()
         if exact or k is None:
             return self.exact.search(query, metric, k)
         try:
             return self.store.search(query, metric, min(k, len(self)), candidates=candidates)
         except IndexLoadError as error:
-            raise IndexLoadError(f"{error} Rebuild it: {self.manifest.rebuild_command()}") from None
+            raise IndexLoadError(f"{error} Rebuild it: {self.manifest.rebuild_command(self.folder)}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -290,13 +325,29 @@ class LoadedIndex:
                 self._store = None
 
 
+def _stamps(folder: Path, manifest: Manifest) -> dict[str, tuple[int, int, int]]:
+    """(size, modification time, inode) of each file of the index; (-1, -1, -1) for a missing one."""
+    stamps = {}
+    for name in _required_files(manifest, manifest.store.params):
+        try:
+            status = os.stat(Path(folder) / name)
+        except OSError:
+            stamps[name] = (-1, -1, -1)
+        else:
+            stamps[name] = (status.st_size, status.st_mtime_ns, status.st_ino)
+    return stamps
+
+
 def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
     """Load an index folder after checking that it is whole and holds what the caller expects."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise IndexLoadError(f"no index at {folder}. Build it: {build_command(folder.parent.name, folder.name)}")
+        raise IndexLoadError(f"no index at {folder}. Build it: "
+                             f"{build_command(folder.parent.name, folder.name, images=recorded_images(folder.parent))}")
     manifest = Manifest.read(folder)
-    fix = "Rebuild it: " + build_command(manifest.collection, expected.key if expected else manifest.key, force=True)
+    images = recorded_images(folder.parent)
+    fix = "Rebuild it: " + build_command(manifest.collection, expected.key if expected else manifest.key, force=True,
+                                         images=images)  # fmt: skip
     if expected is not None and manifest.recipe.backbone != expected.backbone:
         raise IndexLoadError(
             f"{folder} was built by {manifest.recipe.backbone}, not {expected.backbone}; its descriptors cannot be "
@@ -307,7 +358,7 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
         raise IndexLoadError(
             f"{folder} was described by the {built_with} runtime; descriptors made by {expected.runtime.value} do not "
             f"match its rows exactly. Describe the queries with {built_with} (the recipe {manifest.key}), or build an "
-            f"index for {expected.runtime.value}: {build_command(manifest.collection, expected.key)}"
+            f"index for {expected.runtime.value}: {build_command(manifest.collection, expected.key, images=images)}"
         )
     if expected is not None and manifest.recipe.key != expected.key:
         raise IndexLoadError(f"{folder} holds {manifest.recipe.key} descriptors, not {expected.key}. {fix}")
@@ -323,8 +374,10 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
     problems = damage(folder, manifest)
     if problems:
         raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. {fix}")
+    stamps = _stamps(folder, manifest)  # before reading: a change while loading shows at the first search
     try:
-        descriptors = np.load(folder / DESCRIPTORS, mmap_mode="r", allow_pickle=False)
+        in_memory = (folder / DESCRIPTORS).stat().st_size <= IN_MEMORY_BYTES
+        descriptors = np.load(folder / DESCRIPTORS, mmap_mode=None if in_memory else "r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise IndexLoadError(f"{folder / DESCRIPTORS} is unreadable ({error}). {fix}") from None
     if descriptors.shape != (len(manifest.images), manifest.dim):
@@ -343,7 +396,7 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
                 f"{folder / WHITENING_FILE} maps {whitening.input_dim}-d to {whitening.dim}-d descriptors, the "
                 f"recipe {manifest.key} needs {manifest.recipe.base.dim}-d to {manifest.dim}-d. {fix}"
             )
-    return LoadedIndex(folder, manifest, descriptors, whitening)
+    return LoadedIndex(folder, manifest, descriptors, whitening, _stamps=stamps)
 
 
 def version_warnings(manifest: Manifest, current: dict[str, str]) -> list[str]:
@@ -407,7 +460,7 @@ def scan_indexes(index_root: Path) -> tuple[list[IndexInfo], list[BrokenIndex]]:
             manifest = Manifest.read(folder)
             problems = damage(folder, manifest)
             if problems:
-                raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. Rebuild it: {manifest.rebuild_command()}")
+                raise IndexLoadError(f"{folder} is damaged: {'; '.join(problems)}. Rebuild it: {manifest.rebuild_command(folder)}")
         except IndexLoadError as error:
             logger.warning("ignoring %s: %s", folder, error)
             broken.append(BrokenIndex(folder.parent.name, folder.name, folder, str(error)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +46,28 @@ class IndexLoadError(CbirError):
     """An index or collection record that must not be loaded as it is; the message names the fix."""
 
 
-def build_command(collection: str, recipe_key: str | None = None, *, force: bool = False) -> str:
-    """The command that (re)builds one index of a collection."""
+def build_command(
+    collection: str, recipe_key: str | None = None, *, force: bool = False, images: str | Path | None = None
+) -> str:
+    """The command that (re)builds one index of a collection; `images`: the folder of a folder
+    collection, where known (cbir.layout.recorded_images), else a placeholder."""
     dataset, _, distractors = collection.partition("+")
     if dataset in DATASETS:
         source = f"--dataset {dataset}" + (" --distractors <folder>" if distractors else "")
     else:
-        source = f"--images <folder> --name {collection}"
+        source = f"--images {shlex.quote(str(images)) if images else '<folder>'} --name {collection}"
     command = f"python build_index.py {source}"
     if recipe_key:
         command += " " + build_options(recipe_key)
     return command + (" --force" if force else "")
+
+
+def recorded_images(collection_dir: Path) -> str | None:
+    """The images folder a collection's record names (as built), for messages; None if unreadable."""
+    try:
+        return str(json.loads((Path(collection_dir) / COLLECTION_RECORD).read_text())["images_root_as_built"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class IndexLayout:
@@ -123,7 +135,7 @@ class CollectionRecord:
             )
         return (
             f"the images of {self.name} are not at {self.recorded_root} (where they were when it was built). "
-            f"Put them back, or rebuild: {build_command(self.name)}"
+            f"Put them back, or rebuild: {build_command(self.name, images=self.recorded_root)}"
         )
 
 

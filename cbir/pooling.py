@@ -83,7 +83,8 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
     """The R-MAC regions of an h x w map as (top, left, side), the reference layout (Tolias et al.
     2016, as in cnnimageretrieval-pytorch): the whole map, then at level l = 1..L square regions
     of side floor(2 min(h, w) / (l + 1)) at l positions per axis, plus extra positions along the
-    longer axis so that neighbouring regions overlap by about 40 %."""
+    longer axis so that neighbouring regions overlap by about 40 %. Levels whose regions would be
+    empty (side 0, on a map one position high) are skipped."""
     short, long = min(height, width), max(height, width)
     extra = 0
     if long > short:
@@ -94,6 +95,10 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
     regions = [(0, 0, -1)]  # the whole map (side -1: all of it)
     for level in range(1, levels + 1):
         side = int(2 * short // (level + 1))
+        if side < 1:
+            # A map one position high (a panorama): finer levels have no region. The references
+            # (Tolias et al.; cnnimageretrieval-pytorch) skip them; the whole map still counts.
+            continue
         half = int(np.floor(side / 2 - 1))
         tops = _positions(height, side, level + extra_y, half)
         lefts = _positions(width, side, level + extra_x, half)

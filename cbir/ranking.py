@@ -19,6 +19,7 @@ distances no longer compare like with like; the weighted mean stays at the rows'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -98,8 +99,8 @@ class AlphaQueryExpansion:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise SettingsError(f"query expansion needs at least one neighbour, got n={self.n}")
-        if self.alpha < 0:
-            raise SettingsError(f"query expansion's alpha must be at least 0, got {self.alpha}")
+        if not math.isfinite(self.alpha) or self.alpha < 0:
+            raise SettingsError(f"query expansion's alpha must be a number of at least 0, got {self.alpha}")
 
     @property
     def label(self) -> str:

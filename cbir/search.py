@@ -23,7 +23,6 @@ from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, load_
 from cbir.index import BrokenIndex, IndexInfo, LoadedIndex, load_index, scan_indexes, version_warnings
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
 from cbir.ranking import Ranking, Reranker, rank
-from cbir.stores.annoy import DEFAULT_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 
 class SearchEngine:
-    """Searches the indexes under `index_dir`; safe to share between threads."""
+    """Searches the indexes under `index_dir`; safe to share between threads. `candidates`: how many
+    rows an approximate store examines per search (None: each store's own default)."""
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class SearchEngine:
         *,
         extractors: ExtractorCache | None = None,
         limits: ImageLimits = DEFAULT_LIMITS,
-        candidates: int = DEFAULT_CANDIDATES,
+        candidates: int | None = None,
     ) -> None:
         self.layout = IndexLayout(index_dir)
         self.extractors = extractors if extractors is not None else ExtractorCache()
@@ -92,17 +92,23 @@ class SearchEngine:
     def index(self, collection: str, recipe: str) -> LoadedIndex:
         key = (collection, recipe)
         with self._lock:
+            cached = self._indexes.get(key)
+            if cached is not None and cached.changed_files():
+                # Replaced by a rebuild, or damaged in place: load it afresh (a damaged folder is refused).
+                # Not closed here: a search in another thread may still hold it.
+                logger.warning("%s changed on disk since it was loaded: loading it again", cached.folder)
+                del self._indexes[key]
             if key not in self._indexes:
                 loaded = load_index(self.layout.index_dir(collection, recipe))
                 if loaded.manifest.dim != loaded.manifest.recipe.dim:
                     raise IndexLoadError(
                         f"{loaded.folder} holds {loaded.manifest.dim}-d rows, but its recipe gives "
-                        f"{loaded.manifest.recipe.dim}-d descriptors. Rebuild it: {loaded.manifest.rebuild_command()}"
+                        f"{loaded.manifest.recipe.dim}-d descriptors. Rebuild it: {loaded.manifest.rebuild_command(loaded.folder)}"
                     )
                 if loaded.manifest.key != recipe or loaded.manifest.collection != collection:
                     raise IndexLoadError(
                         f"{loaded.folder} holds {loaded.manifest.collection}/{loaded.manifest.key}, not "
-                        f"{collection}/{recipe}. Rebuild it: {loaded.manifest.rebuild_command()}"
+                        f"{collection}/{recipe}. Rebuild it: {loaded.manifest.rebuild_command(loaded.folder)}"
                     )
                 self._warnings[key] = tuple(version_warnings(loaded.manifest, keras_versions()))
                 for warning in self._warnings[key]:
@@ -116,7 +122,7 @@ class SearchEngine:
         if weights.kind is WeightsKind.FILE and (weights.path is None or not weights.path.is_file()):
             raise IndexLoadError(
                 f"{loaded.manifest.collection}/{recipe.key} was built with the weights file {weights.path}, "
-                f"which is no longer there. Put it back, or rebuild: {loaded.manifest.rebuild_command()}"
+                f"which is no longer there. Put it back, or rebuild: {loaded.manifest.rebuild_command(loaded.folder)}"
             )
         return self.extractors.get(recipe)
 

@@ -144,6 +144,9 @@ def _unzip(archive: Path, gathered: GatheredUpload, budget: _Budget, limits: Upl
                     _write(source, member.filename, f"{archive.name}:{member.filename}", gathered, budget)
     except zipfile.BadZipFile as error:
         raise UploadError(f"{archive.name} is not a zip this app can read ({error})") from None
+    except UnicodeDecodeError:
+        # A member name that is not UTF-8 though the zip's flag says it is.
+        raise UploadError(f"{archive.name} names a file in a way that cannot be read (not UTF-8): zip it again") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
         if isinstance(error, UploadError):
             raise
@@ -225,7 +228,7 @@ def add_collection(
     shutil.rmtree(incoming, ignore_errors=True)
     try:
         gathered = gather_upload(files, incoming, limits)
-    except UploadError:
+    except BaseException:  # refused, or a bug: nothing of this upload stays, the old collection does
         shutil.rmtree(incoming, ignore_errors=True)
         raise
     # Accepted: the collection of that name goes whole (every backbone's index, the thumbnails), so
@@ -332,12 +335,12 @@ class PrivateCollections:
                 thumbnails_root=folder / "thumbnails",
                 settings=self.settings, extractors=self.extractors, limits=self.limits, on_progress=on_progress,
             )  # fmt: skip
-        except UploadError:
-            raise  # refused before anything was replaced: the collection of that name is as it was
         except Exception:
-            # Failed after the collection of that name was replaced: it is gone, not left to mislead.
-            with self._lock:
-                self._sessions.get(session, {}).pop(collection_name(name), None)
+            # Refused, or failed: if the collection of that name was replaced before the failure, it
+            # is gone, not left to mislead; if not (the upload was refused), it is as it was.
+            if not (folder / "images" / collection_name(name)).is_dir():
+                with self._lock:
+                    self._sessions.get(session, {}).pop(collection_name(name), None)
             raise
         collection = PrivateCollection(name, SearchEngine(folder / "indexes", extractors=self.extractors), outcomes,
                                        ignored)  # fmt: skip

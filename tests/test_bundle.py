@@ -181,6 +181,49 @@ def test_hostile_members_are_refused_and_nothing_lands_outside(exported, tmp_pat
     assert not (tmp_path / "cache" / "bundles" / "demo").exists()
 
 
+def _with_terms(bundle: Path, dest: Path, terms: str) -> Path:
+    """The same bundle with other terms in bundle.json (same length: the same archive size)."""
+
+    def change(info, data):
+        if info.name == BUNDLE_MANIFEST:
+            data = data.replace(b"made by the tests", terms.encode())
+        return [(info, data)]
+
+    return rewritten(bundle, dest, change)
+
+
+def test_another_bundle_under_the_same_name_is_checked_and_served_not_the_old_one(exported, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    bundle = _with_terms(exported["bundle"], served / "demo.tar", "made by the TESTS")
+    before = bundle.stat()
+    first = open_bundle(str(bundle), tmp_path / "cache")
+    assert "made by the TESTS" in (first.parent / BUNDLE_MANIFEST).read_text()
+    # Replaced in place: same path, same size, same modification time; another bundle all the same.
+    _with_terms(exported["bundle"], tmp_path / "other.tar", "made by the Tests").replace(bundle)
+    os.utime(bundle, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert bundle.stat().st_size == before.st_size
+    again = open_bundle(str(bundle), tmp_path / "cache")
+    assert "made by the Tests" in (again.parent / BUNDLE_MANIFEST).read_text()
+    # Two places serving a demo.tar each: two downloads, each served as itself.
+    (tmp_path / "elsewhere").mkdir()
+    _with_terms(exported["bundle"], tmp_path / "elsewhere" / "demo.tar", "made by the tesTS")
+    http = HttpSettings(progress=False, timeout=5)
+    with serve_directory(served) as one, serve_directory(tmp_path / "elsewhere") as two:
+        for base, terms in ((one, "made by the Tests"), (two, "made by the tesTS")):
+            opened = open_bundle(f"{base}/demo.tar", tmp_path / "cache", http)
+            assert terms in (opened.parent / BUNDLE_MANIFEST).read_text()
+
+
+def test_a_bundle_is_exported_into_a_folder_that_does_not_exist_yet_or_refused_with_a_message(exported, tmp_path):
+    dest = tmp_path / "new" / "deeper" / "demo.tar"
+    export_bundle(exported["index_dir"], "demo", dest, source="synthetic", terms="t", progress=False)
+    assert read_bundle_manifest(dest).collection == "demo"
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(BundleError, match="cannot write the bundle to"):
+        export_bundle(exported["index_dir"], "demo", tmp_path / "a-file" / "demo.tar", progress=False)
+
+
 def test_a_cut_download_resumes_and_the_next_start_succeeds(exported, tmp_path):
     size = exported["bundle"].stat().st_size
     behaviour = ServerBehaviour(cut_after={"demo.tar": size // 3})

@@ -216,12 +216,13 @@ def test_a_pil_image_is_not_modified_or_returned_as_is():
 # --- size guard ----------------------------------------------------------------------------------
 
 
-def test_a_20000_px_wide_image_is_refused_with_its_size_and_the_limit(tmp_path):
-    path = tmp_path / "wide.png"
-    Image.new("1", (20000, 10)).save(path)
-    with pytest.raises(ImageError, match=r"wide\.png") as caught:
+@pytest.mark.parametrize("name, size", [("wide", (20000, 10)), ("tall", (10, 20000))])
+def test_a_20000_px_wide_or_tall_image_is_refused_with_its_size_and_the_limit(tmp_path, name, size):
+    path = tmp_path / f"{name}.png"
+    Image.new("1", size).save(path)
+    with pytest.raises(ImageError, match=rf"{name}\.png") as caught:
         load_image(path)
-    assert "20000 x 10" in str(caught.value)
+    assert f"{size[0]} x {size[1]}" in str(caught.value)
     assert "16384" in str(caught.value)
 
 

@@ -268,3 +268,84 @@ def test_version_drift_is_reported(tmp_path):
     manifest = make_manifest(1, 2)
     warnings = index_module.version_warnings(manifest, {"keras": "3.15.1", "tensorflow": "2.0.0"})
     assert len(warnings) == 1 and "keras 3.0.0" in warnings[0] and "3.15.1" in warnings[0]
+
+
+# --- files that change under a running server ---------------------------------------------------
+
+_CUT_IN_PLACE = """
+import sys, numpy as np
+from cbir import index
+from cbir.distances import Metric
+index.IN_MEMORY_BYTES = int(sys.argv[2])
+loaded = index.load_index(sys.argv[1])
+query = np.ones(loaded.manifest.dim, np.float32)
+loaded.search(query, Metric.COSINE, 3, exact=True)  # pages touched while whole
+for name in ("descriptors.npy", "cosine.ann"):
+    with open(f"{sys.argv[1]}/{name}", "r+b") as file:
+        file.truncate(1024)  # cut short in place, as a second build writing without rename would
+for exact in (True, False):
+    try:
+        loaded.search(query, Metric.COSINE, 3, exact=exact)
+    except index.IndexLoadError as error:
+        print("refused:", error)
+"""
+
+
+@pytest.mark.parametrize("in_memory_bytes", [0, 256 * 2**20], ids=["memory-mapped", "in-memory"])
+def test_an_index_cut_short_under_a_running_process_is_refused_not_a_crash(tmp_path, in_memory_bytes):
+    # In a child process: reading a page of a mapped file that was cut short is SIGBUS, which would
+    # end the test run itself.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "demo" / "xception"
+    write_index(folder, clustered(4000, 64), make_manifest(4000, 64))
+    run = subprocess.run([sys.executable, "-c", _CUT_IN_PLACE, str(folder), str(in_memory_bytes)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert run.returncode == 0, f"the process died (exit {run.returncode}): {run.stderr[-500:]}"
+    refusals = [line for line in run.stdout.splitlines() if line.startswith("refused:")]
+    assert len(refusals) == 2
+    assert all("descriptors.npy, cosine.ann changed on disk" in line and "--force" in line for line in refusals)
+
+
+def test_the_engine_serves_a_rebuilt_folder_and_refuses_a_damaged_one_while_the_others_answer(tmp_path):
+    from stubs import StubbedEngine, wide, write_collection
+
+    from cbir.datasets import Collection
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("one", "two"):
+        write_collection(tmp_path / "idx", Collection(name, photos, ("a.jpg", "b.jpg")), wide([1, 0], [0, 1]))
+    engine = StubbedEngine(tmp_path / "idx")
+    engine.next = wide([1, 0.1])[0]
+    first = lambda name: engine.search("q.jpg", collection=name, recipe="xception", k=2).hits[0].image  # noqa: E731
+    assert first("one") == first("two") == "a.jpg"
+    # Rebuilt: the folder replaced whole (atomically) with other rows; the next search reads them.
+    write_collection(tmp_path / "idx", Collection("one", photos, ("a.jpg", "b.jpg")), wide([0, 1], [1, 0]))
+    assert first("one") == "b.jpg"
+    # Damaged in place: refused with the rebuild command, and the other collection still answers.
+    descriptors = tmp_path / "idx" / "one" / "xception" / "descriptors.npy"
+    descriptors.write_bytes(descriptors.read_bytes()[:-8])
+    with pytest.raises(IndexLoadError, match=r"damaged: descriptors.npy has .* bytes.*Rebuild it: .*--force"):
+        first("one")
+    assert first("two") == "a.jpg"
+
+
+def test_the_rebuild_command_of_a_damaged_folder_collection_names_the_folder_it_was_built_from(tmp_path):
+    from stubs import wide, write_collection
+
+    from cbir.datasets import Collection
+
+    photos = tmp_path / "my photos"  # a space: the command quotes it
+    photos.mkdir()
+    write_collection(tmp_path / "idx", Collection("mine", photos, ("a.jpg", "b.jpg")), wide([1, 0], [0, 1]))
+    folder = tmp_path / "idx" / "mine" / "xception"
+    (folder / "descriptors.npy").write_bytes((folder / "descriptors.npy").read_bytes()[:-4])
+    [broken] = scan_indexes(tmp_path / "idx")[1]
+    expected = f"python build_index.py --images '{photos.resolve()}' --name mine"
+    assert expected in broken.problem and "<folder>" not in broken.problem
+    with pytest.raises(IndexLoadError) as caught:
+        load_index(folder)
+    assert expected in str(caught.value)

@@ -79,3 +79,59 @@ def test_rmac_sums_l2_normalised_regional_maxima():
 def test_every_pooling_has_a_row_and_a_label():
     assert set(POOLINGS) == set(Pooling)
     assert all(row.label for row in POOLINGS.values())
+
+
+def test_rmac_of_a_map_one_position_high_skips_the_empty_levels():
+    # A 10:1 panorama gives VGG16 or ResNet152V2 a 1 x 7 map: level 1 has side floor(2/2) = 1,
+    # levels 2 and 3 side floor(2/3) = floor(2/4) = 0, which would be empty regions.
+    regions = rmac_regions(1, 7)
+    assert all(side != 0 for _, _, side in regions)
+    assert regions[0] == (0, 0, -1) and {side for _, _, side in regions[1:]} == {1}
+    feature_map = np.arange(7, dtype=np.float32).reshape(1, 1, 7, 1) + 1
+    # one channel: every region's maximum normalises to 1, so R-MAC counts the regions
+    assert regional_max(feature_map)[0, 0] == pytest.approx(len(regions))
+    for pooling in Pooling:
+        if pooling is not Pooling.CLS:
+            assert np.isfinite(POOLINGS[pooling].pool(np.ones((2, 1, 7, 3), np.float32))).all()
+
+
+def test_each_pooling_row_runs_its_own_function():
+    # A map whose channels tell the poolings apart: max 6, mean 3, GeM(3) 63 ** (1/3).
+    feature_map = one_map([1, 2], [3, 6])
+    by_hand = {
+        Pooling.GAP: 3.0,
+        Pooling.MAC: 6.0,
+        Pooling.SPOC: 3.0,
+        Pooling.GEM: 63 ** (1 / 3),
+        Pooling.RMAC: None,  # checked below: regions of a one-channel map each give 1
+    }
+    for pooling, expected in by_hand.items():
+        if expected is not None:
+            assert POOLINGS[pooling].pool(feature_map)[0, 0] == pytest.approx(expected, rel=1e-6), pooling
+    assert POOLINGS[Pooling.RMAC].pool(feature_map)[0, 0] == pytest.approx(len(rmac_regions(2, 2)))
+    tokens = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    assert POOLINGS[Pooling.CLS].pool(tokens).tolist() == [[0.0, 1.0, 2.0, 3.0]]
+
+
+@pytest.mark.slow
+def test_a_ten_to_one_panorama_builds_with_every_pooling(tmp_path):
+    # VGG16 reads a 10:1 photo at (input size) x 32 px, its narrowest input: a map one position high.
+    from cbir.backbones import BACKBONES, Weights
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.datasets import folder_collection
+    from cbir.index import load_index
+    from synthetic import draw_picture, make_gallery
+
+    photos = tmp_path / "photos"
+    make_gallery(photos, 3)
+    draw_picture(7, width=1000, height=100).save(photos / "panorama.jpg")
+    collection = folder_collection(photos, "wide")
+    for pooling in (Pooling.GAP, Pooling.MAC, Pooling.SPOC, Pooling.GEM, Pooling.RMAC):
+        # (gap is VGG16's fc1, which fixes the input at 224 px: the photo is squashed to a square)
+        size = None if pooling is Pooling.GAP else 64
+        settings = BuildSettings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), pooling=pooling,
+                                 input_size=size, progress=False, store="exact")  # fmt: skip
+        [outcome] = build_indexes(collection, [BACKBONES["vgg16"]], settings)
+        loaded = load_index(outcome.folder)
+        assert "panorama.jpg" in loaded.manifest.images and not loaded.manifest.skipped, pooling
+        assert np.isfinite(np.asarray(loaded.descriptors)).all(), pooling

@@ -109,6 +109,29 @@ def test_query_expansion_refuses_nonsense_settings() -> None:
         AlphaQueryExpansion(n=0)
     with pytest.raises(SettingsError, match="alpha"):
         AlphaQueryExpansion(alpha=-1)
+    for not_a_number in (float("nan"), float("inf")):  # NaN passes `alpha < 0`; both would rank nonsense
+        with pytest.raises(SettingsError, match="alpha"):
+            AlphaQueryExpansion(alpha=not_a_number)
+
+
+@pytest.mark.parametrize("alpha", [3.0, 0.5])
+def test_a_neighbour_pointing_away_weighs_nothing_whatever_alpha(alpha: float) -> None:
+    # cos = -0.6 with the query: (-0.6) ** 3 would pull the query away from it, (-0.6) ** 0.5 is NaN.
+    query = np.array([1.0, 0.0])
+    neighbours = np.array([[-0.6, 0.8], [0.6, 0.8]])  # cos -0.6 and 0.6
+    for metric in Metric:
+        expanded = expand_query(query, neighbours, metric, alpha)
+        weight = 0.6**alpha  # the opposite neighbour counts 0
+        if metric is Metric.COSINE:
+            expected = unit(*(query + weight * neighbours[1]))
+        else:
+            expected = (query + weight * neighbours[1]) / (1 + weight)
+        assert expanded == approx(expected, abs=1e-6), metric
+    rows = np.array([[1.0, 0.0], [-0.6, 0.8]])  # each the other's only neighbour, at cos -0.6
+    for metric in Metric:
+        assert database_side_augmentation(rows, metric, k=1, alpha=alpha) == approx(
+            rows if metric is Metric.EUCLIDEAN else rows / np.linalg.norm(rows, axis=1, keepdims=True), abs=1e-6
+        )
 
 
 def test_dba_by_hand_for_both_metrics() -> None:

@@ -151,6 +151,21 @@ def test_the_search_engine_ranks_through_it_as_through_the_exact_scan(tmp_path, 
     assert [hit.distance for hit in euclidean.hits] == pytest.approx([np.sqrt(0.4), np.sqrt(82)], rel=1e-5)
 
 
+@pytest.mark.parametrize("asked, examined", [(None, hnsw.DEFAULT_EF), (57, 57), (1, 2)])
+def test_the_candidates_asked_for_are_what_the_graph_examines(tmp_path, asked, examined):
+    # The engine's candidates reach the graph as hnswlib's ef (at least k); none asked: the
+    # index's own ef, not another store's default.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_collection(tmp_path / "idx", Collection("mine", photos, ("long.jpg", "near.jpg")), wide([10, 1], [0.8, 0.6]),
+                     StoreSpec("hnsw", {}))  # fmt: skip
+    engine = StubbedEngine(tmp_path / "idx") if asked is None else StubbedEngine(tmp_path / "idx", candidates=asked)
+    engine.next = wide([1, 0])[0]
+    for metric in METRICS:
+        engine.search("q.jpg", collection="mine", recipe="xception", metric=metric, k=2, exact=False)
+        assert engine.index("mine", "xception").store.graph(metric).ef == examined
+
+
 def test_the_build_chooses_the_store_by_collection_size(monkeypatch):
     assert build.choose_store(5_063, 2048) == "exact"  # Oxford5k: the search scans it exactly anyway
     assert build.choose_store(100_000, 2048) == "exact"

@@ -252,3 +252,48 @@ def test_a_page_closed_while_its_photos_are_described_leaves_nothing(photos, tmp
     with pytest.raises(UploadError, match="page was closed"):
         uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
     assert not uploads.folder("me").exists() and uploads.names("me") == []
+
+
+def zip_with_undecodable_name(path: Path, photo: bytes) -> Path:
+    """A zip whose member name is not UTF-8 though its flag says it is (zipfile refuses to read it)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ab.jpg", photo)
+    data = bytearray(path.read_bytes().replace(b"ab.jpg", b"\xff\xfe.jpg"))
+    # Set the "name is UTF-8" flag (bit 11) in the local header (flags at +6) and the central one (+8).
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.index(signature) + offset
+        data[at + 1] |= 0x08
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_member_name_that_is_not_utf8_is_a_message_naming_the_zip_and_leaves_nothing(photos, tmp_path, monkeypatch):
+    bad = zip_with_undecodable_name(tmp_path / "odd-names.zip", photos[0].read_bytes())
+    with pytest.raises(UploadError, match=r"odd-names\.zip"):
+        gather_upload([bad], tmp_path / "out")
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
+    with pytest.raises(UploadError, match=r"odd-names\.zip"):
+        uploads.add("me", [bad], "mine", BACKBONES["xception"])
+    # The session's collection of that name is as it was, and nothing of the refused upload stays.
+    assert uploads.names("me") == ["mine"]
+    assert files_under(uploads.folder("me") / "images") == sorted(f"mine/{p.name}" for p in photos[:2])
+
+
+def test_nothing_of_an_upload_stays_when_unpacking_fails_in_an_unforeseen_way(photos, tmp_path, monkeypatch):
+    import cbir.uploads as uploads_module
+
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
+
+    def fails_halfway(source, name, label, gathered, budget):
+        (gathered.folder / "half.jpg").write_bytes(b"x")
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(uploads_module, "_write", fails_halfway)
+    with pytest.raises(RuntimeError, match="a bug"):  # a real bug surfaces as itself
+        uploads.add("me", [photos[3]], "mine", BACKBONES["xception"])
+    assert uploads.names("me") == ["mine"]
+    assert files_under(uploads.folder("me") / "images") == sorted(f"mine/{p.name}" for p in photos[:2])
