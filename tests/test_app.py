@@ -34,6 +34,9 @@ def test_build_ui_constructs_without_launching_or_building(tmp_path):
     config = str(demo.get_config_file())
     assert "No index is built yet" in config
     assert "search" in {dependency["api_name"] for dependency in demo.get_config_file()["dependencies"]}
+    assert "page-notice" not in config
+    noticed = build_ui(SearchEngine(tmp_path / "empty"), tmp_path / "empty", notice="**Set CBIR_BUNDLE** to serve one.")
+    assert "**Set CBIR_BUNDLE** to serve one." in str(noticed.get_config_file())
 
 
 def test_captions_and_status_line_say_rank_name_score_and_untrained():
