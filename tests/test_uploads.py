@@ -260,3 +260,21 @@ def test_a_page_closed_while_its_photos_are_described_leaves_nothing(photos, tmp
     with pytest.raises(UploadError, match="page was closed"):
         uploads.add("me", photos[:2], "mine", BACKBONES["xception"])
     assert not uploads.folder("me").exists() and uploads.names("me") == []
+
+
+def test_the_engine_that_serves_a_request_is_the_shared_one_or_the_sessions_own(photos, tmp_path, monkeypatch):
+    from cbir.search import SearchEngine
+    from cbir.uploads import served_collection
+
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    mine = uploads.add("owner", photos[:1], "mine", BACKBONES["xception"])
+    shared = SearchEngine(tmp_path / "indexes")
+    built = served_collection(shared, uploads, "owner", "demo")
+    assert built.engine is shared and built.name == "demo" and built.thumbnails == shared.layout.thumbnails_dir("demo")
+    own = served_collection(shared, uploads, "owner", "mine", uploaded=True)
+    assert own.engine is mine.engine and own.name == "mine"
+    assert own.thumbnails == uploads.folder("owner") / "thumbnails" / "mine"  # away from every index folder
+    for session, collections in (("visitor", uploads), ("owner", None)):
+        with pytest.raises(UploadError, match="that uploaded collection is gone"):
+            served_collection(shared, collections, session, "mine", uploaded=True)
