@@ -362,6 +362,10 @@ class PrivateCollections:
         with self._lock:
             return self._sessions.get(self._session(session), {}).get(name)
 
+    def thumbnails_dir(self, session: str, name: str) -> Path:
+        """Where a session's collection keeps its thumbnails: beside its images, away from any index."""
+        return self.folder(session) / "thumbnails" / name
+
     def names(self, session: str | None) -> list[str]:
         with self._lock:
             return sorted(self._sessions.get(self._session(session), {}))
@@ -393,3 +397,33 @@ def collection_name(text: str) -> str:
     if not name:
         raise UploadError("give the collection a name (letters, digits, '-' or '_')")
     return name
+
+
+@dataclass(frozen=True)
+class ServedCollection:
+    """A collection as one browser session reaches it: the engine that searches it, its name under
+    that engine, and the folder its thumbnails are made in."""
+
+    engine: SearchEngine
+    name: str | None
+    thumbnails: Path | None  # None without a collection
+
+
+def served_collection(
+    shared: SearchEngine,
+    uploads: PrivateCollections | None,
+    session: str | None,
+    name: str | None,
+    *,
+    uploaded: bool = False,
+) -> ServedCollection:
+    """Which engine serves a request: the `shared` one for a built collection, or (`uploaded`) the
+    session's own engine for a collection it added. A session never reaches another's collection."""
+    if not uploaded:
+        thumbnails = shared.layout.thumbnails_dir(name) if name else None
+        return ServedCollection(shared, name, thumbnails)
+    private = uploads.get(session, name) if uploads is not None else None
+    if private is None:
+        raise UploadError("that uploaded collection is gone (its browser session ended): add the photos again "
+                          "in 'Your photos'.")  # fmt: skip
+    return ServedCollection(private.engine, private.name, uploads.thumbnails_dir(session, private.name))

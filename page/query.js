@@ -1,4 +1,4 @@
-// The page's own script (app.py puts it in the page's <head>).
+// The page's own script (cbir_ui/page.py puts it in the page's <head>).
 //
 // The query box: drag on the photo to search one part of it. The photo is uploaded once, when it is
 // chosen; a search sends the uploaded file's reference and the box as four numbers in the photo's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sys
 import urllib.error
@@ -27,18 +28,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_build_ui_constructs_without_launching_or_building(tmp_path):
-    import app
+    from cbir_ui.page import build_ui
 
-    demo = app.build_ui(SearchEngine(tmp_path / "empty"), tmp_path / "empty")
+    demo = build_ui(SearchEngine(tmp_path / "empty"), tmp_path / "empty")
     assert isinstance(demo, gr.Blocks)
     config = str(demo.get_config_file())
     assert "No index is built yet" in config
     assert "search" in {dependency["api_name"] for dependency in demo.get_config_file()["dependencies"]}
+    assert "page-notice" not in config
+    noticed = build_ui(SearchEngine(tmp_path / "empty"), tmp_path / "empty", notice="**Set CBIR_BUNDLE** to serve one.")
+    assert "**Set CBIR_BUNDLE** to serve one." in str(noticed.get_config_file())
 
 
 def test_captions_and_status_line_say_rank_name_score_and_untrained():
-    import app
     from cbir.search import Hit, SearchResult
+    from cbir_ui.formatting import gallery_items, status_line
 
     result = SearchResult(
         hits=[Hit(1, "a/b/picture_001.jpg", Path("/x/a/b/picture_001.jpg"), 0.1, 0.995)],
@@ -46,23 +50,23 @@ def test_captions_and_status_line_say_rank_name_score_and_untrained():
         describe_seconds=0.120, search_seconds=0.0031, untrained=True,
     )  # fmt: skip
     served = {"a/b/picture_001.jpg": "/thumbs/0123.jpg"}
-    assert app.gallery_items(result, served.get) == [("/thumbs/0123.jpg", "#1 picture_001 · cos 0.995")]
-    line = app.status_line(result)
+    assert gallery_items(result, served.get) == [("/thumbs/0123.jpg", "#1 picture_001 · cos 0.995")]
+    line = status_line(result)
     assert "descriptor 120 ms" in line and "search 3.1 ms" in line and "untrained" in line
     assert "· demo · xception ·" in line  # the collection is named even when the page has only one
 
 
 def test_query_is_the_composite_without_the_canvas_margin():
-    import app
+    from cbir_ui.behaviour import query_image
 
     canvas = Image.new("RGBA", (640, 640), (0, 0, 0, 0))
     canvas.paste(Image.new("RGBA", (640, 480), (200, 30, 30, 255)), (0, 80))
-    picture = app.query_image({"background": None, "layers": [], "composite": canvas})
+    picture = query_image({"background": None, "layers": [], "composite": canvas})
     assert picture.size == (640, 480) and picture.getpixel((0, 0)) == (200, 30, 30, 255)
     plain = Image.new("RGB", (50, 40), "blue")
-    assert app.query_image({"background": plain, "layers": [], "composite": None}) is plain
-    assert app.query_image({"background": None, "layers": [], "composite": Image.new("RGBA", (9, 9))}) is None
-    assert app.query_image(None) is None
+    assert query_image({"background": plain, "layers": [], "composite": None}) is plain
+    assert query_image({"background": None, "layers": [], "composite": Image.new("RGBA", (9, 9))}) is None
+    assert query_image(None) is None
 
 
 @pytest.fixture(scope="module")
@@ -212,16 +216,17 @@ def test_bad_inputs_give_readable_messages(served, client, tmp_path):
 
 @pytest.mark.slow
 def test_an_index_that_vanished_after_start_gives_the_build_command(served, tmp_path):
-    import app
+    from cbir_ui.behaviour import SearchPage
+    from cbir_ui.errors import user_errors
 
     index_root = tmp_path / "indexes"
     shutil.copytree(served["root"] / "indexes", index_root)
-    page = app.SearchPage(SearchEngine(index_root), index_root)
+    page = SearchPage(SearchEngine(index_root), index_root)
     assert page.recipe_choices("demo") == [("xception · 2048-d · UNTRAINED", "xception")]
     shutil.rmtree(index_root / "demo" / "xception")
     picture = Image.open(served["photos"] / "picture_001.jpg")
-    with pytest.raises(gr.Error) as raised:
-        page.search({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 12)
+    with pytest.raises(gr.Error) as raised:  # as the page shows it
+        user_errors(page.search)({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 12)
     assert "No index at" in raised.value.message and "python build_index.py" in raised.value.message
 
 
@@ -431,11 +436,11 @@ def test_a_pixel_bomb_sent_as_a_data_url_is_refused_before_decoding(tmp_path):
 
     from gradio.data_classes import ImageData
 
-    import app
+    from cbir_ui.upload_guard import guarded_upload
 
     bomb = io.BytesIO()
     Image.new("1", (13_000, 13_000)).save(bomb, "PNG")
-    photo = app.guarded_upload(gr.Image(type="filepath"))
+    photo = guarded_upload(gr.Image(type="filepath"))
     url = "data:image/png;base64," + base64.b64encode(bomb.getvalue()).decode()
     with pytest.raises(gr.Error, match="at most 64,000,000 pixels"):
         photo.preprocess(ImageData(url=url))
@@ -489,22 +494,26 @@ def test_an_upload_over_the_size_limit_is_refused_by_the_server(served, client, 
 
 @pytest.mark.slow
 def test_a_damaged_index_is_reported_on_the_page_and_the_others_are_served(served, tmp_path):
-    import app
+    from cbir_ui.behaviour import SearchPage
+    from cbir_ui.formatting import broken_notice
+    from cbir_ui.page import build_ui
 
     root = tmp_path / "indexes"
     shutil.copytree(served["root"] / "indexes", root)
     damaged = root / "metric" / "xception" / "descriptors.npy"
     damaged.write_bytes(damaged.read_bytes()[:1000])
-    page = app.SearchPage(SearchEngine(root), root)
+    page = SearchPage(SearchEngine(root), root)
     assert page.collections() == ["demo"]
-    notice = app.broken_notice(page)
+    notice = broken_notice(page.broken)
     assert "metric/xception" in notice and "descriptors.npy has 1000 bytes" in notice
-    assert "python build_index.py --images <folder> --name metric --backbones xception --force" in notice
-    demo = app.build_ui(SearchEngine(root), root)  # what `python app.py --no-build` builds: no exception
+    # The rebuild command names the folder the collection was built from (its record), not a placeholder.
+    folder = shlex.quote(str(served["photos"].resolve()))
+    assert f"python build_index.py --images {folder} --name metric --backbones xception --force" in notice
+    demo = build_ui(SearchEngine(root), root)  # what `python app.py --no-build` builds: no exception
     assert "Not served (damaged or unreadable)" in str(demo.get_config_file())
     picture = Image.open(served["photos"] / "picture_003.jpg")
-    gallery, _ = page.search({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 3)
-    assert gallery[0][1].startswith("#1 picture_003 ")
+    answer = page.search({"background": picture, "layers": [], "composite": None}, "demo", "xception", "cosine", 3)
+    assert answer.items[0][1].startswith("#1 picture_003 ")
 
 
 @pytest.mark.slow
@@ -520,8 +529,8 @@ def test_a_hundred_concurrent_visitors_all_get_their_answer(served):
 def test_the_evaluation_table_shows_each_recipe_column_by_column_with_a_backbones_recipes_together():
     import dataclasses
 
-    import app
     from cbir.evaluate import ResultRow, Results
+    from cbir_ui.formatting import MEASURED_HEADERS, measured_table
 
     required = {f.name: 0 for f in dataclasses.fields(ResultRow) if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING}  # fmt: skip
@@ -541,8 +550,8 @@ def test_the_evaluation_table_shows_each_recipe_column_by_column_with_a_backbone
         ],
         pr_curves=[], protocols={}, created="", versions={},
     )  # fmt: skip
-    table = app.measured_table(results)
-    headers = app.MEASURED_HEADERS
+    table = measured_table(results)
+    headers = MEASURED_HEADERS
     assert headers[:5] == ["backbone", "pooling", "scales", "whitened on", "dim"]
     columns = [[line[i] for i in range(5)] + [line[headers.index("mAP (Oxford)")]] for line in table]
     assert columns == [

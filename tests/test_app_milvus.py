@@ -43,10 +43,10 @@ def served(tmp_path_factory):
 
 
 def test_api_search_through_milvus_lite_gives_the_exact_scans_ranking_and_scores(served, tmp_path):
-    import app
     from gradio_client import Client, handle_file
 
     from cbir.search import SearchEngine
+    from cbir_ui.formatting import gallery_items
 
     manifest = (served["index_root"] / "demo" / "xception" / "manifest.json").read_text()
     assert '"kind": "milvus"' in manifest
@@ -57,7 +57,7 @@ def test_api_search_through_milvus_lite_gives_the_exact_scans_ranking_and_scores
     client = Client(served["url"], verbose=False)
     for metric in ("cosine", "euclidean"):
         exact = engine.search(query, collection="demo", recipe="xception", metric=metric, k=8, exact=True)
-        expected = [caption for _, caption in app.gallery_items(exact, lambda image: "served")]
+        expected = [caption for _, caption in gallery_items(exact, lambda image: "served")]
         editor = {"background": handle_file(str(query)), "layers": [], "composite": None}
         gallery, status = client.predict(editor, "demo", "xception", metric, 8, api_name="/search")
         assert [item["caption"] for item in gallery] == expected, metric

@@ -335,12 +335,12 @@ def test_a_port_in_use_is_said_at_once_with_the_option_to_change_it(tmp_path):
 
 
 def test_a_bundle_with_smaller_thumbnails_is_served_with_them(exported, tmp_path):
-    import app
+    from cbir_ui.behaviour import SearchPage
 
     small = export_bundle(exported["index_dir"], "demo", tmp_path / "small.tar", max_side=256, progress=False)
     assert small.thumbnail_max_side == 256
     root = open_bundle(str(tmp_path / "small.tar"), tmp_path / "cache")
-    page = app.SearchPage(SearchEngine(root), root)
+    page = SearchPage(SearchEngine(root), root)
     served = page.served("demo", "picture_004.jpg")
     assert served is not None and Path(served).parent == root / "demo" / "thumbnails"
     with Image.open(served) as thumbnail:

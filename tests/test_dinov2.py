@@ -216,10 +216,10 @@ def test_the_rebuild_command_of_a_dinov2_folder_makes_that_recipe_again(key):
 
 
 def test_the_page_offers_the_studys_six_first_then_the_newer_ones(tmp_path):
-    import app
     from cbir.index import IndexInfo
+    from cbir_ui.behaviour import SearchPage
 
-    page = app.SearchPage.__new__(app.SearchPage)  # the choices need only the list of built indexes
+    page = SearchPage.__new__(SearchPage)  # the choices need only the list of built indexes
     recipes = [Recipe.create(name, pooling=pooling, weights="none") for name, pooling in
                [("dinov2_small", None), ("xception", "gem"), ("dinov2_base", None), ("xception", None), ("vgg16", None)]]  # fmt: skip
     page.indexes = [IndexInfo("demo", recipe, 10, tmp_path) for recipe in recipes]

@@ -476,8 +476,8 @@ def test_build_index_evaluate_prints_the_easy_medium_hard_table_with_and_without
     import subprocess
     import sys
 
-    import app
     from cbir.evaluation import load_results, revisited_table
+    from cbir_ui.formatting import REVISITED_HEADERS, revisited_rows
 
     repo = Path(__file__).resolve().parents[1]
     with serve_directory(oxford["archive_dir"]) as base_url:
@@ -493,7 +493,7 @@ def test_build_index_evaluate_prints_the_easy_medium_hard_table_with_and_without
     assert re.search(r"^xception \+ αQE \(n = 50, α = 3\)\* +cosine +cropped +mAP ", result.stdout, re.MULTILINE)
     lines = revisited_table(load_results(tmp_path / "idx", "roxford5k"))
     assert len(lines) == 2 * 2 * 2 and all(set(line.map) == {"easy", "medium", "hard"} for line in lines)
-    table = app.revisited_rows(lines)
-    assert [len(row) for row in table] == [len(app.REVISITED_HEADERS)] * len(lines)
+    table = revisited_rows(lines)
+    assert [len(row) for row in table] == [len(REVISITED_HEADERS)] * len(lines)
     first = lines[0]
     assert table[0][4:7] == [round(100 * first.map[p], 2) for p in ("easy", "medium", "hard")]

@@ -109,7 +109,7 @@ def test_edited_photos_find_their_source_and_the_numbers_agree_with_the_stored_d
     assert result.returncode == 0, result.stderr
     assert "photos: self-retrieval, 2 images x 5 edits" in result.stdout and "not a landmark" not in result.stderr
     # ... and the tab shows the table, named for what it is.
-    import app
+    from cbir_ui.page import build_ui
 
-    config = str(app.build_ui(engine, index_dir).get_config_file())
+    config = str(build_ui(engine, index_dir).get_config_file())
     assert "**Self-retrieval** (2 of its images x 5 edits" in config and "not comparable with an Oxford/Paris mAP" in config

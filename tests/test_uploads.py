@@ -173,20 +173,28 @@ def test_the_page_resolves_an_uploaded_collection_only_for_its_own_session(photo
 
     import gradio as gr
 
-    import app
     from cbir.search import SearchEngine
+    from cbir_ui.behaviour import SearchPage
+    from cbir_ui.search_tab import SearchHandlers
 
     uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, extractors)
     uploads.add("owner", photos[:3], "mine", BACKBONES["xception"])
-    page = app.SearchPage(SearchEngine(tmp_path / "indexes", extractors=extractors), tmp_path / "indexes", uploads)
+    page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=extractors), tmp_path / "indexes", uploads)
+    assert page.collection_choices("owner") == ["uploaded: mine"] and page.collection_choices("visitor") == []
+    answer = page.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, session="owner")
+    assert answer.items[0][1].startswith("#1 picture_001 ·") and "mine" in answer.status
+    assert answer.result.collection == "mine"
+    with pytest.raises(UploadError, match="that uploaded collection is gone"):
+        page.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, session="visitor")
+    with pytest.raises(UploadError, match="that uploaded collection is gone"):
+        page.served("uploaded: mine", photos[1].name, "visitor")
+    # Through the page's handler: the session comes from the request, the message as the page shows it.
+    handlers = SearchHandlers(page)
     owner, visitor = SimpleNamespace(session_hash="owner"), SimpleNamespace(session_hash="visitor")
-    assert page.collection_choices(owner) == ["uploaded: mine"] and page.collection_choices(visitor) == []
-    items, status = page.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, request=owner)
-    assert items[0][1].startswith("#1 picture_001 ·") and "mine" in status
+    items, _ = handlers.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, request=owner)
+    assert items[0][1].startswith("#1 picture_001 ·")
     with pytest.raises(gr.Error, match="That uploaded collection is gone"):
-        page.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, request=visitor)
-    with pytest.raises(gr.Error, match="That uploaded collection is gone"):
-        page.served("uploaded: mine", photos[1].name, visitor)
+        handlers.search_photo(str(photos[1]), "", "uploaded: mine", "xception", "cosine", 2, request=visitor)
 
 
 def fake_builds(monkeypatch) -> list:
@@ -297,3 +305,21 @@ def test_nothing_of_an_upload_stays_when_unpacking_fails_in_an_unforeseen_way(ph
         uploads.add("me", [photos[3]], "mine", BACKBONES["xception"])
     assert uploads.names("me") == ["mine"]
     assert files_under(uploads.folder("me") / "images") == sorted(f"mine/{p.name}" for p in photos[:2])
+
+
+def test_the_engine_that_serves_a_request_is_the_shared_one_or_the_sessions_own(photos, tmp_path, monkeypatch):
+    from cbir.search import SearchEngine
+    from cbir.uploads import served_collection
+
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    mine = uploads.add("owner", photos[:1], "mine", BACKBONES["xception"])
+    shared = SearchEngine(tmp_path / "indexes")
+    built = served_collection(shared, uploads, "owner", "demo")
+    assert built.engine is shared and built.name == "demo" and built.thumbnails == shared.layout.thumbnails_dir("demo")
+    own = served_collection(shared, uploads, "owner", "mine", uploaded=True)
+    assert own.engine is mine.engine and own.name == "mine"
+    assert own.thumbnails == uploads.folder("owner") / "thumbnails" / "mine"  # away from every index folder
+    for session, collections in (("visitor", uploads), ("owner", None)):
+        with pytest.raises(UploadError, match="that uploaded collection is gone"):
+            served_collection(shared, collections, session, "mine", uploaded=True)

@@ -1,0 +1,40 @@
+"""The one place a project error becomes what the page shows: a handler wrapped by `user_errors`
+raises the project's own errors, and a visitor sees each CbirError as a sentence (a real bug still
+surfaces as one, with its traceback in the log)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import gradio as gr
+
+from cbir.errors import CbirError
+
+Handler = TypeVar("Handler", bound=Callable)
+
+
+def sentence(text: str) -> str:
+    """A library message ("no index at ...") as the page says it ("No index at ...")."""
+    return text[:1].upper() + text[1:]
+
+
+def shown(error: CbirError) -> gr.Error:
+    """What Gradio shows for a problem the visitor can fix: the message alone, no traceback."""
+    return gr.Error(sentence(str(error)))
+
+
+def user_errors(handler: Handler) -> Handler:
+    """`handler` with each CbirError it raises turned into a gr.Error. The wrapper keeps the
+    handler's signature (Gradio reads it for gr.Request, gr.SelectData and gr.Progress, and for the
+    API's parameter names)."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except CbirError as error:
+            raise shown(error) from None
+
+    return wrapped  # type: ignore[return-value]

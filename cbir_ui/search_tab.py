@@ -1,0 +1,203 @@
+"""The Search tab: the query photo and its box, the collection, backbone, distance and k, the
+results, and browsing by result. Its handlers are thin: the session id from the request, the
+behaviour's call, its errors shown by cbir_ui.errors. Also the API: `/search_photo` and `/search`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS
+from cbir_ui.behaviour import DEFAULT_K, EXAMPLES_SHOWN, MAX_K, METRICS, SearchPage
+from cbir_ui.errors import user_errors
+from cbir_ui.formatting import broken_notice
+from cbir_ui.upload_guard import guarded_upload
+from cbir_ui.visitor import session_of
+
+# The search event's `js` hook: the box drawn on the photo is read from the page when Search is pressed.
+BOX_FROM_PAGE = "(image, box, ...rest) => [image, window.cbirQueryBox ? window.cbirQueryBox() : box, ...rest]"
+
+
+@dataclass(frozen=True)
+class SearchTab:
+    """What other tabs reach of this one: the collection menu ('Your photos' sets it)."""
+
+    collection: gr.Dropdown
+
+
+class SearchHandlers:
+    """The tab's events: each takes what Gradio sends (and its request), calls the behaviour with the
+    session's id, and returns what the components show. Parameter names and docstrings of
+    `search_photo` and `search` are the API's."""
+
+    def __init__(self, page: SearchPage) -> None:
+        self.page = page
+
+    @user_errors
+    def search_photo(
+        self,
+        photo: str | None,
+        box: str | None,
+        collection: str | None,
+        recipe: str | None,
+        metric: str,
+        k: float,
+        expand: bool = False,
+        expand_n: float = QUERY_EXPANSION_NEIGHBOURS,
+        expand_alpha: float = QUERY_EXPANSION_ALPHA,
+        request: gr.Request | None = None,
+    ):
+        """The page's search (API `/search_photo`): a photo file, the box drawn on it in the photo's
+        pixels ("left,top,right,bottom"; empty: the whole photo), then as `search`."""
+        answer = self.page.search_photo(photo, box, collection, recipe, metric, k, expand, expand_n, expand_alpha,
+                                        session=session_of(request))  # fmt: skip
+        return answer.items, answer.status
+
+    @user_errors
+    def search(
+        self,
+        editor: dict | None,
+        collection: str | None,
+        recipe: str | None,
+        metric: str,
+        k: float,
+        expand: bool = False,
+        expand_n: float = QUERY_EXPANSION_NEIGHBOURS,
+        expand_alpha: float = QUERY_EXPANSION_ALPHA,
+        request: gr.Request | None = None,
+    ):
+        """API `/search`, kept for clients written before `/search_photo`: the query as an image
+        editor's value (its composite, else its background). Returns as `search_photo`."""
+        answer = self.page.search(editor, collection, recipe, metric, k, expand, expand_n, expand_alpha,
+                                  session=session_of(request))  # fmt: skip
+        return answer.items, answer.status
+
+    @user_errors
+    def on_collection(self, collection: str | None, request: gr.Request):
+        session = session_of(request)
+        return (
+            gr.update(choices=self.page.recipe_choices(collection, session),
+                      value=self.page.default_recipe(collection, session)),  # fmt: skip
+            gr.update(value=self.page.example_gallery(collection, session)),
+        )
+
+    @user_errors
+    def on_example(self, collection: str | None, event: gr.SelectData, request: gr.Request):
+        picture = self.page.example_chosen(collection, event.index, session_of(request))
+        return gr.update() if picture is None else picture
+
+    @user_errors
+    def select_result(self, event: gr.SelectData, request: gr.Request | None = None) -> None:
+        """A click on a result: remembered for 'search with the selected result'."""
+        self.page.select_result(event.index, session_of(request))
+
+    @user_errors
+    def result_as_query(self, photo: str | None, box: str | None, request: gr.Request | None = None) -> Image.Image:
+        """'Search with the selected result': the clicked result becomes the query."""
+        return self.page.result_as_query(photo, box, session_of(request))
+
+    @user_errors
+    def previous_query(self, request: gr.Request | None = None) -> Image.Image:
+        """'Previous query': the query before the last 'search with the selected result'."""
+        return self.page.previous_query(session_of(request))
+
+
+def render(page: SearchPage) -> SearchTab:
+    """The Search tab, inside the current Blocks, with its events and the search API."""
+    handlers = SearchHandlers(page)
+    collections = page.collection_choices()
+    first = collections[0] if collections else None
+    with gr.Tab("Search"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                photo = guarded_upload(gr.Image(
+                    label="Query: drag a box on the photo to search that part (a click clears it)",
+                    # A path: the photo is uploaded once, when chosen, and searches send only its
+                    # reference and the box (page/query.js), never the pixels again.
+                    type="filepath",
+                    sources=["upload", "clipboard", "webcam"],
+                    height=420,
+                    elem_id="query-image",
+                ))  # fmt: skip
+                box = gr.Textbox(value="", visible=False)
+                examples = gr.Gallery(
+                    value=page.example_gallery(first),
+                    label="Example queries from the collection (click one)",
+                    columns=EXAMPLES_SHOWN // 2,
+                    height="auto",  # a fixed height cut the captions off
+                    allow_preview=False,
+                )
+            with gr.Column(scale=1):
+                collection = gr.Dropdown(
+                    choices=collections, value=first, label="Collection", visible=len(collections) != 1
+                )
+                backbone = gr.Dropdown(
+                    choices=page.recipe_choices(first), value=page.default_recipe(first),
+                    label="Backbone (the study's six, then newer)",
+                )
+                metric = gr.Dropdown(choices=METRICS, value="cosine", label="Distance")
+                k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
+                expand = gr.Checkbox(
+                    value=False,
+                    label="Query expansion (αQE)",
+                    info="search again with the query averaged with its best matches: finds more views of "
+                    "the same building, costs a second search",
+                )
+                with gr.Row():
+                    expand_n = gr.Number(value=QUERY_EXPANSION_NEIGHBOURS, minimum=1, maximum=MAX_K * 2,
+                                         precision=0, label="αQE: top n read", min_width=80)  # fmt: skip
+                    expand_alpha = gr.Number(value=QUERY_EXPANSION_ALPHA, minimum=0, maximum=10,
+                                             label="αQE: α (weight = similarity^α)", min_width=80)  # fmt: skip
+                button = gr.Button("Search", variant="primary", elem_id="search-button")
+                if not collections:
+                    gr.Markdown(
+                        "**No index is built yet.** Build one with `python build_index.py --dataset oxford5k` "
+                        "or `python build_index.py --images <folder>`, then restart the app."
+                    )
+        if page.broken:
+            gr.Markdown(broken_notice(page.broken), elem_id="broken-indexes")
+        status = gr.Markdown(elem_id="search-status")
+        gallery = gr.Gallery(label="Most similar", columns=6, height="auto", elem_id="results")
+        with gr.Row():
+            use_result = gr.Button("Search with the selected result", elem_id="use-result", size="sm")
+            previous = gr.Button("← Previous query", elem_id="previous-query", size="sm")
+        # `/search` as it was before `/search_photo`: the query as an image editor's value. Kept for API
+        # clients; not on the page (an editor re-uploads its canvas on every search).
+        editor = guarded_upload(gr.ImageEditor(type="pil", image_mode="RGBA", visible=False))
+        legacy = gr.Button(visible=False)
+
+    search_inputs = [photo, box, collection, backbone, metric, k, expand, expand_n, expand_alpha]
+    button.click(
+        handlers.search_photo,
+        inputs=search_inputs,
+        outputs=[gallery, status],
+        js=BOX_FROM_PAGE,
+        api_name="search_photo",
+        concurrency_limit=1,
+        concurrency_id="search",  # one forward pass at a time, whichever way it comes
+    )
+    # A new photo (uploaded, an example, a result searched with) starts without a box.
+    photo.change(None, js="() => { if (window.cbirClearQueryBox) window.cbirClearQueryBox(); }")
+    gallery.select(handlers.select_result, None, None, api_visibility="private")
+    use_result.click(
+        handlers.result_as_query, inputs=[photo, box], outputs=[photo], js=BOX_FROM_PAGE, api_visibility="private"
+    ).success(handlers.search_photo, inputs=search_inputs, outputs=[gallery, status], api_visibility="private",
+              concurrency_id="search")  # fmt: skip
+    previous.click(handlers.previous_query, inputs=None, outputs=[photo], api_visibility="private").success(
+        handlers.search_photo, inputs=search_inputs, outputs=[gallery, status], api_visibility="private",
+        concurrency_id="search",
+    )
+    legacy.click(
+        handlers.search,
+        inputs=[editor, collection, backbone, metric, k, expand, expand_n, expand_alpha],
+        outputs=[gallery, status],
+        api_name="search",
+        concurrency_limit=1,
+        concurrency_id="search",  # one forward pass at a time, whichever way it comes
+    )
+    collection.change(handlers.on_collection, inputs=[collection], outputs=[backbone, examples],
+                      api_visibility="private")  # fmt: skip
+    examples.select(handlers.on_example, inputs=[collection], outputs=[photo], api_visibility="private")
+    return SearchTab(collection)

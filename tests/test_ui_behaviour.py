@@ -1,0 +1,108 @@
+"""The page's behaviour (cbir_ui.behaviour), called as plain Python with a session id, without
+Gradio: searching, browsing by result per session, and the page's own checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic import make_gallery
+
+from cbir.errors import CbirError
+from cbir_ui import behaviour
+from cbir_ui.behaviour import BrowsingSessions, PageError, SearchAnswer, SearchPage, parse_box
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_behaviour_imports_no_gradio():
+    code = "import sys, cbir_ui.behaviour, cbir_ui.formatting; print(sorted(m for m in sys.modules if 'gradio' in m))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_nothing_in_cbir_imports_gradio():
+    importing = [str(path.relative_to(REPO)) for path in (REPO / "cbir").rglob("*.py")
+                 if any(line.strip().startswith(("import gradio", "from gradio")) for line in path.read_text().splitlines())]  # fmt: skip
+    assert importing == []
+
+
+def test_a_box_is_four_finite_numbers_or_nothing():
+    assert parse_box("") is None and parse_box("  ") is None and parse_box(None) is None
+    assert parse_box("1,2.5,30,40") == (1.0, 2.5, 30.0, 40.0)
+    for text in ("1,2,3", "a,b,c,d", "1,2,3,nan", "1,2,3,4,5"):
+        with pytest.raises(PageError, match="A box is four numbers"):
+            parse_box(text)
+    assert issubclass(PageError, CbirError)  # shown as a message, never as a bug
+
+
+def test_browsing_sessions_keep_the_latest_and_nothing_outside_a_browser():
+    sessions = BrowsingSessions(limit=2)
+    assert sessions.get(None) is None and sessions.get("") is None
+    sessions.get("a").selected = 1
+    sessions.get("b").selected = 2
+    assert sessions.get("a").selected == 1  # "a" used last: "b" is now the oldest
+    sessions.get("c")
+    assert sessions.get("a").selected == 1 and sessions.get("b").selected is None  # "b" was forgotten
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A page over a small synthetic collection (untrained xception) and its photos."""
+    from cbir.backbones import BACKBONES, Weights
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.datasets import folder_collection
+    from cbir.search import SearchEngine
+
+    root = tmp_path_factory.mktemp("ui")
+    photos = make_gallery(root / "photos", 8)
+    settings = BuildSettings(index_dir=root / "indexes", weights=Weights.parse("none"), input_size=96, progress=False)
+    build_indexes(folder_collection(root / "photos", "demo"), [BACKBONES["xception"]], settings)
+    return SearchPage(SearchEngine(root / "indexes"), root / "indexes"), photos
+
+
+@pytest.mark.slow
+def test_a_search_with_a_session_returns_the_engines_result_and_what_the_page_shows(built):
+    page, photos = built
+    answer = page.search_photo(str(photos[3]), "", "demo", "xception", "cosine", 3, session="a")
+    assert isinstance(answer, SearchAnswer)
+    assert [hit.rank for hit in answer.result.hits] == [1, 2, 3]
+    assert answer.result.hits[0].image == photos[3].name and answer.result.hits[0].similarity == pytest.approx(1, abs=1e-5)
+    assert [caption.split(" ·")[0] for _, caption in answer.items] == [
+        f"#{hit.rank} {Path(hit.image).stem}" for hit in answer.result.hits
+    ]
+    assert all(Path(path).is_file() and "thumbnails" in path for path, _ in answer.items)  # never the photo itself
+    assert answer.status.startswith("3 results in ") and "· demo · xception ·" in answer.status
+    with pytest.raises(PageError, match="Add an image first"):
+        page.search_photo(None, "", "demo", "xception", "cosine", 3, session="a")
+    with pytest.raises(PageError, match="Choose a metric"):
+        page.search_photo(str(photos[3]), "", "demo", "xception", "manhattan", 3, session="a")
+
+
+@pytest.mark.slow
+def test_browsing_by_result_and_the_previous_query_belong_to_each_session(built, monkeypatch):
+    monkeypatch.setattr(behaviour, "SELECT_GRACE_SECONDS", 0.1)
+    page, photos = built
+    mine = page.search_photo(str(photos[3]), "", "demo", "xception", "cosine", 4, session="a")
+    page.search_photo(str(photos[5]), "", "demo", "xception", "cosine", 4, session="b")
+    page.select_result(2, "a")
+    picture = page.result_as_query(str(photos[3]), "", "a")
+    with Image.open(photos[0].parent / mine.result.hits[2].image) as third:
+        assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(third.convert("RGB")))
+    with pytest.raises(PageError, match="Click a result first"):  # "b" clicked nothing
+        page.result_as_query(str(photos[5]), "", "b")
+    with pytest.raises(PageError, match="There is no previous query"):
+        page.previous_query("b")
+    previous = page.previous_query("a")  # the photo "a" searched before, as searched
+    with Image.open(photos[3]) as searched:
+        assert previous.size == searched.size
+        assert np.abs(np.asarray(previous, np.int16) - np.asarray(searched.convert("RGB"), np.int16)).max() == 0
+    with pytest.raises(PageError, match="There is no previous query"):  # taken back once
+        page.previous_query("a")
+    with pytest.raises(PageError, match="Click a result first"):  # no browser session: nothing is remembered
+        page.result_as_query(str(photos[3]), "", None)
