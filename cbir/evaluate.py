@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from cbir import atomic
-from cbir.backbones import BACKBONES, keras_versions, parse_backbones
+from cbir.backbones import BACKBONES, parse_backbones
+from cbir.trunks import keras_versions
 from cbir.datasets.model import ids_to_paths, image_id
 from cbir.distances import Metric
 from cbir.errors import CbirError

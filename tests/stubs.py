@@ -8,16 +8,29 @@ index, ranking, scoring, writing results -- is the project's own code.
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
+from cbir.build import BuildSettings
 from cbir.index import Manifest, StoreSpec, write_index
 from cbir.layout import IndexLayout, write_collection_record
-from cbir.recipe import Recipe
+from cbir.recipe import Recipe, RecipeSettings
+from cbir.stores import store_parameters
 from cbir.search import SearchEngine
 
 RECIPE = Recipe.create("xception", weights="none", input_size=96)
+
+
+def build_settings(**values: Any) -> BuildSettings:
+    """BuildSettings from one flat set of keywords, as a test writes them: the recipe's choices go to
+    `recipe`, the stores' parameters (n_trees=..., milvus_uri=...) to `store_params`."""
+    recipe_fields = {field.name for field in fields(RecipeSettings)}
+    store_fields = {parameter.name for parameter in store_parameters()}
+    recipe = {name: values.pop(name) for name in list(values) if name in recipe_fields}
+    store_params = {name: values.pop(name) for name in list(values) if name in store_fields}
+    return BuildSettings(recipe=RecipeSettings(**recipe), store_params=store_params, **values)
 
 
 class _NoNetwork:

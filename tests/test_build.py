@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
 from cbir.errors import SettingsError
@@ -27,6 +29,7 @@ from cbir.index import list_indexes, load_index
 from cbir.layout import IndexLayout, IndexLoadError, read_collection_record
 from cbir.recipe import Recipe
 from cbir.search import SearchEngine
+from stubs import build_settings
 from synthetic import crop_of, draw_picture, make_gallery
 
 pytestmark = pytest.mark.slow
@@ -64,7 +67,7 @@ def settings_for(index_root: Path, **overrides) -> BuildSettings:
         checkpoint_every=8,
     )
     values.update(overrides)
-    return BuildSettings(**values)
+    return build_settings(**values)
 
 
 @pytest.fixture(scope="module")
