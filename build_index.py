@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             ray_address=arguments.ray_address,
             ray_actors=arguments.ray_actors,
         )
-        check_runtime(settings.runtime)  # before any network is built: bf16 on a CPU without it, no OpenVINO
+        check_runtime(recipe.runtime)  # before any network is built: bf16 on a CPU without it, no OpenVINO
         outcomes = build_indexes(collection, backbones, settings, whitening_source=whitening_source)
         print_summary(outcomes, weights.untrained)
         if arguments.evaluate and not collection.queries:

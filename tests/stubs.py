@@ -17,7 +17,8 @@ from cbir.build import BuildSettings
 from cbir.index import Manifest, StoreSpec, write_index
 from cbir.layout import IndexLayout, write_collection_record
 from cbir.recipe import Recipe, RecipeSettings
-from cbir.stores import store_parameters
+from cbir.stores import StoreKind, StoreParameter, store_parameters
+from cbir.stores.exact import ExactStore
 from cbir.search import SearchEngine
 
 RECIPE = Recipe.create("xception", weights="none", input_size=96)
@@ -77,3 +78,16 @@ def write_collection(index_dir: Path, collection, descriptors: np.ndarray, store
     folder = IndexLayout(index_dir).index_dir(collection.name, RECIPE.key)
     write_index(folder, descriptors, manifest)
     return folder
+
+
+def _build_toy(folder: Path, descriptors: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
+    (folder / "toy.txt").write_text("toy")
+    return dict(params)
+
+
+# A store the project does not know: the exact scan under another name, with one build parameter.
+TOY_STORE = StoreKind(
+    "toy", "the toy store", "a test's store: the exact scan, and a file", _build_toy,
+    lambda folder, descriptors, params: ExactStore(descriptors), lambda params: ["toy.txt"],
+    parameters=(StoreParameter("toy_leaves", "--toy-leaves", int, 7, "leaves of the toy store"),),
+)  # fmt: skip
