@@ -242,7 +242,8 @@ class Recipe:
             "scales": list(self.scales),
             "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
             "dba": self.dba,
-            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),  # Keras: as before
+            # Only when not Keras: manifests, identities and checkpoints made before runtimes stay equal.
+            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),
         }
 
     @classmethod
