@@ -3,6 +3,8 @@
 The study's six come from keras.applications; the newer rows (DINOv2 vision transformers) from
 keras-hub, an optional package (requirements-keras-hub.txt). Nothing else in the project names a
 network. Building and running them is cbir.trunks; which weights they carry, cbir.weights.
+`resolve_input_size` is here, not with the building: it reads a row only, and recipes check their
+input size with it without importing what builds networks.
 """
 
 from __future__ import annotations

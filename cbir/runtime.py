@@ -17,6 +17,9 @@ so `openvino-bf16` is refused there with a message.
 
 The keras-hub rows (vision transformers) take a named input and are not converted here: they run
 on Keras only.
+
+cbir.trunks builds the Keras network and calls `openvino_model` with the identity to cache it under;
+this module knows nothing of recipes or trunks, so imports go one way.
 """
 
 from __future__ import annotations
