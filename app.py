@@ -83,8 +83,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_at_start(arguments: argparse.Namespace) -> None:
     """Build what the page needs before serving: the user's folder, or the default collection."""
-    from cbir.backbones import Weights, parse_backbones
+    from cbir.backbones import parse_backbones
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
     from cbir.index import scan_indexes
 
@@ -95,9 +97,8 @@ def build_at_start(arguments: argparse.Namespace) -> None:
     else:
         logger.info("no index under %s: building Oxford5k with %s first", arguments.index_dir, arguments.backbones)
         collection = prepare_dataset("oxford5k", DownloadSettings.from_env(data_dir=arguments.data_dir))
-    settings = BuildSettings(
-        index_dir=arguments.index_dir, weights=Weights.parse(arguments.weights), input_size=arguments.input_size
-    )
+    recipe = RecipeSettings(weights=Weights.parse(arguments.weights), input_size=arguments.input_size)
+    settings = BuildSettings(index_dir=arguments.index_dir, recipe=recipe)
     build_indexes(collection, parse_backbones(arguments.backbones), settings)
 
 
@@ -181,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     engine = SearchEngine(arguments.index_dir)
     uploads = None
     if uploads_enabled(arguments):
-        from cbir.backbones import Weights
+        from cbir.weights import Weights
         from cbir.build import BuildSettings
+        from cbir.recipe import RecipeSettings
 
         # The same weights (and test-only input size) as the collections this app builds.
-        settings = BuildSettings(weights=Weights.parse(arguments.weights), input_size=arguments.input_size)
+        settings = BuildSettings(
+            recipe=RecipeSettings(weights=Weights.parse(arguments.weights), input_size=arguments.input_size),
+        )
         uploads = Uploads(arguments.keep_uploads, settings, engine.extractors, keep=arguments.keep_uploads is not None)
         atexit.register(uploads.close)  # visitors' photos do not outlive the server
     launch(engine, arguments.index_dir, uploads, host=arguments.host, port=arguments.port, share=arguments.share,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cbir.backbones import BACKBONES, DEFAULT_BACKBONE, KERAS_HUB_INSTALL
 from cbir.datasets.registry import DATASETS
+from cbir.stores import DEFAULT_STORE
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,8 +104,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument(
-        "--store", "--index", default="auto", choices=["auto", "exact", "annoy", "hnsw", "milvus"],
-        help="the index beside the descriptors: exact (the numpy scan only; no extra files), annoy, hnsw (hnswlib "
+        "--store", "--index", default=DEFAULT_STORE, choices=["auto", "exact", "annoy", "hnsw", "milvus"],
+        help="the index beside the descriptors: annoy (the default: cosine.ann and euclidean.ann; searches of "
+        "collections small enough to scan still use the exact scan), exact (the numpy scan only; no extra files), hnsw (hnswlib "
         "graphs; pip install -r requirements-scale.txt), milvus (a Milvus collection at --milvus-uri), or auto: "
         "exact up to 100,000 x 2048 descriptor floats (400,000 rows at 512-d), hnsw above (annoy without hnswlib); see "
         "docs/performance.md",
@@ -213,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     # Imported after parsing so that --help answers at once.
-    from cbir.backbones import Weights, parse_backbones
+    from cbir.backbones import parse_backbones
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.build import collection_by_name
     from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset, with_distractors
     from cbir.errors import CbirError
@@ -249,15 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.whiten_on and arguments.whiten_on != collection.name:
             whitening_source = collection_by_name(arguments.whiten_on, arguments.index_dir, download)
         logging.info("collection %s: %d images in %s", collection.name, len(collection.images), collection.root)
-        settings = BuildSettings(
-            index_dir=arguments.index_dir,
+        recipe = RecipeSettings(
             weights=weights,
             pooling=arguments.pooling and Pooling(arguments.pooling),
+            input_size=arguments.input_size,
+            scales=arguments.scales,
+            whiten_on=arguments.whiten_on,
+            whitened_dim=arguments.dim,
+            dba=arguments.dba,
+            runtime=Runtime(arguments.runtime),
+        )
+        settings = BuildSettings(
+            index_dir=arguments.index_dir,
+            recipe=recipe,
             batch_size=arguments.batch_size,
             store=arguments.store,
-            n_trees=arguments.n_trees,
-            milvus_uri=arguments.milvus_uri,
-            input_size=arguments.input_size,
+            store_params={"n_trees": arguments.n_trees, "milvus_uri": arguments.milvus_uri},
             force=arguments.force,
             progress=not arguments.no_progress,
             workers=arguments.workers,
@@ -265,13 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             executor=Executor(arguments.executor),
             ray_address=arguments.ray_address,
             ray_actors=arguments.ray_actors,
-            scales=arguments.scales,
-            whiten_on=arguments.whiten_on,
-            whitened_dim=arguments.dim,
-            dba=arguments.dba,
-            runtime=Runtime(arguments.runtime),
         )
-        check_runtime(settings.runtime)  # before any network is built: bf16 on a CPU without it, no OpenVINO
+        check_runtime(recipe.runtime)  # before any network is built: bf16 on a CPU without it, no OpenVINO
         outcomes = build_indexes(collection, backbones, settings, whitening_source=whitening_source)
         print_summary(outcomes, weights.untrained)
         if arguments.evaluate and not collection.queries:

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from gradio_client import Client, handle_file
     from synthetic import make_gallery
 
-    from cbir.backbones import keras_versions, parse_backbones
+    from cbir.backbones import parse_backbones
+    from cbir.trunks import keras_versions
     from cbir.bundle import export_bundle
     from cbir.datasets import folder_collection
     from cbir.index import Manifest, StoreSpec, write_index

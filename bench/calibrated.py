@@ -45,7 +45,9 @@ def calibrated_weights(backbone_name: str, input_size: int | None, out: Path) ->
     import numpy as np
     import tensorflow
 
-    from cbir.backbones import Weights, build_trunk, get_backbone, resolve_input_size
+    from cbir.backbones import get_backbone, resolve_input_size
+    from cbir.weights import Weights
+    from cbir.trunks import build_trunk
     from synthetic import draw_picture
 
     backbone = get_backbone(backbone_name)

@@ -49,7 +49,7 @@ def measure_one(name: str, size: int, folder: Path, images: int, batch_size: int
     import keras  # noqa: F401  (TensorFlow loaded before the baseline)
 
     from bench.extract import time_network, time_project
-    from cbir.backbones import build_extractor
+    from cbir.trunks import build_extractor
     from cbir.recipe import Recipe
 
     baseline, _ = memory_mb()
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(json.loads(found[0]))
             print(found[0], flush=True)
 
-    from cbir.backbones import keras_versions
+    from cbir.trunks import keras_versions
 
     import keras_hub
 

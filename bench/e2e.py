@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from cbir.backbones import keras_versions, parse_backbones, resolve_input_size  # noqa: E402
+from cbir.backbones import parse_backbones, resolve_input_size  # noqa: E402
+from cbir.trunks import keras_versions  # noqa: E402
 from cbir.datasets import Collection  # noqa: E402
 from cbir.distances import Metric  # noqa: E402
 from cbir.index import Manifest, StoreSpec, write_index  # noqa: E402

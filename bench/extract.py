@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from cbir.backbones import build_extractor, keras_versions, parse_backbones  # noqa: E402
+from cbir.backbones import parse_backbones  # noqa: E402
+from cbir.trunks import build_extractor, keras_versions  # noqa: E402
 from cbir.extract import DEFAULT_BATCH_SIZE, extract_descriptors  # noqa: E402
 from cbir.recipe import Recipe  # noqa: E402
 from bench.common import write_report  # noqa: E402

@@ -158,7 +158,7 @@ def network_batches(backbone: str, input_size: int | None, repeats: int = 5) -> 
     """Images/s of the bare network at batch 1, 4, 8: the ceiling on what event batching adds."""
     import numpy as np
 
-    from cbir.backbones import build_extractor
+    from cbir.trunks import build_extractor
     from cbir.recipe import Recipe
 
     extractor = build_extractor(Recipe.create(backbone, weights="none", input_size=input_size))
@@ -200,16 +200,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from synthetic import make_gallery
 
-    from cbir.backbones import Weights, get_backbone
+    from cbir.backbones import get_backbone
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.datasets import folder_collection
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         make_gallery(scratch / "photos", arguments.photos, width=640, height=480)
         queries = make_gallery(scratch / "queries", 40, width=640, height=480, start_seed=50_000)
-        settings = BuildSettings(index_dir=scratch / "indexes", weights=Weights.parse("none"),
-                                 input_size=arguments.input_size, progress=False)  # fmt: skip
+        settings = BuildSettings(
+            index_dir=scratch / "indexes",
+            progress=False,
+            recipe=RecipeSettings(weights=Weights.parse("none"), input_size=arguments.input_size),
+        )
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
         process, url = start_app(scratch / "indexes", scratch / "app.log", "--queue-size", str(arguments.queue_size))
         rows = []

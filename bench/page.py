@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     from synthetic import make_gallery
 
     from bench.common import write_report
-    from cbir.backbones import Weights, get_backbone
+    from cbir.backbones import get_backbone
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.datasets import folder_collection
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         warm_up = make_gallery(scratch / "warm-up", 1, width=800, height=600, start_seed=9_999)[0]
         settings = BuildSettings(
-            index_dir=scratch / "indexes", weights=Weights.parse("none"), input_size=arguments.input_size, progress=False
+            index_dir=scratch / "indexes",
+            progress=False,
+            recipe=RecipeSettings(weights=Weights.parse("none"), input_size=arguments.input_size),
         )
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
 

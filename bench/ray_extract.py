@@ -81,7 +81,7 @@ class PeakMemory:
 def run_one(path: str, folder: Path, input_size: int | None, batch_size: int, save: Path) -> dict:
     """One measurement, in this (fresh) process; the descriptors go to `save` (.npy) for comparison."""
     import numpy as np
-    from cbir.backbones import ExtractorCache
+    from cbir.trunks import ExtractorCache
     from cbir.extract import extract_descriptors
     from cbir.recipe import Recipe
 
@@ -189,7 +189,7 @@ def main() -> None:
                       f"{max(run['max_difference_vs_local'] for run in runs[path]):.1e}"])  # fmt: skip
     import ray
 
-    from cbir.backbones import keras_versions
+    from cbir.trunks import keras_versions
 
     report = {
         "command": command,

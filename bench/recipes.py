@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench.common import write_report  # noqa: E402
 from bench.extract import make_photos  # noqa: E402
-from cbir.backbones import ExtractorCache, keras_versions, parse_backbones  # noqa: E402
+from cbir.backbones import parse_backbones  # noqa: E402
+from cbir.trunks import ExtractorCache, keras_versions  # noqa: E402
 from cbir.distances import Metric  # noqa: E402
 from cbir.extract import DEFAULT_BATCH_SIZE, extract_descriptors  # noqa: E402
 from cbir.pooling import generalised_mean, max_pool, regional_max  # noqa: E402

@@ -91,7 +91,8 @@ def worker(options: dict) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     from bench.extract import time_network
-    from cbir.backbones import build_extractor, get_backbone
+    from cbir.backbones import get_backbone
+    from cbir.trunks import build_extractor
     from cbir.recipe import Recipe
 
     backbone = get_backbone(options["backbone"])
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         arguments.images, arguments.repeats, arguments.batches = 8, 1, "4,8"
         arguments.input_size = arguments.input_size or 96
 
-    from cbir.backbones import keras_versions, parse_backbones
+    from cbir.backbones import parse_backbones
+    from cbir.trunks import keras_versions
 
     command = "python bench/runtime.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []

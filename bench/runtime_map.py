@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.quick:
         arguments.backbones, arguments.input_size = "xception", arguments.input_size or 80
 
-    from cbir.backbones import ExtractorCache, Weights, keras_versions, parse_backbones
+    from cbir.backbones import parse_backbones
+    from cbir.weights import Weights
+    from cbir.trunks import ExtractorCache, keras_versions
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.datasets import DownloadSettings, prepare_dataset
     from cbir.errors import SettingsError
     from cbir.evaluate import EvaluationSettings, evaluate_collection, results_folder
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             variants.append((CONTROL, Runtime.KERAS, root / "indexes-batch-1", 1))
             found = {}
             for label, runtime, index_dir, batch in variants:
-                settings = BuildSettings(index_dir=index_dir, weights=Weights.parse(weights), input_size=arguments.input_size,
-                                         progress=False, runtime=runtime, thumbnails=False,
+                recipe = RecipeSettings(weights=Weights.parse(weights), input_size=arguments.input_size, runtime=runtime)
+                settings = BuildSettings(index_dir=index_dir, recipe=recipe, progress=False, thumbnails=False,
                                          **({"batch_size": batch} if batch else {}))  # fmt: skip
                 started = time.perf_counter()
                 build_indexes(collection, [backbone], settings, extractors=extractors)

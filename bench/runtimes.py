@@ -61,7 +61,7 @@ def pictures(count: int, size: int) -> np.ndarray:
 
 def worker(options: dict) -> None:
     """One backbone on one runtime, in its own process: rows on stdout, descriptors to a file."""
-    from cbir.backbones import build_extractor
+    from cbir.trunks import build_extractor
     from cbir.recipe import Recipe
     from cbir.runtime import Runtime
 
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         arguments.backbones, arguments.images, arguments.repeats = "xception", 16, 1
         arguments.input_size = arguments.input_size or 96
 
-    from cbir.backbones import keras_versions, parse_backbones
+    from cbir.backbones import parse_backbones
+    from cbir.trunks import keras_versions
     from cbir.errors import SettingsError
     from cbir.runtime import Runtime, check_runtime, cpu_capabilities
 

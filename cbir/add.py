@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 
 from cbir import atomic
-from cbir.backbones import ExtractorCache, keras_versions
+from cbir.trunks import ExtractorCache, keras_versions
 from cbir.datasets import DATASETS
 from cbir.datasets.folders import list_images
 from cbir.datasets.model import Collection, DatasetError
 from cbir.distances import Metric
-from cbir.download import sha256_file
+from cbir.digests import sha256_file
 from cbir.errors import SettingsError
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
@@ -65,8 +65,6 @@ from cbir.ranking import database_side_augmentation
 from cbir.stores import get_store_kind
 
 logger = logging.getLogger(__name__)
-
-STORE_NAMES = {"exact": "the exact index", "annoy": "the Annoy trees", "hnsw": "the HNSW graphs", "milvus": "the Milvus collection"}
 
 
 class AddPath(str, Enum):
@@ -241,7 +239,7 @@ def _recompute_dba(layout: IndexLayout, name: str, folder: Path, manifest: Manif
     write_index(folder, rows, grown, whitening=source.whitening if manifest.recipe.whitening else None)
     added = len(grown.images) - len(manifest.images)
     message = (f"rebuilt with {added} more images: DBA changes the neighbours of old rows, so all {len(rows)} rows "
-               f"were augmented again and {STORE_NAMES.get(grown.store.kind, grown.store.kind)} built again")  # fmt: skip
+               f"were augmented again and {get_store_kind(grown.store.kind).label} built again")  # fmt: skip
     source.close()
     return AddOutcome(manifest.key, folder, AddPath.RECOMPUTED, added, 0, len(rows), message)
 
@@ -281,8 +279,8 @@ def _write_grown(
     old.close()  # a store holding the old files (a Milvus Lite file) lets go of them first
     write_index(folder, rows, grown, whitening=whitening, grown_from=len(manifest.images))
     kind = get_store_kind(manifest.store.kind)
-    added, store = len(new_images), STORE_NAMES.get(kind.name, kind.name)
-    if kind.add is not None:
+    added, store = len(new_images), kind.label
+    if kind.can_grow:
         path, message = AddPath.GROWN, f"{note}added {added} images to {store}"
     else:
         path = AddPath.STORE_REBUILT

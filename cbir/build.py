@@ -19,27 +19,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cbir import atomic
-from cbir.backbones import Backbone, ExtractorCache, Weights, WeightsKind, keras_versions
+from cbir.backbones import Backbone
+from cbir.trunks import ExtractorCache, keras_versions
 from cbir.datasets import DATASETS, DownloadSettings, folder_collection, prepare_dataset
 from cbir.datasets.model import Collection, DatasetError
 from cbir.errors import SettingsError
-from cbir.download import sha256_file
+from cbir.digests import sha256_file
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, ExtractionResult, Executor, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
 from cbir.layout import DESCRIPTORS, IndexLayout, IndexLoadError, read_collection_record, write_collection_record
 from cbir.thumbnails import ThumbnailFolder
-from cbir.pooling import Pooling
-from cbir.recipe import Recipe
-from cbir.runtime import Runtime
-from cbir.stores.annoy import DEFAULT_N_TREES
+from cbir.recipe import Recipe, RecipeSettings
 from cbir.distances import Metric
 from cbir.ranking import EXACT_SEARCH_LIMIT, database_side_augmentation
-from cbir.stores import hnsw, milvus
+from cbir.stores import AUTO, DEFAULT_STORE, get_store_kind, hnsw
 from cbir.whitening import Whitening, WhiteningSource, learn_whitening
 
 logger = logging.getLogger(__name__)
@@ -48,12 +47,12 @@ logger = logging.getLogger(__name__)
 @dataclass
 class BuildSettings:
     index_dir: Path = Path("indexes")
-    weights: Weights = field(default_factory=lambda: Weights(WeightsKind.IMAGENET))
-    pooling: Pooling | None = None  # None: each backbone's own (gap for the study's six, CLS for a ViT)
-    input_size: int | None = None  # None: each backbone's own size; smaller sizes are for tests
-    store: str = "annoy"  # a cbir.stores name, or "auto": chosen by the collection's size (choose_store)
-    n_trees: int = DEFAULT_N_TREES
-    milvus_uri: str | None = None  # for store="milvus": a Milvus Lite file (.db) or http://host:19530
+    recipe: RecipeSettings = field(default_factory=RecipeSettings)  # applied to each backbone built
+    # A cbir.stores name, or "auto": chosen by the collection's size (choose_store).
+    store: str = DEFAULT_STORE
+    # The stores' build parameters by StoreParameter name (e.g. "n_trees", "milvus_uri"); the chosen
+    # store takes its own, its defaults for the rest.
+    store_params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = DEFAULT_BATCH_SIZE
     force: bool = False
     progress: bool = True
@@ -63,41 +62,16 @@ class BuildSettings:
     ray_address: str | None = None  # for Executor.RAY: a cluster's address (None: env RAY_ADDRESS, else local)
     ray_actors: int | None = None  # for Executor.RAY: network actors (None: one per node)
     limits: ImageLimits = DEFAULT_LIMITS
-    scales: tuple[float, ...] | None = None  # None: one scale
-    whiten_on: str | None = None  # a collection to learn a PCA-whitening on
-    whitened_dim: int | None = None  # dimensions the whitening keeps (None: all)
-    dba: int | None = None  # database-side augmentation: neighbours per row (None: none)
     thumbnails: bool = True  # make the page's thumbnail of every image once the index is built
-    runtime: Runtime = Runtime.KERAS  # what runs the network: Keras, or OpenVINO f32 / bf16 (cbir.runtime)
 
     def recipe_for(self, backbone: Backbone) -> Recipe:
-        return Recipe.create(
-            backbone.name,
-            pooling=self.pooling,
-            input_size=self.input_size,
-            weights=self.weights,
-            scales=self.scales,
-            whiten_on=self.whiten_on,
-            whitened_dim=self.whitened_dim,
-            dba=self.dba,
-            runtime=self.runtime,
-        )
+        return self.recipe.for_backbone(backbone.name)
 
     def store_spec(self, collection: str = "", recipe: Recipe | None = None, rows: int = 0) -> StoreSpec:
         """The store to build for `rows` descriptors of `recipe` in `collection` ("auto" resolved)."""
-        kind = choose_store(rows, recipe.dim if recipe else 0) if self.store == "auto" else self.store
-        if kind == "annoy":
-            return StoreSpec(kind, {"n_trees": self.n_trees})
-        if kind == "milvus":
-            if not self.milvus_uri:
-                raise SettingsError("--store milvus needs --milvus-uri: a Milvus Lite file (./milvus.db) or http://host:19530")
-            if recipe is None:
-                raise ValueError("a Milvus store is named after its collection and recipe")
-            identity = {"collection": collection, "recipe": recipe.key, "weights": recipe.weights_identity}
-            return StoreSpec(kind, {"uri": milvus.normalise_uri(self.milvus_uri),
-                                    "collection_name": milvus.collection_name(collection, recipe.key),
-                                    "identity": identity})  # fmt: skip
-        return StoreSpec(kind, {})
+        name = choose_store(rows, recipe.dim if recipe else 0) if self.store == AUTO else self.store
+        kind = get_store_kind(name)
+        return StoreSpec(kind.name, kind.params_for(self.store_params, collection, recipe))
 
 
 def choose_store(rows: int, dim: int) -> str:
@@ -175,15 +149,15 @@ def build_indexes(
 ) -> list[BuildOutcome]:
     """Build (or keep) one index folder per backbone (with the settings' recipe) for `collection`.
 
-    With whitening (`settings.whiten_on`), the outcomes are the unwhitened index and the whitened
+    With whitening (`settings.recipe.whiten_on`), the outcomes are the unwhitened index and the whitened
     one, per backbone. `whitening_source`: the collection named by `whiten_on` when it is another
     one; without it, that collection's unwhitened index must already be built.
     """
     extractors = extractors if extractors is not None else ExtractorCache()
-    if settings.whiten_on and settings.whiten_on != collection.name:
-        if whitening_source is not None and whitening_source.name != settings.whiten_on:
-            raise ValueError(f"whitening source {whitening_source.name} is not {settings.whiten_on}")
-        unwhitened = replace(settings, whiten_on=None, whitened_dim=None, dba=None)
+    if settings.recipe.whiten_on and settings.recipe.whiten_on != collection.name:
+        if whitening_source is not None and whitening_source.name != settings.recipe.whiten_on:
+            raise ValueError(f"whitening source {whitening_source.name} is not {settings.recipe.whiten_on}")
+        unwhitened = replace(settings, recipe=settings.recipe.unwhitened)
         if whitening_source is not None:
             logger.info("%s: describing it first, to learn the whitening on", whitening_source.name)
             build_indexes(whitening_source, backbones, unwhitened, extractors=extractors, on_progress=on_progress)

@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 
 from cbir import atomic
 from cbir.archives import ArchiveError, safe_extract
-from cbir.download import HttpSettings, download, sha256_file
+from cbir.digests import sha256_file
+from cbir.download import HttpSettings, download
 from cbir.errors import CbirError
 from cbir.index import Manifest
 from cbir.layout import RESULTS_DIR, IndexLayout, read_collection_record

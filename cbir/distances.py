@@ -35,6 +35,11 @@ class Neighbours(NamedTuple):
     distances: np.ndarray
 
 
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Each vector (the last axis) divided by its length; a zero vector stays zero. Keeps the dtype."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
 def squared_norms(descriptors: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", descriptors, descriptors)
 

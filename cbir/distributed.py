@@ -134,7 +134,7 @@ class _Describer:
     """Ray actor: the recipe's network, built once per actor, describing batches of decoded images."""
 
     def __init__(self, recipe: Recipe, batch_size: int, versions: dict[str, str]) -> None:
-        from cbir.backbones import ExtractorCache, keras_versions
+        from cbir.trunks import ExtractorCache, keras_versions
 
         # Version drift changes descriptors silently: a worker with another Keras or TensorFlow than
         # the driver (whose versions the manifest records) refuses to describe anything.
@@ -200,7 +200,7 @@ def extract_on_ray(
     label = progress_label(recipe, resumed, total)
     if resumed < total:
         ray = connect(address)
-        from cbir.backbones import keras_versions
+        from cbir.trunks import keras_versions
 
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         actors = actors or max(1, len(nodes))

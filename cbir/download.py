@@ -8,7 +8,6 @@ download starts over.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from cbir import __version__, atomic
+from cbir.digests import sha256_file
 from cbir.errors import CbirError
 
 logger = logging.getLogger(__name__)
@@ -251,13 +251,6 @@ def _http_failure(url: str, code: int, reason: str) -> DownloadError:
 def record_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".record.json")
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_record(path: Path) -> None:

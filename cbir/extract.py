@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cbir import atomic
-from cbir.backbones import FeatureExtractor
+from cbir.trunks import FeatureExtractor
 from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, NetworkShape, load_for_network
 from cbir.index import Skipped
 

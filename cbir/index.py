@@ -41,7 +41,7 @@ from cbir.errors import SettingsError
 from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command, recorded_images
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
-from cbir.stores import Store, get_store_kind
+from cbir.stores import DEFAULT_STORE, Store, get_store_kind
 from cbir.stores.exact import ExactStore
 from cbir.whitening import WHITENING_FILE, Whitening, WhiteningSource
 
@@ -63,7 +63,7 @@ class Skipped:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    kind: str = "annoy"
+    kind: str = DEFAULT_STORE
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,7 +148,7 @@ class Manifest:
     @classmethod
     def _from_schema_1(cls, data: dict[str, Any]) -> Manifest:
         """Folders written before recipes: the study descriptor of one backbone, two Annoy files."""
-        from cbir.backbones import Weights
+        from cbir.weights import Weights
 
         recipe = Recipe(data["backbone"], Pooling.GAP, int(data["input_size"]), Weights.from_json(data["weights"]))
         annoy = data.get("annoy", {})
@@ -221,7 +221,7 @@ def write_index(
         if whitening is not None:
             whitening.save(temporary / WHITENING_FILE)
         started = time.perf_counter()
-        if grown_from is not None and kind.add is not None:
+        if grown_from is not None and kind.can_grow:
             params = kind.add(Path(folder), temporary, descriptors, grown_from, dict(manifest.store.params))
         else:
             params = kind.build(temporary, descriptors, dict(manifest.store.params))

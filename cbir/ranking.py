@@ -25,7 +25,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from cbir.distances import Metric, Neighbours
+from cbir.distances import Metric, Neighbours, l2_normalise
 from cbir.errors import SettingsError
 from cbir.index import LoadedIndex
 from cbir.stores import get_store_kind
@@ -59,8 +59,7 @@ _DBA_BLOCK_FLOATS = 32 * 1024 * 1024  # distances computed per block of rows: ab
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    return l2_normalise(np.asarray(vectors, dtype=np.float32))
 
 
 def similarity_weights(anchor: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from cbir.backbones import BACKBONES, Backbone, Weights, WeightsKind, get_backbone, resolve_input_size
+from cbir.backbones import BACKBONES, Backbone, get_backbone, resolve_input_size
+from cbir.weights import Weights, WeightsKind
 from cbir.errors import SettingsError
 from cbir.pooling import POOLINGS, Pooling, pool
 from cbir.runtime import Runtime, parse_runtime
@@ -131,31 +132,9 @@ class Recipe:
             )
 
     @classmethod
-    def create(
-        cls,
-        backbone: str,
-        *,
-        pooling: Pooling | str | None = None,
-        input_size: int | None = None,
-        weights: Weights | str | None = None,
-        scales: tuple[float, ...] | None = None,
-        whiten_on: str | None = None,
-        whitened_dim: int | None = None,
-        dba: int | None = None,
-        runtime: Runtime | str = Runtime.KERAS,
-    ) -> Recipe:
-        if whitened_dim is not None and not whiten_on:
-            raise SettingsError("a whitened dimension (--dim) needs a collection to learn the whitening on (--whiten-on)")
-        if not isinstance(weights, Weights):
-            weights = Weights.parse(weights)
-        try:
-            pooling = Pooling(pooling) if pooling else None
-        except ValueError:
-            known = ", ".join(p.value for p in Pooling)
-            raise SettingsError(f"unknown pooling {pooling!r}; known poolings: {known}") from None
-        whitening = WhiteningSpec(whiten_on, whitened_dim) if whiten_on else None
-        return cls(backbone, pooling, input_size or 0, weights, tuple(scales or (1.0,)), None, whitening, dba,
-                   parse_runtime(runtime))  # fmt: skip
+    def create(cls, backbone: str, **choices: Any) -> Recipe:
+        """The recipe of `backbone` with the choices of RecipeSettings (pooling=..., weights=..., ...)."""
+        return RecipeSettings(**choices).for_backbone(backbone)
 
     @property
     def key(self) -> str:
@@ -244,20 +223,12 @@ class Recipe:
         return pool(self.pooling, outputs)
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes the descriptors; equal identities give comparable descriptors."""
-        return {
-            "key": self.key,
-            "backbone": self.backbone,
-            "pooling": self.pooling.value,
-            "input_size": self.input_size,
-            "weights": self.weights_identity,
-            "input_shape": self.input_shape.value,
-            "scales": list(self.scales),
-            "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
-            "dba": self.dba,
-            # Only when not Keras: identities (and checkpoints) made before runtimes stay equal.
-            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),
-        }
+        """Everything that changes the descriptors; equal identities give comparable descriptors: the
+        JSON form without the dimension (it follows from the rest), with the weights' identity."""
+        identity = self.to_json()
+        del identity["dim"]
+        identity["weights"] = self.weights_identity
+        return identity
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -271,7 +242,8 @@ class Recipe:
             "scales": list(self.scales),
             "whitening": self.whitening and {"source": self.whitening.source, "dim": self.whitening.dim},
             "dba": self.dba,
-            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),  # Keras: as before
+            # Only when not Keras: manifests, identities and checkpoints made before runtimes stay equal.
+            **({"runtime": self.runtime.value} if self.runtime is not Runtime.KERAS else {}),
         }
 
     @classmethod
@@ -289,6 +261,39 @@ class Recipe:
             data.get("dba"),
             Runtime(data.get("runtime", Runtime.KERAS.value)),  # recipes written before runtimes: Keras
         )
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """A recipe's choices, as a user gives them (the command line, the page), without its backbone:
+    what a build applies to every backbone it is given. Unset fields are each backbone's own."""
+
+    pooling: Pooling | str | None = None  # None: each backbone's own (gap for the study's six, CLS for a ViT)
+    input_size: int | None = None  # None: each backbone's own size; smaller sizes are for tests
+    weights: Weights | str | None = None  # a Weights, or the text Weights.parse reads (None: imagenet)
+    scales: tuple[float, ...] | None = None  # None: one scale
+    whiten_on: str | None = None  # a collection to learn a PCA-whitening on
+    whitened_dim: int | None = None  # dimensions the whitening keeps (None: all)
+    dba: int | None = None  # database-side augmentation: neighbours per row (None: none)
+    runtime: Runtime | str = Runtime.KERAS  # what runs the network: Keras, or OpenVINO f32 / bf16 (cbir.runtime)
+
+    def for_backbone(self, backbone: str) -> Recipe:
+        if self.whitened_dim is not None and not self.whiten_on:
+            raise SettingsError("a whitened dimension (--dim) needs a collection to learn the whitening on (--whiten-on)")
+        weights = self.weights if isinstance(self.weights, Weights) else Weights.parse(self.weights)
+        try:
+            pooling = Pooling(self.pooling) if self.pooling else None
+        except ValueError:
+            known = ", ".join(p.value for p in Pooling)
+            raise SettingsError(f"unknown pooling {self.pooling!r}; known poolings: {known}") from None
+        whitening = WhiteningSpec(self.whiten_on, self.whitened_dim) if self.whiten_on else None
+        return Recipe(backbone, pooling, self.input_size or 0, weights, tuple(self.scales or (1.0,)), None, whitening,
+                      self.dba, parse_runtime(self.runtime))  # fmt: skip
+
+    @property
+    def unwhitened(self) -> RecipeSettings:
+        """The same choices without whitening and DBA: the rows a whitened recipe is computed from."""
+        return replace(self, whiten_on=None, whitened_dim=None, dba=None)
 
 
 def build_options(recipe_key: str) -> str:

@@ -17,6 +17,9 @@ so `openvino-bf16` is refused there with a message.
 
 The keras-hub rows (vision transformers) take a named input and are not converted here: they run
 on Keras only.
+
+cbir.trunks builds the Keras network and calls `openvino_model` with the identity to cache it under;
+this module knows nothing of recipes or trunks, so imports go one way.
 """
 
 from __future__ import annotations
@@ -30,15 +33,11 @@ import warnings
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import numpy as np
 
 from cbir.errors import SettingsError
-
-if TYPE_CHECKING:
-    from cbir.backbones import Trunk
-    from cbir.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +119,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CBIR_CACHE_DIR", Path.home() / ".cache" / "cbir")) / "openvino"
 
 
-def conversion_key(recipe: Recipe, fixed: bool) -> str:
-    """Names the converted network: the same backbone, weights, input size and versions give the same IR."""
-    from cbir.backbones import keras_versions
-
-    identity = {"backbone": recipe.backbone, "weights": recipe.weights.identity,
-                "input_size": recipe.input_size if fixed else "any", "study_layer": recipe.uses_study_layer,
-                **keras_versions(), "openvino": metadata.version("openvino")}  # fmt: skip
+def conversion_key(backbone: str, identity: dict[str, Any]) -> str:
+    """Names the converted network: the same trunk identity (backbone, weights, input size, versions
+    of what converts it) gives the same IR."""
+    identity = {**identity, "openvino": metadata.version("openvino")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{recipe.backbone}-{digest}"
+    return f"{backbone}-{digest}"
 
 
 class _Compiled:
@@ -141,45 +137,26 @@ class _Compiled:
         return self.compiled(np.ascontiguousarray(pixels, dtype=np.float32))[0]
 
 
-def openvino_trunk(recipe: Recipe) -> Trunk:
-    """The recipe's trunk converted to OpenVINO (read from the cache when converted before) and
-    compiled at the recipe's precision."""
+def openvino_model(backbone: str, identity: dict[str, Any], runtime: Runtime, keras_model: Callable[[], Any]) -> _Compiled:
+    """A network converted to OpenVINO (read from the cache when converted before, else converted from
+    `keras_model()`) and compiled at the runtime's precision. `identity` names the network (cbir.trunks)."""
     from cbir import atomic
-    from cbir.backbones import Trunk, build_trunk, get_backbone
 
-    backbone = get_backbone(recipe.backbone)
-    if backbone.preset is not None:
-        raise SettingsError(f"{backbone.name} (keras-hub) runs on Keras only: build it with --runtime keras")
-    check_runtime(recipe.runtime)
+    check_runtime(runtime)
     openvino = _openvino()
     core = _core_instance()
-    fixed = recipe.uses_study_layer
-    folder = cache_dir() / conversion_key(recipe, fixed)
+    folder = cache_dir() / conversion_key(backbone, identity)
     xml = folder / "model.xml"
     if xml.is_file():
         model = core.read_model(str(xml))
-        logger.info("%s: OpenVINO network read from %s", recipe.backbone, folder)
+        logger.info("%s: OpenVINO network read from %s", backbone, folder)
     else:
-        keras_trunk = build_trunk(backbone, recipe.weights, recipe.input_size, study_layer=fixed)
-        logger.info("%s: converting to OpenVINO (once; kept in %s)", recipe.backbone, folder)
+        keras = keras_model()
+        logger.info("%s: converting to OpenVINO (once; kept in %s)", backbone, folder)
         with warnings.catch_warnings():  # Keras notes the traced input's structure; nothing is wrong
             warnings.simplefilter("ignore", UserWarning)
-            model = openvino.convert_model(keras_trunk.model)
+            model = openvino.convert_model(keras)
         with atomic.replacing_folder(folder) as temporary:
             openvino.save_model(model, str(temporary / "model.xml"), compress_to_fp16=False)
-        del keras_trunk
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": recipe.runtime.precision})
-    import keras
-
-    preprocess = getattr(keras.applications, backbone.module).preprocess_input
-    return Trunk(backbone, recipe.weights, recipe.input_size if fixed else None, _Compiled(compiled), preprocess)
-
-
-def trunk_for(recipe: Recipe) -> Trunk:
-    """The trunk of a recipe (before its whitening) on the recipe's runtime."""
-    from cbir.backbones import build_trunk, get_backbone
-
-    if recipe.runtime is Runtime.KERAS:
-        return build_trunk(get_backbone(recipe.backbone), recipe.weights, recipe.input_size,
-                           study_layer=recipe.uses_study_layer)  # fmt: skip
-    return openvino_trunk(recipe)
+        del keras
+    return _Compiled(core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": runtime.precision}))

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cbir.backbones import ExtractorCache, FeatureExtractor, WeightsKind, keras_versions
+from cbir.weights import WeightsKind
+from cbir.trunks import ExtractorCache, FeatureExtractor, keras_versions
 from cbir.datasets.model import Box
 from cbir.distances import Metric, cosine_similarity, exact_distances
 from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, load_region, resize_for_network

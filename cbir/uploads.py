@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
-from cbir.backbones import Backbone, ExtractorCache
+from cbir.backbones import Backbone
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildOutcome, BuildSettings, build_indexes
 from cbir.datasets import folder_collection
 from cbir.errors import CbirError
@@ -239,8 +240,7 @@ def add_collection(
     gathered.folder = images
     build = BuildSettings(
         index_dir=Path(index_dir),
-        weights=settings.weights,
-        input_size=settings.input_size,
+        recipe=settings.recipe,
         store="exact",  # a few hundred images: a scan is the fastest search
         progress=False,
         limits=settings.limits,

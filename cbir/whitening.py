@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cbir import atomic
+from cbir.distances import l2_normalise
 from cbir.errors import SettingsError
 
 WHITENING_FILE = "whitening.npz"
@@ -77,8 +78,8 @@ class Whitening:
         rows = np.atleast_2d(np.asarray(descriptors, dtype=np.float64))
         if rows.shape[1] != self.input_dim:
             raise ValueError(f"this whitening takes {self.input_dim}-d descriptors, not {rows.shape[1]}-d")
-        whitened = (_normalise(rows) - self.mean) @ self.projection.T
-        whitened = _normalise(whitened).astype(np.float32)
+        whitened = (l2_normalise(rows) - self.mean) @ self.projection.T
+        whitened = l2_normalise(whitened).astype(np.float32)
         return whitened[0] if np.ndim(descriptors) == 1 else whitened
 
     def save(self, path: Path) -> None:
@@ -96,7 +97,7 @@ class Whitening:
 
 def learn_whitening(descriptors: np.ndarray, dim: int | None = None, *, source: str = "the collection") -> Whitening:
     """Learn a PCA-whitening on (n, d) descriptors, keeping `dim` axes (None: all d)."""
-    rows = _normalise(np.asarray(descriptors, dtype=np.float64))
+    rows = l2_normalise(np.asarray(descriptors, dtype=np.float64))
     n, d = rows.shape
     dim = dim or d
     if dim > d:
@@ -117,7 +118,3 @@ def learn_whitening(descriptors: np.ndarray, dim: int | None = None, *, source: 
         )
     projection = axes.T / np.sqrt(variances)[:, None]
     return Whitening(mean, projection)
-
-
-def _normalise(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)

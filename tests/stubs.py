@@ -8,16 +8,30 @@ index, ranking, scoring, writing results -- is the project's own code.
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
+from cbir.build import BuildSettings
 from cbir.index import Manifest, StoreSpec, write_index
 from cbir.layout import IndexLayout, write_collection_record
-from cbir.recipe import Recipe
+from cbir.recipe import Recipe, RecipeSettings
+from cbir.stores import StoreKind, StoreParameter, store_parameters
+from cbir.stores.exact import ExactStore
 from cbir.search import SearchEngine
 
 RECIPE = Recipe.create("xception", weights="none", input_size=96)
+
+
+def build_settings(**values: Any) -> BuildSettings:
+    """BuildSettings from one flat set of keywords, as a test writes them: the recipe's choices go to
+    `recipe`, the stores' parameters (n_trees=..., milvus_uri=...) to `store_params`."""
+    recipe_fields = {field.name for field in fields(RecipeSettings)}
+    store_fields = {parameter.name for parameter in store_parameters()}
+    recipe = {name: values.pop(name) for name in list(values) if name in recipe_fields}
+    store_params = {name: values.pop(name) for name in list(values) if name in store_fields}
+    return BuildSettings(recipe=RecipeSettings(**recipe), store_params=store_params, **values)
 
 
 class _NoNetwork:
@@ -64,3 +78,16 @@ def write_collection(index_dir: Path, collection, descriptors: np.ndarray, store
     folder = IndexLayout(index_dir).index_dir(collection.name, RECIPE.key)
     write_index(folder, descriptors, manifest)
     return folder
+
+
+def _build_toy(folder: Path, descriptors: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
+    (folder / "toy.txt").write_text("toy")
+    return dict(params)
+
+
+# A store the project does not know: the exact scan under another name, with one build parameter.
+TOY_STORE = StoreKind(
+    "toy", "the toy store", "a test's store: the exact scan, and a file", _build_toy,
+    lambda folder, descriptors, params: ExactStore(descriptors), lambda params: ["toy.txt"],
+    parameters=(StoreParameter("toy_leaves", "--toy-leaves", int, 7, "leaves of the toy store"),),
+)  # fmt: skip

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from cbir.add import AddPath, AddSettings, add_images, with_added_folders
-from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
@@ -23,6 +25,7 @@ from cbir.errors import CbirError
 from cbir.index import damage, load_index, scan_indexes
 from cbir.layout import IndexLayout, read_collection_record
 from cbir.search import SearchEngine
+from stubs import build_settings
 from synthetic import make_gallery
 
 pytestmark = pytest.mark.slow
@@ -50,7 +53,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 def settings_for(index_root: Path, **overrides) -> BuildSettings:
     values = dict(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10,
                   batch_size=4, checkpoint_every=4)  # fmt: skip
-    return BuildSettings(**{**values, **overrides})
+    return build_settings(**{**values, **overrides})
 
 
 def build(photos: Path, index_root: Path, extractors, **overrides):

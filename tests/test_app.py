@@ -16,8 +16,10 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
 from cbir.build import BuildSettings, build_indexes
+from cbir.recipe import RecipeSettings
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
 from cbir.search import SearchEngine
@@ -85,7 +87,12 @@ def served(tmp_path_factory):
 
     draw_picture(99).save(os.fsdecode(bytes(photos) + b"/bad_\xff\xfe_name.jpg"), quality=92)
     index_root = root / "indexes"
-    settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=10)
+    settings = BuildSettings(
+        index_dir=index_root,
+        progress=False,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
+        store_params={"n_trees": 10},
+    )
     build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
     metric_query_norm = add_metric_collection(index_root, photos)
     try:

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.backbones import (
-    BACKBONES,
-    ExtractorCache,
-    Weights,
-    WeightsError,
-    WeightsKind,
-    build_extractor,
-    get_backbone,
-    parse_backbones,
-    resolve_input_size,
-)
+from cbir.backbones import BACKBONES, get_backbone, parse_backbones, resolve_input_size
+from cbir.weights import Weights, WeightsError, WeightsKind
+from cbir.trunks import ExtractorCache, build_extractor
 from cbir.recipe import Recipe
 
 
@@ -149,7 +141,7 @@ def test_a_network_being_built_holds_back_only_its_own_requests(monkeypatch):
     import threading
     import time
 
-    import cbir.runtime
+    import cbir.trunks
 
     built, release = [], threading.Event()
 
@@ -159,7 +151,7 @@ def test_a_network_being_built_holds_back_only_its_own_requests(monkeypatch):
             release.wait(10)
         return object()
 
-    monkeypatch.setattr(cbir.runtime, "trunk_for", slow_build)
+    monkeypatch.setattr(cbir.trunks, "trunk_for", slow_build)
     cache = ExtractorCache()
     cache.get(recipe("xception", 80))
     waiting = [threading.Thread(target=cache.get, args=(recipe("vgg16", 224),)) for _ in range(3)]

@@ -224,7 +224,9 @@ def test_calibrated_weights_hold_the_pictures_batch_norm_statistics(tmp_path):
     """bench/calibrated.py: the benchmarks' stand-in for trained weights keeps activations in range."""
     import keras
 
-    from cbir.backbones import Weights, build_trunk, get_backbone
+    from cbir.backbones import get_backbone
+    from cbir.weights import Weights
+    from cbir.trunks import build_trunk
     from synthetic import draw_picture
 
     spec = importlib.util.spec_from_file_location("bench_calibrated", REPO / "bench" / "calibrated.py")

@@ -18,15 +18,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
 from cbir.errors import SettingsError
 from cbir.images import ImageError
 from cbir.index import list_indexes, load_index
 from cbir.layout import IndexLayout, IndexLoadError, read_collection_record
-from cbir.recipe import Recipe
+from cbir import stores
+from cbir.recipe import Recipe, RecipeSettings
 from cbir.search import SearchEngine
+from stubs import TOY_STORE, build_settings
 from synthetic import crop_of, draw_picture, make_gallery
 
 pytestmark = pytest.mark.slow
@@ -64,7 +68,7 @@ def settings_for(index_root: Path, **overrides) -> BuildSettings:
         checkpoint_every=8,
     )
     values.update(overrides)
-    return BuildSettings(**values)
+    return build_settings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +230,7 @@ def test_cli_builds_a_folder_then_has_nothing_to_do(gallery, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "built" in first.stdout and "untrained" in first.stdout
     assert "skipping empty.jpg" in first.stderr
+    assert {p.name for p in (tmp_path / "idx" / "demo" / "xception").glob("*.ann")} == {"cosine.ann", "euclidean.ann"}
     second = run_cli(*common, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stdout
@@ -275,6 +280,40 @@ def test_small_collections_are_searched_exactly_unless_annoy_is_asked_for(built,
     monkeypatch.setattr(cbir.ranking, "EXACT_SEARCH_LIMIT", 10)
     result = engine.search(query, collection="demo", recipe="xception")
     assert result.exact is False and result.hits[0].image == "picture_004.jpg"
+
+
+def test_a_default_build_writes_annoy_and_searches_a_small_collection_as_the_exact_scan(gallery, tmp_path, extractors):
+    settings = BuildSettings(index_dir=tmp_path, recipe=RecipeSettings(weights="none", input_size=SMALL), progress=False)
+    [outcome] = build_indexes(folder_collection(gallery, "demo"), [XCEPTION], settings, extractors=extractors)
+    assert {p.name for p in outcome.folder.glob("*.ann")} == {"cosine.ann", "euclidean.ann"}
+    engine = SearchEngine(tmp_path, extractors=extractors)
+    for picture in ("picture_004.jpg", "picture_017.jpg"):
+        for metric in ("cosine", "euclidean"):
+            searched = engine.search(gallery / picture, collection="demo", recipe="xception", metric=metric, k=8)
+            scanned = engine.search(gallery / picture, collection="demo", recipe="xception", metric=metric, k=8,
+                                    exact=True)  # fmt: skip
+            through_annoy = engine.search(gallery / picture, collection="demo", recipe="xception", metric=metric,
+                                          k=8, exact=False)  # fmt: skip
+            assert searched.exact is True  # a small collection: the scan answers, as before
+            assert [hit.image for hit in searched.hits] == [hit.image for hit in scanned.hits]
+            assert [hit.image for hit in through_annoy.hits] == [hit.image for hit in scanned.hits]
+
+
+def test_a_store_registered_in_a_test_is_built_and_searched(gallery, tmp_path, extractors):
+    stores.register(TOY_STORE)
+    try:
+        settings = settings_for(tmp_path, store="toy", toy_leaves=3)
+        [outcome] = build_indexes(folder_collection(gallery, "demo"), [XCEPTION], settings, extractors=extractors)
+        manifest = load_index(outcome.folder).manifest
+        assert (manifest.store.kind, manifest.store.params) == ("toy", {"toy_leaves": 3})
+        assert (outcome.folder / "toy.txt").is_file() and "toy.txt" in manifest.files
+        engine = SearchEngine(tmp_path, extractors=extractors)
+        result = engine.search(gallery / "picture_004.jpg", collection="demo", recipe="xception", exact=False)
+        assert result.exact is False and result.hits[0].image == "picture_004.jpg"  # answered by the toy store
+        again = build_indexes(folder_collection(gallery, "demo"), [XCEPTION], settings, extractors=extractors)
+        assert again[0].status is BuildStatus.UP_TO_DATE  # its parameters recorded, read back, equal
+    finally:
+        del stores.STORES["toy"]
 
 
 def test_a_damaged_index_is_rebuilt_not_called_up_to_date(built, gallery, extractors, tmp_path):

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
 from cbir.build import BuildSettings, build_indexes
+from cbir.recipe import RecipeSettings
 from cbir.bundle import BUNDLE_MANIFEST, BundleError, export_bundle, open_bundle, read_bundle_manifest
 from cbir.datasets import folder_collection
 from cbir.download import DownloadError, HttpSettings
@@ -39,7 +41,12 @@ def exported(tmp_path_factory):
     photos = root / "photos"
     make_gallery(photos, 14, width=900, height=600)  # bigger than a thumbnail: shrunk to 512
     index_dir = root / "indexes"
-    settings = BuildSettings(index_dir=index_dir, weights=Weights.parse("none"), input_size=96, progress=False, n_trees=5)
+    settings = BuildSettings(
+        index_dir=index_dir,
+        progress=False,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
+        store_params={"n_trees": 5},
+    )
     build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
     served = root / "served"
     served.mkdir()

@@ -14,19 +14,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cbir.backbones import (
-    BACKBONES,
-    KERAS_HUB_INSTALL,
-    ExtractorCache,
-    Family,
-    MissingPackageError,
-    Weights,
-    WeightsError,
-    WeightsKind,
-    build_extractor,
-    imagenet_mean_std,
-    parse_backbones,
-)
+from cbir.backbones import BACKBONES, KERAS_HUB_INSTALL, Family, parse_backbones
+from cbir.weights import Weights, WeightsError, WeightsKind
+from cbir.trunks import ExtractorCache, MissingPackageError, build_extractor, imagenet_mean_std
 from cbir.errors import SettingsError
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe, build_options
@@ -169,6 +159,7 @@ def test_a_preset_saved_to_a_directory_loads_offline_with_the_same_descriptors(t
 @pytest.mark.slow
 def test_a_folder_built_with_a_dinov2_row_is_searched_and_guarded_like_any_other(tmp_path, one_layer):
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.datasets import folder_collection
     from cbir.index import load_index
     from cbir.layout import IndexLoadError
@@ -176,8 +167,12 @@ def test_a_folder_built_with_a_dinov2_row_is_searched_and_guarded_like_any_other
     from synthetic import crop_of, make_gallery
 
     make_gallery(tmp_path / "photos", 16)
-    settings = BuildSettings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), input_size=SIZE,
-                             progress=False, batch_size=8)  # fmt: skip
+    settings = BuildSettings(
+        index_dir=tmp_path / "indexes",
+        progress=False,
+        batch_size=8,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=SIZE),
+    )
     cache = ExtractorCache()
     built = build_indexes(folder_collection(tmp_path / "photos", "demo"), [BACKBONES["dinov2_small"]], settings,
                           extractors=cache)  # fmt: skip
@@ -206,11 +201,12 @@ def test_the_rebuild_command_of_a_dinov2_folder_makes_that_recipe_again(key):
 
     import build_index
     from cbir.build import BuildSettings
+    from cbir.recipe import RecipeSettings
     from cbir.layout import build_command
 
     arguments = build_index.parse_arguments(shlex.split(build_command("demo", key))[2:] + ["--weights", "none"])
     pooling = arguments.pooling and Pooling(arguments.pooling)
-    settings = BuildSettings(weights=Weights.parse(arguments.weights), pooling=pooling)
+    settings = BuildSettings(recipe=RecipeSettings(weights=Weights.parse(arguments.weights), pooling=pooling))
     # No --pooling: the row's own descriptor, the CLS token (not the study's gap).
     assert settings.recipe_for(BACKBONES[arguments.backbones]).key == key
 

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings, build_indexes
+from cbir.recipe import RecipeSettings
 from cbir.datasets import DownloadSettings, prepare_dataset
 from cbir.distances import Metric
 from cbir.errors import CbirError
@@ -45,7 +48,10 @@ def oxford(tmp_path_factory):
         )
     index_root = root / "indexes"
     settings = BuildSettings(
-        index_dir=index_root, weights=Weights.parse("none"), input_size=80, progress=False, n_trees=10
+        index_dir=index_root,
+        progress=False,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=80),
+        store_params={"n_trees": 10},
     )
     extractors = ExtractorCache()
     build_indexes(collection, [BACKBONES["xception"]], settings, extractors=extractors)
@@ -152,7 +158,11 @@ def test_evaluating_a_folder_without_ground_truth_says_so(tmp_path):
     from cbir.datasets import folder_collection
 
     make_gallery(tmp_path / "photos", 3)
-    settings = BuildSettings(index_dir=tmp_path / "idx", weights=Weights.parse("none"), input_size=80, progress=False)
+    settings = BuildSettings(
+        index_dir=tmp_path / "idx",
+        progress=False,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=80),
+    )
     build_indexes(folder_collection(tmp_path / "photos", "mine"), [BACKBONES["xception"]], settings)
     with pytest.raises(CbirError, match="no ground-truth queries"):
         evaluate_collection(EvaluationSettings(index_dir=tmp_path / "idx", collection="mine", progress=False))

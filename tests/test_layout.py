@@ -106,7 +106,7 @@ def _build_toy(folder: Path, descriptors: np.ndarray, params: dict) -> dict:
 @pytest.fixture
 def toy_store():
     kind = stores.register(
-        stores.StoreKind("toy", "a test's store", _build_toy, CountingStore, lambda params: ["toy.txt"])
+        stores.StoreKind("toy", "the toy store", "a test's store", _build_toy, CountingStore, lambda params: ["toy.txt"])
     )
     yield kind
     del stores.STORES["toy"]

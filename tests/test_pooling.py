@@ -116,7 +116,9 @@ def test_each_pooling_row_runs_its_own_function():
 @pytest.mark.slow
 def test_a_ten_to_one_panorama_builds_with_every_pooling(tmp_path):
     # VGG16 reads a 10:1 photo at (input size) x 32 px, its narrowest input: a map one position high.
-    from cbir.backbones import BACKBONES, Weights
+    from cbir.backbones import BACKBONES
+    from cbir.recipe import RecipeSettings
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import folder_collection
     from cbir.index import load_index
@@ -129,8 +131,8 @@ def test_a_ten_to_one_panorama_builds_with_every_pooling(tmp_path):
     for pooling in (Pooling.GAP, Pooling.MAC, Pooling.SPOC, Pooling.GEM, Pooling.RMAC):
         # (gap is VGG16's fc1, which fixes the input at 224 px: the photo is squashed to a square)
         size = None if pooling is Pooling.GAP else 64
-        settings = BuildSettings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), pooling=pooling,
-                                 input_size=size, progress=False, store="exact")  # fmt: skip
+        recipe = RecipeSettings(weights=Weights.parse("none"), pooling=pooling, input_size=size)
+        settings = BuildSettings(index_dir=tmp_path / "indexes", recipe=recipe, progress=False, store="exact")
         [outcome] = build_indexes(collection, [BACKBONES["vgg16"]], settings)
         loaded = load_index(outcome.folder)
         assert "panorama.jpg" in loaded.manifest.images and not loaded.manifest.skipped, pooling

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import build_index
-from cbir.backbones import ExtractorCache
+from cbir.trunks import ExtractorCache
 from cbir.extract import Checkpoints, extract_descriptors
 from cbir.index import load_index
 from cbir.recipe import Recipe

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 import build_index
-from cbir.backbones import BACKBONES, FeatureExtractor, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import FeatureExtractor
 from cbir.build import BuildSettings
+from cbir.recipe import RecipeSettings
 from cbir.errors import SettingsError
 from cbir.index import Manifest, StoreSpec, load_index, write_index
 from cbir.layout import IndexLoadError, build_command
@@ -36,12 +39,7 @@ def test_the_build_command_of_a_folder_name_makes_that_recipe_again(recipe):
     command = build_command("demo", recipe.key)
     arguments = build_index.parse_arguments(shlex.split(command)[2:] + ["--weights", "none"])
     settings = BuildSettings(
-        weights=Weights.parse(arguments.weights),
-        pooling=arguments.pooling and Pooling(arguments.pooling),
-        scales=arguments.scales,
-        whiten_on=arguments.whiten_on,
-        whitened_dim=arguments.dim,
-        dba=arguments.dba,
+        recipe=RecipeSettings(weights=Weights.parse(arguments.weights), pooling=arguments.pooling and Pooling(arguments.pooling), scales=arguments.scales, whiten_on=arguments.whiten_on, whitened_dim=arguments.dim, dba=arguments.dba),
     )
     assert settings.recipe_for(BACKBONES[arguments.backbones]) == recipe
 

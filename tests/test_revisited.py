@@ -372,16 +372,23 @@ def test_roxford5k_builds_over_imlist_and_evaluates_easy_medium_hard_with_and_wi
     """The whole path a researcher runs: prepare, build, evaluate (untrained network, tiny images)."""
     import csv
 
-    from cbir.backbones import BACKBONES, Weights
+    from cbir.backbones import BACKBONES
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.evaluation import EvaluationSettings, evaluate_collection, results_folder
     from cbir.layout import IndexLayout, read_collection_record
 
     with serve_directory(oxford["archive_dir"]) as base_url:
         collection = prepare_dataset("roxford5k", quiet_settings(tmp_path / "data", mirror=base_url))
     index_dir = tmp_path / "indexes"
-    settings = BuildSettings(index_dir=index_dir, weights=Weights.parse("none"), input_size=80, progress=False,
-                             store="exact", batch_size=8)  # fmt: skip
+    settings = BuildSettings(
+        index_dir=index_dir,
+        progress=False,
+        store="exact",
+        batch_size=8,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=80),
+    )
     build_indexes(collection, [BACKBONES["xception"]], settings)
     revisited = oxford["revisited"]
     record = read_collection_record(IndexLayout(index_dir), "roxford5k")
@@ -419,13 +426,15 @@ def test_roxford5k_builds_over_imlist_and_evaluates_easy_medium_hard_with_and_wi
 
 @pytest.mark.slow
 def test_distractors_are_appended_after_imlist_and_the_ground_truth_still_scores(tmp_path: Path, oxford: dict) -> None:
-    from cbir.backbones import BACKBONES, Weights
+    from cbir.backbones import BACKBONES
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import with_distractors
     from cbir.evaluation import EvaluationSettings, evaluate_collection, results_folder
     from cbir.layout import IndexLayout, build_command, read_collection_record
     from cbir.metrics import ap_oxford
     from cbir.protocols import QueryMode
+    from cbir.recipe import RecipeSettings
     from synthetic import make_gallery
 
     with serve_directory(oxford["archive_dir"]) as base_url:
@@ -445,8 +454,13 @@ def test_distractors_are_appended_after_imlist_and_the_ground_truth_still_scores
         with_distractors(plain, clash)
 
     index_dir = tmp_path / "indexes"
-    settings = BuildSettings(index_dir=index_dir, weights=Weights.parse("none"), input_size=80, progress=False,
-                             store="exact", batch_size=8)  # fmt: skip
+    settings = BuildSettings(
+        index_dir=index_dir,
+        progress=False,
+        store="exact",
+        batch_size=8,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=80),
+    )
     build_indexes(collection, [BACKBONES["xception"]], settings)
     assert read_collection_record(IndexLayout(index_dir), collection.name).n_distractors == 6
     results = evaluate_collection(EvaluationSettings(

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights, build_extractor
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache, build_extractor
 from cbir.build import BuildSettings, build_indexes
+from cbir.recipe import RecipeSettings
 from cbir.datasets import folder_collection
 from cbir.errors import SettingsError
 from cbir.index import load_index
@@ -99,8 +102,13 @@ def test_an_index_built_with_one_runtime_refuses_queries_from_another(tmp_path, 
     monkeypatch.setenv(runtime.CACHE_ENV, str(converted_cache))
     photos, index_root = tmp_path / "photos", tmp_path / "indexes"
     make_gallery(photos, 8)
-    settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False,
-                             store="exact", batch_size=4, runtime=Runtime.OPENVINO_F32)  # fmt: skip
+    settings = BuildSettings(
+        index_dir=index_root,
+        progress=False,
+        store="exact",
+        batch_size=4,
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96, runtime=Runtime.OPENVINO_F32),
+    )
     [outcome] = build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings)
     assert outcome.key == "xception-ovf32"
     loaded = load_index(outcome.folder)

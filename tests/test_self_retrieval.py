@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings, build_indexes
+from cbir.recipe import RecipeSettings
 from cbir.datasets import folder_collection
 from cbir.distances import Metric, exact_distances, nearest
 from cbir.layout import IndexLayout
@@ -66,8 +69,12 @@ def test_edited_photos_find_their_source_and_the_numbers_agree_with_the_stored_d
     make_gallery(tmp_path / "photos", 12, width=200, height=150)
     index_dir = tmp_path / "indexes"
     extractors = ExtractorCache()
-    settings = BuildSettings(index_dir=index_dir, weights=Weights.parse("none"), input_size=96, progress=False,
-                             store="exact")  # fmt: skip
+    settings = BuildSettings(
+        index_dir=index_dir,
+        progress=False,
+        store="exact",
+        recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
+    )
     build_indexes(folder_collection(tmp_path / "photos", "photos"), [BACKBONES["xception"]], settings,
                   extractors=extractors)  # fmt: skip
     engine = SearchEngine(index_dir, extractors=extractors)

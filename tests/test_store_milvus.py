@@ -41,7 +41,7 @@ def clustered(n: int, dim: int, seed: int = 0, centres: int = 20) -> np.ndarray:
 def spec(uri, collection: str = "demo", recipe: Recipe | None = None) -> StoreSpec:
     """What `build_index.py --store milvus --milvus-uri URI` asks for."""
     recipe = recipe or Recipe.create("xception", weights="none", input_size=96)
-    return BuildSettings(store="milvus", milvus_uri=str(uri)).store_spec(collection, recipe, 0)
+    return BuildSettings(store="milvus", store_params={"milvus_uri": str(uri)}).store_spec(collection, recipe, 0)
 
 
 def write(folder, descriptors: np.ndarray, store: StoreSpec, backbone: str = "xception") -> Manifest:

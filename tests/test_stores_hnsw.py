@@ -182,7 +182,7 @@ def test_the_command_line_takes_store_and_its_alias_index(monkeypatch, tmp_path)
     import build_index
 
     monkeypatch.delenv("CBIR_MILVUS_URI", raising=False)
-    assert build_index.parse_arguments(["--images", str(tmp_path)]).store == "auto"
+    assert build_index.parse_arguments(["--images", str(tmp_path)]).store == "annoy"  # the design card's index
     assert build_index.parse_arguments(["--images", str(tmp_path), "--index", "hnsw"]).store == "hnsw"
     given = build_index.parse_arguments(["--images", str(tmp_path), "--store", "milvus", "--milvus-uri", "m.db"])
     assert (given.store, given.milvus_uri) == ("milvus", "m.db")

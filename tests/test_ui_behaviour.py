@@ -54,14 +54,17 @@ def test_browsing_sessions_keep_the_latest_and_nothing_outside_a_browser():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A page over a small synthetic collection (untrained xception) and its photos."""
-    from cbir.backbones import BACKBONES, Weights
+    from cbir.backbones import BACKBONES
+    from cbir.recipe import RecipeSettings
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import folder_collection
     from cbir.search import SearchEngine
 
     root = tmp_path_factory.mktemp("ui")
     photos = make_gallery(root / "photos", 8)
-    settings = BuildSettings(index_dir=root / "indexes", weights=Weights.parse("none"), input_size=96, progress=False)
+    settings = BuildSettings(index_dir=root / "indexes", recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
+                             progress=False)  # fmt: skip
     build_indexes(folder_collection(root / "photos", "demo"), [BACKBONES["xception"]], settings)
     return SearchPage(SearchEngine(root / "indexes"), root / "indexes"), photos
 

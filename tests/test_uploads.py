@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from synthetic import make_gallery
 
-from cbir.backbones import BACKBONES, ExtractorCache, Weights
+from cbir.backbones import BACKBONES
+from cbir.weights import Weights
+from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings
+from cbir.recipe import RecipeSettings
 from cbir.uploads import PrivateCollections, UploadError, UploadLimits, gather_upload
 
 
@@ -112,7 +115,7 @@ def extractors() -> ExtractorCache:
     return ExtractorCache()
 
 
-SETTINGS = BuildSettings(weights=Weights.parse("none"), input_size=96, progress=False)
+SETTINGS = BuildSettings(progress=False, recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96))
 
 
 @pytest.mark.slow

@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     from served_app import launch_chromium, running_app
     from synthetic import make_gallery, phone_photo
 
-    from cbir.backbones import Weights, get_backbone
+    from cbir.backbones import get_backbone
+    from cbir.weights import Weights
     from cbir.build import BuildSettings, build_indexes
+    from cbir.recipe import RecipeSettings
     from cbir.datasets import folder_collection
     from cbir.search import SearchEngine
     from cbir.self_retrieval import evaluate_self_retrieval
@@ -40,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch)
         photos = make_gallery(scratch / "photos", 60, width=640, height=480)
         index_dir = scratch / "indexes"
-        settings = BuildSettings(index_dir=index_dir, weights=Weights.parse("none"), input_size=96, progress=False)
+        settings = BuildSettings(
+            index_dir=index_dir,
+            progress=False,
+            recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
+        )
         build_indexes(folder_collection(scratch / "photos", "photos"), [get_backbone("xception")], settings)
         evaluate_self_retrieval(SearchEngine(index_dir), "photos", ["xception"], queries=30, progress=False)
         phone = scratch / "phone.jpg"

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from cbir import atomic
-from cbir.backbones import BACKBONES, keras_versions
+from cbir.backbones import BACKBONES
+from cbir.trunks import keras_versions
 from cbir.layout import IndexLayout
 from cbir.metrics import QueryScores
 

@@ -1,9 +1,14 @@
-"""Where descriptors are searched: one module per store, behind one interface.
+"""Where descriptors are searched: one module per store, behind one interface (cbir.stores.base).
 
 Every index folder holds its raw descriptors (`descriptors.npy`), so the exact scan is always
 there; the manifest names one more store (`annoy`, `hnsw`, `milvus`, or `exact` for none) with its
-parameters, and `LoadedIndex` opens it by that name. A new store is one module that defines a
-`StoreKind` and is registered here (or by `register`, as the tests do): nothing else changes.
+parameters, and `LoadedIndex` opens it by that name. A new store is one module `cbir/stores/<name>.py`
+defining `KIND = StoreKind(...)` (its label, build parameters and whether it can grow) and one line in
+BUILT_IN below (or a `register` call, as the tests do): the build, `--add`, the index loader and the
+command line read everything else from it.
+
+The modules are imported when the registry is first read, by name: a store imports cbir.stores.base,
+never this package's registry, so nothing imports in a circle (and the libraries load lazily anyway).
 
 A store ranks by the project's metric names (`cbir.distances.Metric`) and reports distances in the
 same units as the exact scan (angular distance for cosine), mapping to its own names inside.
@@ -11,61 +16,63 @@ same units as the exact scan (angular distance for cosine), mapping to its own n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+import importlib
 
-import numpy as np
-
-from cbir.distances import Metric, Neighbours
 from cbir.errors import SettingsError
+from cbir.stores.base import Store, StoreKind, StoreParameter
 
-
-class Store(Protocol):
-    def search(self, query: np.ndarray, metric: Metric, k: int, *, candidates: int | None = None) -> Neighbours:
-        """The k nearest rows. `candidates`: how many rows an approximate store examines (it may
-        keep the nearest k of them); the exact scan ignores it."""
-        ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class StoreKind:
-    name: str
-    description: str
-    # (temporary index folder, descriptors, parameters asked for) -> parameters to record
-    build: Callable[[Path, np.ndarray, dict[str, Any]], dict[str, Any]]
-    # (index folder, memory-mapped descriptors, recorded parameters) -> a store to search
-    open: Callable[[Path, np.ndarray, dict[str, Any]], Store]
-    # recorded parameters -> the files it keeps in the index folder
-    files: Callable[[dict[str, Any]], list[str]]
-    exact: bool = False  # whether its answers are the exact ranking
-    # A server the user chose to search with (Milvus): it answers even where a local scan of the
-    # descriptors would be as fast (cbir.ranking.prefers_exact).
-    serves_every_search: bool = False
-    # (current index folder, temporary index folder, every row, first new row, recorded parameters)
-    # -> parameters to record: the store grown by rows added after its build, without rebuilding it.
-    # None: the store cannot take rows after its build (Annoy), so `build_index.py --add` rebuilds it.
-    add: Callable[[Path, Path, np.ndarray, int, dict[str, Any]], dict[str, Any]] | None = None
-
+# The project's stores, one line each: the module cbir.stores.<name> defines KIND.
+BUILT_IN = (
+    "exact",
+    "annoy",
+    "hnsw",
+    "milvus",
+)
+DEFAULT_STORE = "annoy"  # the design card: one Annoy index per backbone
+AUTO = "auto"  # chosen by the collection's size (cbir.build.choose_store)
 
 STORES: dict[str, StoreKind] = {}
+_loaded = False
+
+
+def _load_built_ins() -> None:
+    global _loaded
+    if not _loaded:
+        for name in BUILT_IN:
+            STORES.setdefault(name, importlib.import_module(f"{__name__}.{name}").KIND)
+        _loaded = True
 
 
 def register(kind: StoreKind) -> StoreKind:
+    """Add a store the project does not list (a test's, a plug-in's)."""
+    _load_built_ins()
     STORES[kind.name] = kind
     return kind
 
 
+def store_kinds() -> dict[str, StoreKind]:
+    """Every registered store by name: the built-in ones first."""
+    _load_built_ins()
+    return dict(STORES)
+
+
 def get_store_kind(name: str) -> StoreKind:
+    _load_built_ins()
     try:
         return STORES[name]
     except KeyError:
         raise SettingsError(f"unknown store {name!r}; known stores: {', '.join(STORES)}") from None
 
 
-from cbir.stores import annoy, exact, hnsw, milvus  # noqa: E402  (each registers itself; libraries load lazily)
+def store_choices() -> list[str]:
+    """What `--store` offers: "auto", then every registered store."""
+    return [AUTO, *store_kinds()]
 
-__all__ = ["STORES", "Store", "StoreKind", "annoy", "exact", "get_store_kind", "hnsw", "milvus", "register"]
+
+def store_parameters() -> list[StoreParameter]:
+    """Every store's build parameters (what the command line offers as flags), in registry order."""
+    return [parameter for kind in store_kinds().values() for parameter in kind.parameters]
+
+
+__all__ = ["AUTO", "BUILT_IN", "DEFAULT_STORE", "STORES", "Store", "StoreKind", "StoreParameter", "get_store_kind",
+           "register", "store_choices", "store_kinds", "store_parameters"]  # fmt: skip

@@ -21,6 +21,7 @@ import numpy as np
 
 from cbir.distances import Metric, Neighbours, nearest
 from cbir.layout import IndexLoadError
+from cbir.stores.base import StoreKind, StoreParameter
 
 ANNOY_METRICS: dict[Metric, str] = {Metric.COSINE: "angular", Metric.EUCLIDEAN: "euclidean"}
 DEFAULT_N_TREES = 100
@@ -104,8 +105,9 @@ def _files(params: dict[str, Any]) -> list[str]:
     return [file_name(metric) for metric in ANNOY_METRICS]
 
 
-from cbir.stores import StoreKind, register  # noqa: E402
-
-KIND = register(
-    StoreKind("annoy", "Annoy forests (cosine and euclidean); the nearest k of its candidates", _build, _open, _files)
-)
+KIND = StoreKind(
+    "annoy", "the Annoy trees", "Annoy forests (cosine and euclidean); the nearest k of its candidates",
+    _build, _open, _files,
+    parameters=(StoreParameter("n_trees", "--n-trees", int, DEFAULT_N_TREES,
+                               "trees per Annoy index (more: better recall, bigger files)"),),
+)  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from cbir.distances import Metric, Neighbours, exact_distances, nearest, squared_norms
+from cbir.stores.base import StoreKind
 
 
 class ExactStore:
@@ -49,8 +50,5 @@ def _add(current: Path, folder: Path, descriptors: np.ndarray, first_new_row: in
     return params  # the appended rows of descriptors.npy are the whole store
 
 
-from cbir.stores import StoreKind, register  # noqa: E402
-
-KIND = register(
-    StoreKind("exact", "exact numpy scan over the stored descriptors", _build, _open, _files, exact=True, add=_add)
-)
+KIND = StoreKind("exact", "the exact index", "exact numpy scan over the stored descriptors", _build, _open, _files,
+                 exact=True, add=_add)  # fmt: skip

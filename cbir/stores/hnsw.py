@@ -28,6 +28,7 @@ import numpy as np
 from cbir.distances import Metric, Neighbours, exact_distances, nearest
 from cbir.errors import SettingsError
 from cbir.layout import IndexLoadError
+from cbir.stores.base import StoreKind
 
 HNSW_SPACES: dict[Metric, str] = {Metric.COSINE: "cosine", Metric.EUCLIDEAN: "l2"}
 # From bench/results/search-1m-hnsw.md (1,000,000 x 512, 50 rows a cluster, 2 cores): see
@@ -190,11 +191,7 @@ def _add(current: Path, folder: Path, descriptors: np.ndarray, first_new_row: in
     return add_rows(folder, np.asarray(descriptors[first_new_row:], dtype=np.float32), first_new_row, params)
 
 
-from cbir.stores import StoreKind, register  # noqa: E402
-
-KIND = register(
-    StoreKind(
-        "hnsw", "HNSW graphs (hnswlib; cosine and euclidean); the exact distances of the rows they find",
-        _build, _open, _files, add=_add,
-    )
+KIND = StoreKind(
+    "hnsw", "the HNSW graphs", "HNSW graphs (hnswlib; cosine and euclidean); the exact distances of the rows they find",
+    _build, _open, _files, add=_add,
 )  # fmt: skip

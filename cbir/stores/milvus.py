@@ -27,15 +27,20 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cbir.distances import Metric, Neighbours, exact_distances, nearest
 from cbir.errors import CbirError, SettingsError
 from cbir.layout import IndexLoadError
+from cbir.stores.base import StoreKind, StoreParameter
+
+if TYPE_CHECKING:
+    from cbir.recipe import Recipe
 
 TOKEN_ENV = "CBIR_MILVUS_TOKEN"
+URI_ENV = "CBIR_MILVUS_URI"
 IDENTITY_PROPERTY = "cbir.identity"
 MILVUS_METRICS: dict[Metric, str] = {Metric.COSINE: "COSINE", Metric.EUCLIDEAN: "L2"}
 DEFAULT_M = 32  # as the local HNSW store (docs/performance.md)
@@ -269,9 +274,20 @@ def _files(params: dict[str, Any]) -> list[str]:
     return []  # everything beyond descriptors.npy lives in Milvus
 
 
-from cbir.stores import StoreKind, register  # noqa: E402
+def _build_params(values: dict[str, Any], collection: str, recipe: Recipe | None) -> dict[str, Any]:
+    """What a build asks Milvus for: the URI, the collection named after the index folder, and the
+    identity stored with it (checked on opening)."""
+    if recipe is None:
+        raise ValueError("a Milvus store is named after its collection and recipe")
+    identity = {"collection": collection, "recipe": recipe.key, "weights": recipe.weights_identity}
+    return {"uri": normalise_uri(values["milvus_uri"]), "collection_name": collection_name(collection, recipe.key),
+            "identity": identity}  # fmt: skip
 
-KIND = register(
-    StoreKind("milvus", "a Milvus collection (Lite file or server; HNSW, else FLAT); the exact distances of its rows",
-              _build, _open, _files, serves_every_search=True, add=_add)
+
+KIND = StoreKind(
+    "milvus", "the Milvus collection",
+    "a Milvus collection (Lite file or server; HNSW, else FLAT); the exact distances of its rows",
+    _build, _open, _files, serves_every_search=True, add=_add, build_params=_build_params,
+    parameters=(StoreParameter("milvus_uri", "--milvus-uri", str, None,
+                               "a Milvus Lite file (./milvus.db) or http://host:19530", env=URI_ENV, required=True),),
 )  # fmt: skip

@@ -1,0 +1,73 @@
+"""The store registry (cbir.stores): what each store declares of itself, as the build, `--add` and
+the command line read it."""
+
+from __future__ import annotations
+
+import pytest
+
+from cbir import stores
+from cbir.build import BuildSettings
+from cbir.errors import SettingsError
+from cbir.index import StoreSpec
+from cbir.recipe import Recipe
+from cbir.stores import milvus
+from cbir.stores.annoy import DEFAULT_N_TREES
+from stubs import TOY_STORE
+
+
+@pytest.fixture
+def toy():
+    yield stores.register(TOY_STORE)
+    del stores.STORES["toy"]
+
+
+def test_the_registry_offers_auto_then_every_store():
+    assert stores.store_choices() == ["auto", "exact", "annoy", "hnsw", "milvus"]
+    assert {name: kind.label for name, kind in stores.store_kinds().items()} == {
+        "exact": "the exact index", "annoy": "the Annoy trees", "hnsw": "the HNSW graphs",
+        "milvus": "the Milvus collection",
+    }  # fmt: skip
+    assert {name: kind.can_grow for name, kind in stores.store_kinds().items()} == {
+        "exact": True, "annoy": False, "hnsw": True, "milvus": True,
+    }  # fmt: skip
+
+
+def test_each_store_declares_its_build_parameters():
+    by_flag = {parameter.flag: parameter for parameter in stores.store_parameters()}
+    assert set(by_flag) == {"--n-trees", "--milvus-uri"}
+    n_trees, uri = by_flag["--n-trees"], by_flag["--milvus-uri"]
+    assert (n_trees.name, n_trees.type, n_trees.default, n_trees.required) == ("n_trees", int, DEFAULT_N_TREES, False)
+    assert (uri.name, uri.type, uri.env, uri.required) == ("milvus_uri", str, "CBIR_MILVUS_URI", True)
+
+
+def test_a_default_build_asks_for_annoy_with_its_default_trees():
+    settings = BuildSettings()
+    recipe = Recipe.create("xception", weights="none", input_size=96)
+    assert settings.store == stores.DEFAULT_STORE == "annoy"
+    # Any size: the design card's index is built for small collections too.
+    assert settings.store_spec("demo", recipe, 10) == StoreSpec("annoy", {"n_trees": DEFAULT_N_TREES})
+    assert settings.store_spec("demo", recipe, 10_000_000) == StoreSpec("annoy", {"n_trees": DEFAULT_N_TREES})
+    given = BuildSettings(store_params={"n_trees": 5, "milvus_uri": "ignored.db"})
+    assert given.store_spec("demo", recipe, 10) == StoreSpec("annoy", {"n_trees": 5})  # only its own parameters
+
+
+def test_milvus_needs_its_uri_and_names_its_collection_from_the_index(monkeypatch, tmp_path):
+    recipe = Recipe.create("xception", weights="none", input_size=96)
+    monkeypatch.delenv("CBIR_MILVUS_URI", raising=False)
+    with pytest.raises(SettingsError, match="--store milvus needs --milvus-uri"):
+        BuildSettings(store="milvus").store_spec("demo", recipe, 10)
+    monkeypatch.setenv("CBIR_MILVUS_URI", str(tmp_path / "m.db"))
+    spec = BuildSettings(store="milvus").store_spec("demo", recipe, 10)
+    assert spec.kind == "milvus" and spec.params == {
+        "uri": str(tmp_path / "m.db"),
+        "collection_name": milvus.collection_name("demo", recipe.key),
+        "identity": {"collection": "demo", "recipe": recipe.key, "weights": recipe.weights_identity},
+    }
+
+
+def test_a_registered_store_is_offered_with_its_parameters(toy):
+    assert stores.store_choices()[-1] == "toy" and stores.get_store_kind("toy") is toy
+    assert [parameter.flag for parameter in stores.store_parameters()][-1] == "--toy-leaves"
+    recipe = Recipe.create("xception", weights="none", input_size=96)
+    assert BuildSettings(store="toy").store_spec("demo", recipe, 10) == StoreSpec("toy", {"toy_leaves": 7})
+    assert BuildSettings(store="toy", store_params={"toy_leaves": 3}).store_spec().params == {"toy_leaves": 3}
