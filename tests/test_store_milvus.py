@@ -170,3 +170,32 @@ def test_a_server_that_died_after_the_build_is_a_message_on_search(lite, tmp_pat
 def test_milvus_collection_names_are_valid_and_distinct():
     names = {milvus.collection_name(c, r) for c, r in [("holiday", "xception"), ("holi-day", "xception"), ("holi_day", "xception")]}
     assert len(names) == 3 and all(name.replace("_", "").isalnum() for name in names)
+
+
+def test_a_milvus_collection_overwritten_by_another_build_of_the_same_recipe_and_size_is_refused(tmp_path):
+    uri = tmp_path / "milvus.db"
+    first = tmp_path / "a" / "demo" / "xception"
+    write(first, clustered(30, 16), spec(uri))
+    # The same collection and recipe built again elsewhere (another index root): the same Milvus
+    # collection name, the same rows and dimension, other descriptors.
+    write(tmp_path / "b" / "demo" / "xception", clustered(30, 16, seed=1), spec(uri))
+    with pytest.raises(IndexLoadError, match="holds another index: descriptors_sha256"):
+        load_index(first).search(np.ones(16, np.float32), Metric.COSINE, 5, exact=False)
+
+
+def test_after_an_interrupted_add_the_folder_searches_only_its_own_rows(tmp_path):
+    uri = tmp_path / "milvus.db"
+    folder = tmp_path / "i" / "demo" / "xception"
+    descriptors = clustered(40, 16)
+    built = write(folder, descriptors, spec(uri))
+    # `--add` inserted new rows into Milvus, then died before its grown folder replaced this one.
+    new = clustered(5, 16, seed=7)
+    grown = np.concatenate([descriptors, new])
+    milvus.KIND.add(folder, tmp_path / "grown", grown, len(descriptors), dict(built.store.params))
+    loaded = load_index(folder)
+    for metric in METRICS:
+        for query in new:  # each new row is its own nearest neighbour in Milvus
+            found = loaded.search(query, metric, len(descriptors), exact=False)
+            assert found.rows.max() < len(descriptors)
+            assert found.rows.tolist() == loaded.search(query, metric, len(descriptors), exact=True).rows.tolist()
+    loaded.close()
