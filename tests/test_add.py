@@ -17,7 +17,6 @@ import pytest
 from cbir.add import AddPath, AddSettings, add_images, with_added_folders
 from cbir.backbones import BACKBONES
 from cbir.weights import Weights
-from cbir.trunks import ExtractorCache
 from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
@@ -33,11 +32,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 XCEPTION = BACKBONES["xception"]
 QUIET = AddSettings(batch_size=4, checkpoint_every=4, progress=False)
-
-
-@pytest.fixture(scope="module")
-def extractors() -> ExtractorCache:
-    return ExtractorCache()
 
 
 @pytest.fixture(scope="module")

@@ -41,11 +41,6 @@ SMALL = 96
 
 
 @pytest.fixture(scope="module")
-def extractors() -> ExtractorCache:
-    return ExtractorCache()
-
-
-@pytest.fixture(scope="module")
 def gallery(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("gallery")
     make_gallery(folder / "photos", 24)

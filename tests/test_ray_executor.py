@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import build_index
-from cbir.trunks import ExtractorCache
 from cbir.extract import Checkpoints, extract_descriptors
 from cbir.index import load_index
 from cbir.recipe import Recipe
@@ -43,11 +42,6 @@ def ray_cluster():
     ray.shutdown()
     if address is not None:
         os.environ["RAY_ADDRESS"] = address
-
-
-@pytest.fixture(scope="module")
-def extractors() -> ExtractorCache:
-    return ExtractorCache()
 
 
 @pytest.fixture(scope="module")

@@ -110,11 +110,6 @@ def test_too_many_images_are_refused_and_a_corrupt_zip_is_a_message(photos, tmp_
         gather_upload([tmp_path / "broken.zip"][:0], tmp_path / "out3")
 
 
-@pytest.fixture(scope="module")
-def extractors() -> ExtractorCache:
-    return ExtractorCache()
-
-
 SETTINGS = BuildSettings(progress=False, recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96))
 
 
