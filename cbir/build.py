@@ -77,8 +77,8 @@ class BuildSettings:
 def choose_store(rows: int, dim: int) -> str:
     """The store for a collection of `rows` x `dim` descriptors, from bench/results (docs/performance.md):
     none ("exact") where the search scans every row anyway (cbir.ranking.EXACT_SEARCH_LIMIT), HNSW
-    above (under 10 ms at recall@100 >= 0.95 where a scan takes 100 ms at 1M x 512), Annoy when
-    hnswlib is not installed (requirements-scale.txt)."""
+    above (far faster than a scan at the same recall), Annoy when hnswlib is not installed
+    (requirements-scale.txt)."""
     if rows * dim <= EXACT_SEARCH_LIMIT:
         return "exact"
     if hnsw.available():

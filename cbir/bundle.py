@@ -43,7 +43,8 @@ BUNDLE_SCHEMA_VERSION = 1
 BUNDLE_MANIFEST = "bundle.json"
 INDEXES = "indexes"
 VERIFIED_MARKER = ".verified.json"
-# What one bundle may unpack to: an Oxford5k bundle with all six backbones is about 1 GB.
+# What one bundle may unpack to: several times an Oxford5k bundle with all six backbones
+# (docs/performance.md, "Bundles", gives the size of one).
 MAX_BUNDLE_BYTES = 8 << 30
 MAX_MEMBERS = 200_000
 

@@ -30,10 +30,9 @@ from cbir.errors import SettingsError
 from cbir.index import LoadedIndex
 from cbir.stores import get_store_kind
 
-# Descriptor floats up to which a full numpy scan is the fastest way to recall@100 >= 0.95 on
-# 2 cores (bench/results/search.md, 100,000 rows: exact 21 ms vs Annoy 39 ms at 2048-d, 9.8 vs
-# 17 ms at 512-d, 6.0 vs 7.3 ms at 256-d). Above it the nearest k of Annoy's 200 candidates take
-# about 3 ms at 1,000,000 x 512 where a scan takes 100 ms (bench/results/search-1m-default.md).
+# Descriptor floats up to which a full numpy scan is the fastest way to recall@100 >= 0.95 on two
+# cores; above it an approximate store is faster (measured: docs/performance.md, "Store by
+# collection size").
 EXACT_SEARCH_LIMIT = 100_000 * 2048
 
 

@@ -3,7 +3,7 @@
     python build_index.py --images ~/photos --name holiday --runtime openvino-f32
 
 The runtime is part of the recipe (`Recipe.runtime`, its key and identity): OpenVINO at bf16 moves
-descriptors by a cosine of about 1e-5 (bench/results/runtime*.md), so an index described one way
+descriptors slightly (measured: docs/runtimes.md), so an index described one way
 is searched with queries described the same way, and `load_index` refuses a query recipe of another
 runtime. `keras` is the default and leaves keys and manifests as they were.
 

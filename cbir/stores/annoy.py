@@ -5,7 +5,7 @@ process: the manifest's parameters (and the item count checked on opening) are w
 safe. Annoy's "angular" distance is sqrt(2 (1 - cos)), the unit the project reports for cosine.
 
 Annoy is approximate only in *which* rows it finds: the distances it reports for them are the true
-float32 distances (within 2e-7 of the exact scan's, measured by tests/test_index.py). So asking it
+distances up to float32 round-off (tests/test_index.py states the bound). So asking it
 for more candidates than k and keeping the best k is what buys recall; re-computing the candidates'
 distances from the descriptors changed no ranking (the mutation run found it) and is not done.
 """
