@@ -117,6 +117,10 @@ def render(page: SearchPage) -> SearchTab:
                     # A path: the photo is uploaded once, when chosen, and searches send only its
                     # reference and the box (page/query.js), never the pixels again.
                     type="filepath",
+                    # No conversion by the component: cbir.images reads 16-bit, palette, CMYK and
+                    # transparent photos as the collection's were read (Gradio's default RGB clips
+                    # 16-bit grey to white and drops transparency onto black).
+                    image_mode=None,
                     sources=["upload", "clipboard", "webcam"],
                     height=420,
                     elem_id="query-image",
