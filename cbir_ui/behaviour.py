@@ -47,6 +47,37 @@ class PageError(CbirError):
     """A request the page cannot answer as asked; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class NumberField:
+    """A number a client sends, named as the page labels it, and the values it may take. Gradio's
+    own bounds checks let NaN through (every comparison with NaN is false)."""
+
+    label: str
+    minimum: float
+    maximum: float
+    whole: bool = False
+
+    def check(self, value: float | None) -> float | int | None:
+        """`value` if it is a finite number in range (an int for a whole field); None if left out.
+        Raises PageError."""
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        in_range = math.isfinite(number) and self.minimum <= number <= self.maximum
+        if not in_range or (self.whole and not number.is_integer()):
+            kind = "a whole number" if self.whole else "a number"
+            raise PageError(f"{self.label} must be {kind} from {self.minimum:g} to {self.maximum:g}; got {value!r}.")
+        return int(number) if self.whole else number
+
+
+TOP_K = NumberField("Top k", 1, MAX_K, whole=True)
+EXPANSION_READ = NumberField("αQE: top n read", 1, 2 * MAX_K, whole=True)
+EXPANSION_ALPHA = NumberField("αQE: α", 0, 10)
+
+
 @dataclass
 class BrowsingSession:
     """One browser session's results and previous queries (for browsing by result)."""
@@ -273,9 +304,10 @@ class SearchPage:
             raise PageError("No index is built yet. Build one with: python build_index.py --dataset oxford5k")
         if metric not in METRICS:
             raise PageError(f"Choose a metric: {', '.join(METRICS)}.")
-        k = int(max(1, min(MAX_K, k or DEFAULT_K)))
-        expansion = AlphaQueryExpansion(int(expand_n or QUERY_EXPANSION_NEIGHBOURS),
-                                        float(QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha))  # fmt: skip
+        k, expand_n, expand_alpha = TOP_K.check(k), EXPANSION_READ.check(expand_n), EXPANSION_ALPHA.check(expand_alpha)
+        k = DEFAULT_K if k is None else k
+        expansion = AlphaQueryExpansion(QUERY_EXPANSION_NEIGHBOURS if expand_n is None else expand_n,
+                                        QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha)  # fmt: skip
         source = self.source(collection, session)
         result = source.engine.search(
             image, collection=source.name, recipe=recipe, metric=metric, k=k, box=box, name="the uploaded image",

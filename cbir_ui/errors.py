@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 def sentence(text: str) -> str:
-    """A library message ("no index at ...") as the page says it ("No index at ...")."""
-    return text[:1].upper() + text[1:]
+    """A library message ("no index at ...") as the page says it ("No index at ..."); a name that
+    begins with a Greek letter ("αQE") stays as it is written."""
+    return (text[:1].upper() if text[:1].isascii() else text[:1]) + text[1:]
 
 
 def visitor_error(message: str) -> gr.Error:

@@ -174,7 +174,7 @@ def test_api_search_with_query_expansion_names_its_settings_and_refuses_nonsense
     gallery, status = client.predict(editor, "demo", "xception", "cosine", 5, True, 3, 2.0, api_name="/search")
     assert len(gallery) == 5 and gallery[0]["caption"].startswith("#1 picture_005 ·")
     assert status.endswith("re-ranked by αQE (n = 3, α = 2)")
-    with pytest.raises(AppError, match="less than minimum value 1"):  # the page refuses it before the search
+    with pytest.raises(AppError, match="top n read must be a whole number from 1 to 200"):  # refused before the search
         client.predict(editor, "demo", "xception", "cosine", 5, True, 0, 2.0, api_name="/search")
 
 

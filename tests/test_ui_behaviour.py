@@ -106,3 +106,42 @@ def test_browsing_by_result_and_the_previous_query_belong_to_each_session(built,
         page.previous_query("a")
     with pytest.raises(PageError, match="Click a result first"):  # no browser session: nothing is remembered
         page.result_as_query(str(photos[3]), "", None)
+
+
+@pytest.fixture
+def empty_page(tmp_path) -> SearchPage:
+    from cbir.search import SearchEngine
+
+    return SearchPage(SearchEngine(tmp_path / "indexes"), tmp_path / "indexes")
+
+
+@pytest.mark.parametrize(
+    "k, expand_n, expand_alpha, refused",
+    [
+        (float("nan"), 5, 3.0, "Top k"),  # used to become 100
+        (float("inf"), 5, 3.0, "Top k"),
+        (-3, 5, 3.0, "Top k"),  # used to become 1
+        (0, 5, 3.0, "Top k"),  # used to become 12
+        (1e9, 5, 3.0, "Top k"),  # used to become 100
+        (2.5, 5, 3.0, "Top k"),
+        (5, float("nan"), 3.0, "αQE: top n read"),  # int(nan): a bare ValueError
+        (5, float("inf"), 3.0, "αQE: top n read"),
+        (5, 0, 3.0, "αQE: top n read"),
+        (5, 1e6, 3.0, "αQE: top n read"),
+        (5, 5, float("nan"), "αQE: α"),
+        (5, 5, float("-inf"), "αQE: α"),
+        (5, 5, -1.0, "αQE: α"),
+        (5, 5, 11.0, "αQE: α"),
+    ],
+)
+def test_numbers_from_clients_must_be_finite_and_in_range(empty_page, k, expand_n, expand_alpha, refused):
+    with pytest.raises(PageError) as raised:
+        empty_page.search_photo("query.png", "", "demo", "xception", "cosine", k, True, expand_n, expand_alpha)
+    message = str(raised.value)
+    assert message.startswith(refused + " must be") and "from" in message and " to " in message
+
+
+def test_numbers_at_their_bounds_and_left_out_are_accepted():
+    assert behaviour.TOP_K.check(1) == 1 and behaviour.TOP_K.check(100.0) == 100 and behaviour.TOP_K.check(None) is None
+    assert behaviour.EXPANSION_ALPHA.check(0) == 0 and behaviour.EXPANSION_ALPHA.check(2.5) == 2.5
+    assert isinstance(behaviour.TOP_K.check(12.0), int)
