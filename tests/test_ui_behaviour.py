@@ -145,3 +145,40 @@ def test_numbers_at_their_bounds_and_left_out_are_accepted():
     assert behaviour.TOP_K.check(1) == 1 and behaviour.TOP_K.check(100.0) == 100 and behaviour.TOP_K.check(None) is None
     assert behaviour.EXPANSION_ALPHA.check(0) == 0 and behaviour.EXPANSION_ALPHA.check(2.5) == 2.5
     assert isinstance(behaviour.TOP_K.check(12.0), int)
+
+
+def test_the_status_counts_the_results_shown_and_says_which_were_left_out_and_why():
+    from cbir.distances import Metric
+    from cbir.search import Hit, SearchResult
+    from cbir_ui.formatting import LeftOut, status_line
+
+    hits = [Hit(rank, f"picture_{rank:03d}.jpg", Path(f"/x/picture_{rank:03d}.jpg"), 0.1, 0.9) for rank in (1, 2, 3)]
+    result = SearchResult(hits=hits, collection="demo", recipe="xception", metric=Metric.COSINE, exact=True,
+                          describe_seconds=0.1, search_seconds=0.001, untrained=False)  # fmt: skip
+    assert status_line(result).startswith("3 results in ")
+    line = status_line(result, left_out=[LeftOut("picture_002.jpg", "file not found")])
+    assert line.startswith("2 results in ")
+    assert "1 more found but not shown" in line and "picture_002: file not found" in line
+
+
+@pytest.mark.slow
+def test_a_hit_whose_image_was_deleted_is_counted_as_left_out(tmp_path):
+    from cbir.backbones import BACKBONES, Weights
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.datasets import folder_collection
+    from cbir.search import SearchEngine
+
+    photos = make_gallery(tmp_path / "photos", 4)
+    settings = BuildSettings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), input_size=96,
+                             progress=False, thumbnails=False)  # fmt: skip
+    build_indexes(folder_collection(tmp_path / "photos", "demo"), [BACKBONES["xception"]], settings)
+    page = SearchPage(SearchEngine(tmp_path / "indexes"), tmp_path / "indexes")
+    query = tmp_path / "query.jpg"
+    query.write_bytes(photos[2].read_bytes())
+    photos[1].unlink()  # deleted after the build, before its thumbnail was made
+    answer = page.search_photo(str(query), "", "demo", "xception", "cosine", 4, session="a")
+    assert len(answer.result.hits) == 4 and len(answer.items) == 3
+    assert answer.status.startswith("3 results in ")
+    assert f"1 more found but not shown" in answer.status and f"{photos[1].stem}: file not found" in answer.status
+    assert str(tmp_path) not in answer.status  # the server's folders are not the visitor's business
+    assert page.sessions.get("a").shown == [hit.image for hit in answer.result.hits if hit.image != photos[1].name]
