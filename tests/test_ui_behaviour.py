@@ -182,3 +182,47 @@ def test_a_hit_whose_image_was_deleted_is_counted_as_left_out(tmp_path):
     assert f"1 more found but not shown" in answer.status and f"{photos[1].stem}: file not found" in answer.status
     assert str(tmp_path) not in answer.status  # the server's folders are not the visitor's business
     assert page.sessions.get("a").shown == [hit.image for hit in answer.result.hits if hit.image != photos[1].name]
+
+
+@pytest.mark.slow
+def test_only_thumbnail_folders_are_served_never_an_index_folder(built):
+    page, _ = built
+    allowed = [Path(folder) for folder in behaviour.thumbnail_dirs(page.engine)]
+    index_folders = [info.folder.resolve() for info in page.engine.available()]
+    assert allowed and index_folders
+    for folder in allowed:
+        assert not [p for p in folder.rglob("*") if p.name in ("manifest.json", "descriptors.npy")], folder
+        assert all(not index.is_relative_to(folder) for index in index_folders), folder
+
+
+@pytest.mark.slow
+def test_two_sessions_sending_the_same_names_each_see_their_own_thumbnails(tmp_path):
+    from synthetic import draw_picture
+
+    from cbir.backbones import BACKBONES, ExtractorCache, Weights
+    from cbir.build import BuildSettings
+    from cbir.search import SearchEngine
+    from cbir.uploads import PrivateCollections
+
+    settings = BuildSettings(weights=Weights.parse("none"), input_size=96, progress=False)
+    uploads = PrivateCollections(tmp_path / "uploads", settings, ExtractorCache())
+    page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=uploads.extractors), tmp_path / "indexes", uploads)
+    sent = {}
+    for session, seed in (("alice", 1), ("bob", 2)):
+        folder = tmp_path / session
+        folder.mkdir()
+        for number in range(2):  # the same file names, other pictures
+            draw_picture(seed * 10 + number).save(folder / f"photo_{number}.jpg", quality=95)
+        uploads.add(session, sorted(folder.iterdir()), "mine", BACKBONES["xception"])
+        sent[session] = folder
+    def pixels(path) -> np.ndarray:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB"), np.int16)
+
+    for session, other in (("alice", "bob"), ("bob", "alice")):
+        for name in ("photo_0.jpg", "photo_1.jpg"):
+            shown = pixels(page.served("uploaded: mine", name, session))
+            own = np.abs(shown - pixels(sent[session] / name)).mean()
+            others = np.abs(shown - pixels(sent[other] / name)).mean()
+            assert own < others / 4, (session, name, own, others)  # its own picture, not the other session's
+    assert page.served("uploaded: mine", "photo_0.jpg", "alice") != page.served("uploaded: mine", "photo_0.jpg", "bob")
