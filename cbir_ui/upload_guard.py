@@ -7,6 +7,7 @@ import base64
 import binascii
 import logging
 import mimetypes
+import threading
 
 import gradio as gr
 from gradio import processing_utils
@@ -17,6 +18,12 @@ from cbir.images import DEFAULT_LIMITS, UPLOAD_NAME, check_header
 from cbir_ui.errors import shown, visitor_error
 
 logger = logging.getLogger(__name__)
+
+# Blobs the editor keeps (Gradio keeps every canvas a client sends until a search uses it, each up
+# to the upload size limit): the oldest go first past this many canvases.
+MAX_EDITOR_CANVASES = 16
+# Layers one canvas may have (Gradio would lengthen its list to any index a client names).
+MAX_EDITOR_LAYERS = 8
 
 # What Pillow raises for a file whose header passed but whose data is broken (see cbir.images._explain).
 DECODING_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
@@ -32,7 +39,7 @@ def guarded_upload(component: gr.ImageEditor | gr.Image) -> gr.ImageEditor | gr.
 
     The editor (kept for `/search`) decodes in `convert_and_format_image`, for the files of a
     request and for the blobs sent earlier to its `accept_blobs` alike: the check goes in front of
-    that method. Instance attributes, not a subclass: a component subclass makes Gradio write a .pyi
+    that method. The blobs it keeps meanwhile are bounded in number and layers. Instance attributes, not a subclass: a component subclass makes Gradio write a .pyi
     file beside this module.
     """
     if isinstance(component, gr.ImageEditor):
@@ -94,5 +101,21 @@ def _guard_editor(editor: gr.ImageEditor) -> None:
             if payload is not None and payload.id is not None:  # refused or not, a blob is used once
                 editor.blob_storage.pop(payload.id, None)
 
+    accept = editor.accept_blobs
+    storing = threading.Lock()
+
+    def bounded_accept(data):
+        index = data.data.get("index")
+        if data.data.get("type") == "layer" and index not in (None, "null", ""):
+            if not (str(index).isdigit() and int(index) < MAX_EDITOR_LAYERS):
+                logger.info("refused: an editor layer numbered %.20r (at most %d layers)", index, MAX_EDITOR_LAYERS)
+                return
+        with storing:
+            accept(data)
+            while len(editor.blob_storage) > MAX_EDITOR_CANVASES:
+                editor.blob_storage.pop(next(iter(editor.blob_storage)))
+
+    bounded_accept._is_server_fn = True  # what gradio.components.base.server marks: reachable by clients
     editor.convert_and_format_image = checked_decode
     editor.preprocess = checked_preprocess
+    editor.accept_blobs = bounded_accept

@@ -114,7 +114,7 @@ def raw_search_photo(url: str, photo: Path, k=5, expand=False, expand_n=3, expan
     return events[-1], said["error"] if isinstance(said, dict) and "error" in said else str(said)
 
 
-def send_blob(url: str, blob: bytes, blob_id: str) -> None:
+def send_blob(url: str, blob: bytes, blob_id: str, kind: str = "background", index: str = "null") -> None:
     """What the browser's image editor does before a search: its canvas, sent to the editor's
     `accept_blobs` through /gradio_api/component_server."""
     import httpx
@@ -122,7 +122,7 @@ def send_blob(url: str, blob: bytes, blob_id: str) -> None:
     config = httpx.get(url + "config", timeout=30).json()
     editor = next(c["id"] for c in config["components"] if c["type"] == "imageeditor")
     fields = {"component_id": str(editor), "session_hash": "probe", "fn_name": "accept_blobs",
-              "type": "background", "index": "null", "id": blob_id}  # fmt: skip
+              "type": kind, "index": index, "id": blob_id}  # fmt: skip
     answer = httpx.post(url + "gradio_api/component_server", data=fields, files={"file": ("blob", blob, "image/png")},
                         timeout=60)  # fmt: skip
     assert answer.status_code == 200, answer.text
@@ -146,6 +146,14 @@ def test_a_pixel_bomb_sent_as_the_editors_blob_is_refused_from_its_header(served
     print(f"\nserver RSS before {before:.0f} MB; growth after each of 3 blob searches: "
           + ", ".join(f"{mb:+.0f} MB" for mb in grown))  # fmt: skip
     assert grown[-1] < REFUSAL_BUDGET_MB
+
+
+def test_an_editor_layer_numbered_in_the_billions_costs_nothing(served):
+    before = resident_megabytes(served["pid"])
+    picture = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(picture, "PNG")
+    send_blob(served["url"], picture.getvalue(), "layered", kind="layer", index=str(10**8))  # Gradio's own: +800 MB
+    assert resident_megabytes(served["pid"]) - before < REFUSAL_BUDGET_MB
 
 
 def test_a_16_bit_grey_and_a_transparent_photo_find_themselves_first(served, client):

@@ -104,3 +104,25 @@ def test_a_file_that_is_not_an_image_is_a_message_on_every_route(tmp_path):
                                     files=[("blob", b"not a picture")]))  # fmt: skip
     with pytest.raises(gr.Error, match="not an image file"):
         editor.preprocess(EditorData(id="notes"))
+
+
+def test_blobs_sent_to_the_editor_are_bounded_in_number_and_layers(tmp_path):
+    from cbir_ui.upload_guard import MAX_EDITOR_CANVASES, MAX_EDITOR_LAYERS
+
+    _, editor = page_components(tmp_path)
+    picture = png_bytes(transparent())
+
+    def send(blob_id: str, kind: str = "background", index=None) -> None:
+        editor.accept_blobs(AcceptBlobs(data={"type": kind, "index": index, "id": blob_id, "file": b""},
+                                        files=[("blob", picture)]))  # fmt: skip
+
+    # Gradio lengthens the layer list to any index a client names (8 bytes a layer: 10**9 is 8 GB).
+    send("layered", "layer", str(10**7))
+    assert len(getattr(editor.blob_storage.get("layered"), "layers", [])) <= MAX_EDITOR_LAYERS
+    send("layered", "layer", str(MAX_EDITOR_LAYERS - 1))  # the last one allowed
+    assert len(editor.blob_storage["layered"].layers) == MAX_EDITOR_LAYERS
+    for number in range(MAX_EDITOR_CANVASES + 5):  # canvases sent and never searched with
+        send(f"canvas-{number}")
+    assert len(editor.blob_storage) == MAX_EDITOR_CANVASES
+    assert f"canvas-{MAX_EDITOR_CANVASES + 4}" in editor.blob_storage and "canvas-0" not in editor.blob_storage
+    assert getattr(editor.accept_blobs, "_is_server_fn", False)  # still reachable as Gradio's server function
