@@ -39,8 +39,10 @@ def guarded_upload(component: gr.ImageEditor | gr.Image) -> gr.ImageEditor | gr.
 
     The editor (kept for `/search`) decodes in `convert_and_format_image`, for the files of a
     request and for the blobs sent earlier to its `accept_blobs` alike: the check goes in front of
-    that method. The blobs it keeps meanwhile are bounded in number and layers. Instance attributes, not a subclass: a component subclass makes Gradio write a .pyi
-    file beside this module.
+    that method; the blobs it keeps meanwhile are bounded in number and layers.
+
+    Instance attributes, not a subclass: a component subclass makes Gradio write a .pyi file beside
+    this module.
     """
     if isinstance(component, gr.ImageEditor):
         _guard_editor(component)
@@ -106,10 +108,10 @@ def _guard_editor(editor: gr.ImageEditor) -> None:
 
     def bounded_accept(data):
         index = data.data.get("index")
-        if data.data.get("type") == "layer" and index not in (None, "null", ""):
-            if not (str(index).isdigit() and int(index) < MAX_EDITOR_LAYERS):
-                logger.info("refused: an editor layer numbered %.20r (at most %d layers)", index, MAX_EDITOR_LAYERS)
-                return
+        numbered = data.data.get("type") == "layer" and index not in (None, "null", "")
+        if numbered and not 0 <= _whole(index) < MAX_EDITOR_LAYERS:
+            logger.info("refused: an editor layer numbered %.20r (at most %d layers)", index, MAX_EDITOR_LAYERS)
+            return
         with storing:
             accept(data)
             while len(editor.blob_storage) > MAX_EDITOR_CANVASES:
@@ -119,3 +121,11 @@ def _guard_editor(editor: gr.ImageEditor) -> None:
     editor.convert_and_format_image = checked_decode
     editor.preprocess = checked_preprocess
     editor.accept_blobs = bounded_accept
+
+
+def _whole(text) -> int:
+    """A layer number as a client wrote it; -1 for anything that is not one."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return -1
