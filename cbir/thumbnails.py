@@ -31,9 +31,12 @@ def thumbnail_name(collection: str, image: str, max_side: int) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32] + ".jpg"
 
 
-def make_thumbnail(source: Path, dest: Path, max_side: int = DEFAULT_MAX_SIDE, limits: ImageLimits = DEFAULT_LIMITS) -> Path:
-    """Write a JPEG of `source` whose longest side is at most `max_side`, atomically."""
-    picture = load_image(source, limits=limits, draft_size=max_side)
+def make_thumbnail(
+    source: Path, dest: Path, max_side: int = DEFAULT_MAX_SIDE, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
+) -> Path:
+    """Write a JPEG of `source` whose longest side is at most `max_side`, atomically. `name`: what
+    an ImageError calls the image (default: its path)."""
+    picture = load_image(source, limits=limits, draft_size=max_side, name=name)
     picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     atomic.write_file(dest, lambda path: picture.save(path, format="JPEG", quality=JPEG_QUALITY, optimize=True))
     return dest
@@ -50,16 +53,21 @@ class ThumbnailFolder:
 
     def path_for(self, image: str) -> Path | None:
         """The thumbnail of an indexed image (relative path), or None if the image cannot be read."""
+        try:
+            return self.thumbnail(image)
+        except ImageError as error:
+            logger.warning("no thumbnail for %s/%s: %s", self.collection, image, error)
+            return None
+
+    def thumbnail(self, image: str) -> Path:
+        """The thumbnail of an indexed image (relative path), made if needed. Raises ImageError
+        (naming the image by its relative path, not where the collection lives)."""
         source = self.images_root / image
         dest = self.folder / thumbnail_name(self.collection, image, self.max_side)
         _, source_mtime = file_stamp(source)
         if dest.is_file() and (source_mtime < 0 or dest.stat().st_mtime_ns >= source_mtime):
             return dest
-        try:
-            return make_thumbnail(source, dest, self.max_side)
-        except ImageError as error:
-            logger.warning("no thumbnail for %s/%s: %s", self.collection, image, error)
-            return None
+        return make_thumbnail(source, dest, self.max_side, name=image)
 
     def make_all(self, images: list[str], *, progress: bool = False) -> int:
         """Make the thumbnails of `images` not made yet (a build does, so that no search waits for

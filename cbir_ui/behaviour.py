@@ -20,14 +20,14 @@ from cbir.backbones import BACKBONES, DEFAULT_BACKBONE, Family
 from cbir.datasets.model import ids_to_paths
 from cbir.distances import Metric
 from cbir.errors import CbirError
-from cbir.images import DEFAULT_LIMITS, crop_box, load_image
+from cbir.images import DEFAULT_LIMITS, ImageError, crop_box, load_image
 from cbir.index import IndexInfo, scan_indexes
 from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS, AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 from cbir.uploads import PrivateCollections as Uploads
 from cbir.uploads import ServedCollection, served_collection
-from cbir_ui.formatting import gallery_items, readable, recipe_label, status_line
+from cbir_ui.formatting import LeftOut, gallery_items, readable, recipe_label, status_line
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,37 @@ SELECT_GRACE_SECONDS = 3.0
 
 class PageError(CbirError):
     """A request the page cannot answer as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class NumberField:
+    """A number a client sends, named as the page labels it, and the values it may take. Gradio's
+    own bounds checks let NaN through (every comparison with NaN is false)."""
+
+    label: str
+    minimum: float
+    maximum: float
+    whole: bool = False
+
+    def check(self, value: float | None) -> float | int | None:
+        """`value` if it is a finite number in range (an int for a whole field); None if left out.
+        Raises PageError."""
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        in_range = math.isfinite(number) and self.minimum <= number <= self.maximum
+        if not in_range or (self.whole and not number.is_integer()):
+            kind = "a whole number" if self.whole else "a number"
+            raise PageError(f"{self.label} must be {kind} from {self.minimum:g} to {self.maximum:g}; got {value!r}.")
+        return int(number) if self.whole else number
+
+
+TOP_K = NumberField("Top k", 1, MAX_K, whole=True)
+EXPANSION_READ = NumberField("αQE: top n read", 1, 2 * MAX_K, whole=True)
+EXPANSION_ALPHA = NumberField("αQE: α", 0, 10)
 
 
 @dataclass
@@ -121,7 +152,16 @@ class SearchPage:
         return served_collection(self.engine, self.uploads, session, name, uploaded=uploaded)
 
     def served(self, collection: str, image: str, session: str | None = None) -> str | None:
-        """The thumbnail the page shows for an indexed image (never the image file itself)."""
+        """The thumbnail the page shows for an indexed image (never the image file itself); None if
+        the image cannot be read."""
+        try:
+            return self.thumbnail(collection, image, session)
+        except ImageError as error:
+            logger.warning("no thumbnail for %s/%s: %s", collection, image, error)
+            return None
+
+    def thumbnail(self, collection: str, image: str, session: str | None = None) -> str:
+        """The thumbnail of an indexed image, made if needed. Raises ImageError."""
         source = self.source(collection, session)
         key = (source.engine.index_dir, source.name)
         if key not in self._thumbnails:
@@ -129,8 +169,7 @@ class SearchPage:
             # A bundle's thumbnails were made at its own size: use them as they are.
             size = record.thumbnail_max_side or DEFAULT_MAX_SIDE
             self._thumbnails[key] = ThumbnailFolder(source.thumbnails, source.name, record.root, size)
-        path = self._thumbnails[key].path_for(image)
-        return str(path) if path is not None else None
+        return str(self._thumbnails[key].thumbnail(image))
 
     def collections(self) -> list[str]:
         return sorted({info.collection for info in self.indexes})
@@ -273,21 +312,32 @@ class SearchPage:
             raise PageError("No index is built yet. Build one with: python build_index.py --dataset oxford5k")
         if metric not in METRICS:
             raise PageError(f"Choose a metric: {', '.join(METRICS)}.")
-        k = int(max(1, min(MAX_K, k or DEFAULT_K)))
-        expansion = AlphaQueryExpansion(int(expand_n or QUERY_EXPANSION_NEIGHBOURS),
-                                        float(QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha))  # fmt: skip
+        k, expand_n, expand_alpha = TOP_K.check(k), EXPANSION_READ.check(expand_n), EXPANSION_ALPHA.check(expand_alpha)
+        k = DEFAULT_K if k is None else k
+        expansion = AlphaQueryExpansion(QUERY_EXPANSION_NEIGHBOURS if expand_n is None else expand_n,
+                                        QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha)  # fmt: skip
         source = self.source(collection, session)
         result = source.engine.search(
             image, collection=source.name, recipe=recipe, metric=metric, k=k, box=box, name="the uploaded image",
             rerankers=(expansion,) if expand else (),
         )  # fmt: skip
-        line = status_line(result) + (f" · re-ranked by {expansion.label}" if expand else "")
-        served = lambda image: self.served(collection, image, session)  # noqa: E731
+        thumbnails, left_out = {}, []
+        for hit in result.hits:
+            try:
+                thumbnails[hit.image] = self.thumbnail(collection, hit.image, session)
+            except ImageError as error:  # deleted or damaged since the build: counted apart, with why
+                left_out.append(LeftOut(hit.image, str(error).removeprefix(f"{hit.image}: ")))
+        if left_out:
+            logger.warning("%s: %d hits not shown, first: %s", collection, len(left_out), left_out[0])
+        line = status_line(result, left_out)
+        if expand:  # on the first line, before any warning
+            first, _, rest = line.partition("\n")
+            line = f"{first} · re-ranked by {expansion.label}" + (f"\n{rest}" if rest else "")
         browsing = self.sessions.get(session)
         if browsing is not None:
-            browsing.collection, browsing.shown = collection, [h.image for h in result.hits if served(h.image)]
+            browsing.collection, browsing.shown = collection, [h.image for h in result.hits if h.image in thumbnails]
             browsing.selected = None
-        return SearchAnswer(result, gallery_items(result, served), line)
+        return SearchAnswer(result, gallery_items(result, thumbnails.get), line)
 
     def select_result(self, index: int | None, session: str | None = None) -> None:
         """A click on a result: remembered for 'search with the selected result'."""

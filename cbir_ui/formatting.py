@@ -3,6 +3,8 @@ tables and the notices. Plain strings and lists; no Gradio."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +45,20 @@ def readable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def status_line(result: SearchResult) -> str:
+@dataclass(frozen=True)
+class LeftOut:
+    """A hit the page cannot show (its image was deleted or damaged since the build), and why."""
+
+    image: str
+    reason: str
+
+
+def status_line(result: SearchResult, left_out: Sequence[LeftOut] = ()) -> str:
+    """The line under the results: how many are shown (hits left out are counted apart, with why),
+    the time each step took, the collection, recipe and metric."""
     total = 1000 * (result.describe_seconds + result.search_seconds)
     line = (
-        f"{len(result.hits)} results in {total:.0f} ms (descriptor {1000 * result.describe_seconds:.0f} ms, "
+        f"{len(result.hits) - len(left_out)} results in {total:.0f} ms (descriptor {1000 * result.describe_seconds:.0f} ms, "
         f"{'exact' if result.exact else 'index'} search {1000 * result.search_seconds:.1f} ms) · {result.collection} · "
         f"{result.recipe} · "
         + ("cosine similarity" if result.metric is Metric.COSINE else "Euclidean distance")
@@ -55,6 +67,13 @@ def status_line(result: SearchResult) -> str:
         line += " · **untrained weights: rankings are meaningless**"
     for warning in result.warnings:
         line += f"\n\n⚠ {warning}"
+    if left_out:
+        reasons = "; ".join(f"{readable(Path(item.image).stem)}: {item.reason}" for item in left_out[:5])
+        more = f"; and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+        line += (
+            f"\n\n⚠ {len(left_out)} more found but not shown: their images cannot be read since the index was "
+            f"built ({reasons}{more}). Rebuilding the collection drops them."
+        )
     return line
 
 

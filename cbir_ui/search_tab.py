@@ -9,9 +9,19 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
+from cbir.errors import CbirError
 from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS
-from cbir_ui.behaviour import DEFAULT_K, EXAMPLES_SHOWN, MAX_K, METRICS, SearchPage
-from cbir_ui.errors import user_errors
+from cbir_ui.behaviour import (
+    DEFAULT_K,
+    EXAMPLES_SHOWN,
+    EXPANSION_ALPHA,
+    EXPANSION_READ,
+    METRICS,
+    TOP_K,
+    NumberField,
+    SearchPage,
+)
+from cbir_ui.errors import shown, user_errors
 from cbir_ui.formatting import broken_notice
 from cbir_ui.upload_guard import guarded_upload
 from cbir_ui.visitor import session_of
@@ -104,6 +114,23 @@ class SearchHandlers:
         return self.page.previous_query(session_of(request))
 
 
+def checked_number(component: gr.Slider | gr.Number, field: NumberField) -> gr.Slider | gr.Number:
+    """`component` with `field`'s check in front of Gradio's own preprocess, which lets NaN through
+    (a Slider) or fails on it with a bare ValueError (a whole Number rounds it): the page's
+    sentence instead, for what the API sends as for what the page does."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        try:
+            field.check(payload)
+        except CbirError as error:
+            raise shown(error) from None
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
 def render(page: SearchPage) -> SearchTab:
     """The Search tab, inside the current Blocks, with its events and the search API."""
     handlers = SearchHandlers(page)
@@ -117,6 +144,10 @@ def render(page: SearchPage) -> SearchTab:
                     # A path: the photo is uploaded once, when chosen, and searches send only its
                     # reference and the box (page/query.js), never the pixels again.
                     type="filepath",
+                    # No conversion by the component: cbir.images reads 16-bit, palette, CMYK and
+                    # transparent photos as the collection's were read (Gradio's default RGB clips
+                    # 16-bit grey to white and drops transparency onto black).
+                    image_mode=None,
                     sources=["upload", "clipboard", "webcam"],
                     height=420,
                     elem_id="query-image",
@@ -138,7 +169,7 @@ def render(page: SearchPage) -> SearchTab:
                     label="Backbone (the study's six, then newer)",
                 )
                 metric = gr.Dropdown(choices=METRICS, value="cosine", label="Distance")
-                k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="Top k")
+                k = checked_number(gr.Slider(TOP_K.minimum, TOP_K.maximum, value=DEFAULT_K, step=1, label=TOP_K.label), TOP_K)
                 expand = gr.Checkbox(
                     value=False,
                     label="Query expansion (αQE)",
@@ -146,10 +177,12 @@ def render(page: SearchPage) -> SearchTab:
                     "the same building, costs a second search",
                 )
                 with gr.Row():
-                    expand_n = gr.Number(value=QUERY_EXPANSION_NEIGHBOURS, minimum=1, maximum=MAX_K * 2,
-                                         precision=0, label="αQE: top n read", min_width=80)  # fmt: skip
-                    expand_alpha = gr.Number(value=QUERY_EXPANSION_ALPHA, minimum=0, maximum=10,
-                                             label="αQE: α (weight = similarity^α)", min_width=80)  # fmt: skip
+                    expand_n = checked_number(gr.Number(
+                        value=QUERY_EXPANSION_NEIGHBOURS, minimum=EXPANSION_READ.minimum, maximum=EXPANSION_READ.maximum,
+                        precision=0, label=EXPANSION_READ.label, min_width=80), EXPANSION_READ)  # fmt: skip
+                    expand_alpha = checked_number(gr.Number(
+                        value=QUERY_EXPANSION_ALPHA, minimum=EXPANSION_ALPHA.minimum, maximum=EXPANSION_ALPHA.maximum,
+                        label=f"{EXPANSION_ALPHA.label} (weight = similarity^α)", min_width=80), EXPANSION_ALPHA)  # fmt: skip
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
                 if not collections:
                     gr.Markdown(

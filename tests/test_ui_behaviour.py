@@ -109,3 +109,123 @@ def test_browsing_by_result_and_the_previous_query_belong_to_each_session(built,
         page.previous_query("a")
     with pytest.raises(PageError, match="Click a result first"):  # no browser session: nothing is remembered
         page.result_as_query(str(photos[3]), "", None)
+
+
+@pytest.fixture
+def empty_page(tmp_path) -> SearchPage:
+    from cbir.search import SearchEngine
+
+    return SearchPage(SearchEngine(tmp_path / "indexes"), tmp_path / "indexes")
+
+
+@pytest.mark.parametrize(
+    "k, expand_n, expand_alpha, refused",
+    [
+        (float("nan"), 5, 3.0, "Top k"),  # used to become 100
+        (float("inf"), 5, 3.0, "Top k"),
+        (-3, 5, 3.0, "Top k"),  # used to become 1
+        (0, 5, 3.0, "Top k"),  # used to become 12
+        (1e9, 5, 3.0, "Top k"),  # used to become 100
+        (2.5, 5, 3.0, "Top k"),
+        (5, float("nan"), 3.0, "αQE: top n read"),  # int(nan): a bare ValueError
+        (5, float("inf"), 3.0, "αQE: top n read"),
+        (5, 0, 3.0, "αQE: top n read"),
+        (5, 1e6, 3.0, "αQE: top n read"),
+        (5, 5, float("nan"), "αQE: α"),
+        (5, 5, float("-inf"), "αQE: α"),
+        (5, 5, -1.0, "αQE: α"),
+        (5, 5, 11.0, "αQE: α"),
+    ],
+)
+def test_numbers_from_clients_must_be_finite_and_in_range(empty_page, k, expand_n, expand_alpha, refused):
+    with pytest.raises(PageError) as raised:
+        empty_page.search_photo("query.png", "", "demo", "xception", "cosine", k, True, expand_n, expand_alpha)
+    message = str(raised.value)
+    assert message.startswith(refused + " must be") and "from" in message and " to " in message
+
+
+def test_numbers_at_their_bounds_and_left_out_are_accepted():
+    assert behaviour.TOP_K.check(1) == 1 and behaviour.TOP_K.check(100.0) == 100 and behaviour.TOP_K.check(None) is None
+    assert behaviour.EXPANSION_ALPHA.check(0) == 0 and behaviour.EXPANSION_ALPHA.check(2.5) == 2.5
+    assert isinstance(behaviour.TOP_K.check(12.0), int)
+
+
+def test_the_status_counts_the_results_shown_and_says_which_were_left_out_and_why():
+    from cbir.distances import Metric
+    from cbir.search import Hit, SearchResult
+    from cbir_ui.formatting import LeftOut, status_line
+
+    hits = [Hit(rank, f"picture_{rank:03d}.jpg", Path(f"/x/picture_{rank:03d}.jpg"), 0.1, 0.9) for rank in (1, 2, 3)]
+    result = SearchResult(hits=hits, collection="demo", recipe="xception", metric=Metric.COSINE, exact=True,
+                          describe_seconds=0.1, search_seconds=0.001, untrained=False)  # fmt: skip
+    assert status_line(result).startswith("3 results in ")
+    line = status_line(result, left_out=[LeftOut("picture_002.jpg", "file not found")])
+    assert line.startswith("2 results in ")
+    assert "1 more found but not shown" in line and "picture_002: file not found" in line
+
+
+@pytest.mark.slow
+def test_a_hit_whose_image_was_deleted_is_counted_as_left_out(tmp_path):
+    from cbir.backbones import BACKBONES, Weights
+    from cbir.build import BuildSettings, build_indexes
+    from cbir.datasets import folder_collection
+    from cbir.search import SearchEngine
+
+    photos = make_gallery(tmp_path / "photos", 4)
+    settings = BuildSettings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), input_size=96,
+                             progress=False, thumbnails=False)  # fmt: skip
+    build_indexes(folder_collection(tmp_path / "photos", "demo"), [BACKBONES["xception"]], settings)
+    page = SearchPage(SearchEngine(tmp_path / "indexes"), tmp_path / "indexes")
+    query = tmp_path / "query.jpg"
+    query.write_bytes(photos[2].read_bytes())
+    photos[1].unlink()  # deleted after the build, before its thumbnail was made
+    answer = page.search_photo(str(query), "", "demo", "xception", "cosine", 4, session="a")
+    assert len(answer.result.hits) == 4 and len(answer.items) == 3
+    assert answer.status.startswith("3 results in ")
+    assert "1 more found but not shown" in answer.status and f"{photos[1].stem}: file not found" in answer.status
+    assert str(tmp_path) not in answer.status  # the server's folders are not the visitor's business
+    assert page.sessions.get("a").shown == [hit.image for hit in answer.result.hits if hit.image != photos[1].name]
+
+
+@pytest.mark.slow
+def test_only_thumbnail_folders_are_served_never_an_index_folder(built):
+    page, _ = built
+    allowed = [Path(folder) for folder in behaviour.thumbnail_dirs(page.engine)]
+    index_folders = [info.folder.resolve() for info in page.engine.available()]
+    assert allowed and index_folders
+    for folder in allowed:
+        assert not [p for p in folder.rglob("*") if p.name in ("manifest.json", "descriptors.npy")], folder
+        assert all(not index.is_relative_to(folder) for index in index_folders), folder
+
+
+@pytest.mark.slow
+def test_two_sessions_sending_the_same_names_each_see_their_own_thumbnails(tmp_path):
+    from synthetic import draw_picture
+
+    from cbir.backbones import BACKBONES, ExtractorCache, Weights
+    from cbir.build import BuildSettings
+    from cbir.search import SearchEngine
+    from cbir.uploads import PrivateCollections
+
+    settings = BuildSettings(weights=Weights.parse("none"), input_size=96, progress=False)
+    uploads = PrivateCollections(tmp_path / "uploads", settings, ExtractorCache())
+    page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=uploads.extractors), tmp_path / "indexes", uploads)
+    sent = {}
+    for session, seed in (("alice", 1), ("bob", 2)):
+        folder = tmp_path / session
+        folder.mkdir()
+        for number in range(2):  # the same file names, other pictures
+            draw_picture(seed * 10 + number).save(folder / f"photo_{number}.jpg", quality=95)
+        uploads.add(session, sorted(folder.iterdir()), "mine", BACKBONES["xception"])
+        sent[session] = folder
+    def pixels(path) -> np.ndarray:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB"), np.int16)
+
+    for session, other in (("alice", "bob"), ("bob", "alice")):
+        for name in ("photo_0.jpg", "photo_1.jpg"):
+            shown = pixels(page.served("uploaded: mine", name, session))
+            own = np.abs(shown - pixels(sent[session] / name)).mean()
+            others = np.abs(shown - pixels(sent[other] / name)).mean()
+            assert own < others / 4, (session, name, own, others)  # its own picture, not the other session's
+    assert page.served("uploaded: mine", "photo_0.jpg", "alice") != page.served("uploaded: mine", "photo_0.jpg", "bob")

@@ -48,3 +48,22 @@ def test_the_wrapped_handlers_keep_the_apis_names_and_the_session_of_the_request
     handlers = SearchHandlers(SearchPage(SearchEngine(tmp_path / "empty"), tmp_path / "empty"))
     with pytest.raises(gr.Error, match="There is no previous query"):
         handlers.previous_query(SimpleNamespace(session_hash="someone"))
+
+
+def test_a_visitors_error_is_one_line_in_the_log_and_a_bug_keeps_its_traceback(caplog):
+    import logging
+
+    @user_errors
+    def refusing() -> None:
+        raise CbirError("the uploaded image: file is empty")
+
+    @user_errors
+    def buggy() -> None:
+        raise KeyError("a real bug")
+
+    with caplog.at_level(logging.INFO, logger="cbir_ui.errors"), pytest.raises(gr.Error) as raised:
+        refusing()
+    assert not raised.value.print_exception  # Gradio prints no traceback for it
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [("refused: The uploaded image: file is empty", None)]
+    with pytest.raises(KeyError):  # not turned into a gr.Error: Gradio prints its traceback
+        buggy()

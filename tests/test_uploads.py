@@ -321,3 +321,13 @@ def test_the_engine_that_serves_a_request_is_the_shared_one_or_the_sessions_own(
     for session, collections in (("visitor", uploads), ("owner", None)):
         with pytest.raises(UploadError, match="that uploaded collection is gone"):
             served_collection(shared, collections, session, "mine", uploaded=True)
+
+
+def test_a_name_sent_again_at_the_cap_replaces_its_collection_even_when_it_needs_cleaning_up(photos, tmp_path, monkeypatch):
+    fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache(), max_collections=1)
+    assert uploads.add("me", photos[:1], "My photos!", BACKBONES["xception"]).name == "My-photos"
+    again = uploads.add("me", photos[1:2], " My photos! ", BACKBONES["xception"])  # the same name once cleaned up
+    assert again.name == "My-photos" and uploads.names("me") == ["My-photos"]
+    with pytest.raises(UploadError, match="at most 1 collections at once"):
+        uploads.add("me", photos[:1], "Other photos", BACKBONES["xception"])
