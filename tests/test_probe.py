@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.backbones import BACKBONES, Weights
+from cbir.backbones import BACKBONES
+from cbir.recipe import RecipeSettings
+from cbir.weights import Weights
 from cbir.build import BuildSettings, build_indexes
 from cbir.datasets import folder_collection
 from cbir.thumbnails import DEFAULT_MAX_SIDE, thumbnail_name
@@ -67,8 +69,8 @@ def served(tmp_path_factory):
         picture.save(photos / f"{name}.png")
         picture.convert("RGB").save(photos / f"{name}_as_gradio_made_it.png")  # the decoy
     index_root = root / "indexes"
-    settings = BuildSettings(index_dir=index_root, weights=Weights.parse("none"), input_size=96, progress=False,
-                             thumbnails=False)  # fmt: skip  (made when first shown, as after a build without them)
+    settings = BuildSettings(index_dir=index_root, recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
+                             progress=False, thumbnails=False)  # fmt: skip  (made when first shown, as after a build without them)
     build_indexes(folder_collection(photos, "probe"), [BACKBONES["xception"]], settings)
     log = root / "app.log"
     try:

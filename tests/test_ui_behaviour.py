@@ -166,13 +166,15 @@ def test_the_status_counts_the_results_shown_and_says_which_were_left_out_and_wh
 
 @pytest.mark.slow
 def test_a_hit_whose_image_was_deleted_is_counted_as_left_out(tmp_path):
-    from cbir.backbones import BACKBONES, Weights
+    from cbir.backbones import BACKBONES
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import folder_collection
+    from cbir.recipe import RecipeSettings
     from cbir.search import SearchEngine
+    from cbir.weights import Weights
 
     photos = make_gallery(tmp_path / "photos", 4)
-    settings = BuildSettings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), input_size=96,
+    settings = BuildSettings(index_dir=tmp_path / "indexes", recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96),
                              progress=False, thumbnails=False)  # fmt: skip
     build_indexes(folder_collection(tmp_path / "photos", "demo"), [BACKBONES["xception"]], settings)
     page = SearchPage(SearchEngine(tmp_path / "indexes"), tmp_path / "indexes")
@@ -202,12 +204,15 @@ def test_only_thumbnail_folders_are_served_never_an_index_folder(built):
 def test_two_sessions_sending_the_same_names_each_see_their_own_thumbnails(tmp_path):
     from synthetic import draw_picture
 
-    from cbir.backbones import BACKBONES, ExtractorCache, Weights
+    from cbir.backbones import BACKBONES
     from cbir.build import BuildSettings
+    from cbir.recipe import RecipeSettings
     from cbir.search import SearchEngine
+    from cbir.trunks import ExtractorCache
     from cbir.uploads import PrivateCollections
+    from cbir.weights import Weights
 
-    settings = BuildSettings(weights=Weights.parse("none"), input_size=96, progress=False)
+    settings = BuildSettings(recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96), progress=False)
     uploads = PrivateCollections(tmp_path / "uploads", settings, ExtractorCache())
     page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=uploads.extractors), tmp_path / "indexes", uploads)
     sent = {}
