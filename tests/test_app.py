@@ -446,18 +446,6 @@ def test_a_pixel_bomb_sent_as_a_data_url_is_refused_before_decoding(tmp_path):
         photo.preprocess(ImageData(url=url))
 
 
-def test_your_photos_is_on_only_for_a_local_private_run(monkeypatch):
-    import app
-
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    monkeypatch.delenv("CBIR_UPLOADS", raising=False)
-    enabled = lambda *argv: app.uploads_enabled(app.parse_arguments(list(argv)))  # noqa: E731
-    assert enabled() and not enabled("--share") and not enabled("--host", "0.0.0.0")
-    assert enabled("--host", "0.0.0.0", "--uploads", "on") and not enabled("--uploads", "off")
-    monkeypatch.setenv("SPACE_ID", "someone/demo")
-    assert not enabled()
-
-
 @pytest.mark.slow
 def test_pixel_bombs_are_refused_from_their_header_at_no_memory_cost(served, client, tmp_path):
     from gradio_client.exceptions import AppError
