@@ -12,7 +12,7 @@ from cbir.uploads import PrivateCollections as Uploads
 from cbir_ui import evaluation_tab, photos_tab, search_tab
 from cbir_ui.behaviour import SearchPage, thumbnail_dirs
 from cbir_ui.formatting import MAX_UPLOAD
-from cbir_ui.server import DEFAULT_QUEUE_SIZE  # noqa: F401 (its home is the start-up; the page's default too)
+from cbir_ui.server import DEFAULT_QUEUE_SIZE
 
 # Gradio's own cache of uploads and outputs: files older than this are deleted, checked as often.
 CACHE_MAX_AGE_SECONDS = 3600
