@@ -213,8 +213,9 @@ class LateBundle:
         return (
             f"**The collection could not be fetched** ({where}): "
             f"{_describe(self.error).replace(location, shown_location(location))}\n\n"
-            f"It is tried again when the page is loaded ({'now' if wait == 0 else f'in {wait} s at the earliest'}). "
-            "For the Space's owner: check the URL; a private repository needs the secret `HF_TOKEN`.\n\n"
+            "The next visit to this page tries again"
+            + (". " if wait == 0 else f" (once {wait} s have passed: at most once a minute). ")
+            + "For the Space's owner: check the URL; a private repository needs the secret `HF_TOKEN`.\n\n"
             + YOUR_PHOTOS_MEANWHILE
         )
 
@@ -242,8 +243,9 @@ class LateBundle:
                 self.error, self._tried, self._attempt = error, time.monotonic(), None
             return
         with self._lock:
-            self.index_dir, self.error, self._attempt = index_dir, None, None
-        self.arrived.set()
+            self.index_dir = index_dir
+            self.arrived.set()
+            self._attempt = None
 
 
 # -- This run's folders, and stopping ------------------------------------------------------------
@@ -440,10 +442,10 @@ def _serve_pages(options: ServeOptions, folders: RunFolders, start: StartingPoin
             time.sleep(RELAUNCH_DELAY_SECONDS)
             start = StartingPoint(late.index_dir)
         finally:
+            if uploads is not None:
+                uploads.close()  # this page's visitors' photos go with it, first: closing the server may take seconds
             if demo is not None:
                 demo.close()
-            if uploads is not None:
-                uploads.close()  # this page's visitors' photos go with it
 
 
 def _uploads(options: ServeOptions, folders: RunFolders, engine, collection_served: bool):
