@@ -4,29 +4,19 @@ a second tab shows the measured mAP tables.
     python app.py                                  # Oxford5k + Xception (built on first start)
     python app.py --images ~/photos --weights none # your own folder, no download (untrained!)
 
-Start-up and command line only: the page is `cbir_ui`; the search, the builds and the evaluation
-all live in `cbir`.
+Command line only: starting the page is `cbir_ui.server`, the page `cbir_ui`; the search, the
+builds and the evaluation all live in `cbir`.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import logging
 import os
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from cbir.backbones import DEFAULT_BACKBONE
-from cbir.errors import CbirError
-from cbir.images import DEFAULT_LIMITS
-from cbir.search import SearchEngine
-from cbir.uploads import PrivateCollections as Uploads
-from cbir_ui.page import DEFAULT_QUEUE_SIZE, launch
-
-logger = logging.getLogger("app")
+from cbir_ui.server import DEFAULT_QUEUE_SIZE
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,120 +71,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_at_start(arguments: argparse.Namespace) -> None:
-    """Build what the page needs before serving: the user's folder, or the default collection."""
-    from cbir.backbones import parse_backbones
-    from cbir.weights import Weights
-    from cbir.build import BuildSettings, build_indexes
-    from cbir.recipe import RecipeSettings
-    from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
-    from cbir.index import scan_indexes
-
-    if arguments.images is not None:
-        collection = folder_collection(arguments.images, arguments.name or arguments.images.resolve().name)
-    elif any(scan_indexes(arguments.index_dir)):  # whole or damaged: the page shows them, with the fix
-        return
-    else:
-        logger.info("no index under %s: building Oxford5k with %s first", arguments.index_dir, arguments.backbones)
-        collection = prepare_dataset("oxford5k", DownloadSettings.from_env(data_dir=arguments.data_dir))
-    recipe = RecipeSettings(weights=Weights.parse(arguments.weights), input_size=arguments.input_size)
-    settings = BuildSettings(index_dir=arguments.index_dir, recipe=recipe)
-    build_indexes(collection, parse_backbones(arguments.backbones), settings)
-
-
-def first_start_help(error: Exception, arguments: argparse.Namespace) -> str:
-    """What to do when the default first start (download Oxford5k) cannot go on: three ways, each a
-    command to copy."""
-    return (
-        f"error: {error}\n\n"
-        "Three ways on:\n"
-        "  1. Oxford5k itself: ask for access at https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/, then\n"
-        "       CBIR_DATA_USER=... CBIR_DATA_PASSWORD=... python app.py\n"
-        f"     or place the archives in {arguments.data_dir / 'oxford5k'} (or pass --mirror URL) and run python app.py\n"
-        "  2. A bundle someone built (no images, no build):\n"
-        "       python app.py --bundle https://.../oxford5k.tar\n"
-        "  3. Your own photos:\n"
-        "       python app.py --images ~/Pictures"
-    )
-
-
-def uploads_enabled(arguments: argparse.Namespace) -> bool:
-    """'Your photos' is on for a local run; a public link, a Space or a server listening beyond this
-    machine would let anyone spend its CPU and disk, so there it takes --uploads on."""
-    if arguments.uploads != "auto":
-        return arguments.uploads == "on"
-    local = arguments.host in ("127.0.0.1", "localhost", "::1")
-    return local and not (arguments.share or os.environ.get("SPACE_ID"))
-
-
-def port_taken(host: str, port: int) -> bool:
-    """Whether another program already listens on host:port (checked before any network loads)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
-    arguments = parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from cbir.datasets import DatasetError
+    from cbir_ui.server import ServeOptions, serve
 
-    if port_taken(arguments.host, arguments.port):
-        print(
-            f"error: port {arguments.port} on {arguments.host} is in use (another app.py?): choose another with "
-            f"--port {arguments.port + 1} or GRADIO_SERVER_PORT={arguments.port + 1}",
-            file=sys.stderr,
-        )
-        return 2
-
-    try:
-        if arguments.bundle:
-            from cbir.bundle import open_bundle
-            from cbir.datasets import DownloadSettings
-
-            http = DownloadSettings.from_env(data_dir=arguments.data_dir).http
-            arguments.index_dir = open_bundle(arguments.bundle, arguments.cache_dir, http)
-        elif not arguments.no_build:
-            build_at_start(arguments)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished work is kept; start again to resume", file=sys.stderr)
-        return 130
-    except DatasetError as error:
-        if arguments.images is None and not arguments.bundle:
-            print(first_start_help(error, arguments), file=sys.stderr)
-        else:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    except CbirError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a full disk, a folder that cannot be written: say which, no traceback
-        print(f"error: {error.strerror or error}: {error.filename or ''}", file=sys.stderr)
-        return 2
-    # Pillow's own decompression-bomb guard at the app's limit too, for anything decoded here.
-    Image.MAX_IMAGE_PIXELS = DEFAULT_LIMITS.max_pixels
-    engine = SearchEngine(arguments.index_dir)
-    uploads = None
-    if uploads_enabled(arguments):
-        from cbir.weights import Weights
-        from cbir.build import BuildSettings
-        from cbir.recipe import RecipeSettings
-
-        # The same weights (and test-only input size) as the collections this app builds.
-        settings = BuildSettings(
-            recipe=RecipeSettings(weights=Weights.parse(arguments.weights), input_size=arguments.input_size),
-        )
-        uploads = Uploads(arguments.keep_uploads, settings, engine.extractors, keep=arguments.keep_uploads is not None)
-        atexit.register(uploads.close)  # visitors' photos do not outlive the server
-    launch(engine, arguments.index_dir, uploads, host=arguments.host, port=arguments.port, share=arguments.share,
-           queue_size=arguments.queue_size)
-    return 0
+    return serve(ServeOptions(**vars(parse_arguments(argv))))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import lzma
+import os
 import posixpath
 import re
 import shutil
@@ -389,6 +390,47 @@ class PrivateCollections:
         with self._lock:
             self._sessions.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# A server's own temporary folders are named after its process id, so that a later start can tell
+# the leftovers of a run that ended without cleaning up (a crash, SIGKILL) from a running server's.
+RUN_FOLDER_PREFIX = "cbir-run-"
+
+
+def run_folder(base: Path) -> Path:
+    """This process's own folder under `base`, made empty (a leftover of an earlier run that had
+    the same process id goes first)."""
+    folder = Path(base) / f"{RUN_FOLDER_PREFIX}{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def sweep_leftover_runs(base: Path) -> list[Path]:
+    """Remove the run folders under `base` whose process is no longer running: what visitors sent
+    to a server that crashed or was killed. Returns the folders removed. (A folder whose process id
+    was since taken by another process stays until that one ends.)"""
+    removed = []
+    for folder in sorted(Path(base).glob(f"{RUN_FOLDER_PREFIX}*")):
+        pid = folder.name.removeprefix(RUN_FOLDER_PREFIX)
+        if not pid.isdigit() or folder.is_symlink() or not folder.is_dir():
+            continue
+        if int(pid) != os.getpid() and _running(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def collection_name(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import gradio as gr
 
@@ -14,28 +15,39 @@ from cbir_ui.formatting import MAX_UPLOAD
 
 # Gradio's own cache of uploads and outputs: files older than this are deleted, checked as often.
 CACHE_MAX_AGE_SECONDS = 3600
-# Searches waiting at once, beyond the one running; past it a visitor is told at once that the app
-# is busy and to retry ("Queue is full"), before any work. Searches run one at a time (a forward
-# pass already uses every core), so the last in the queue waits about this many search times:
-# bench/results/load.md measures them (docs/performance.md, "Load").
-DEFAULT_QUEUE_SIZE = 120
 # The page's script: drawing the query box, and Enter to search (page/query.js).
 PAGE_SCRIPT = f"<script>\n{(Path(__file__).resolve().parents[1] / 'page' / 'query.js').read_text()}</script>"
 
 
+class PageNotice(Protocol):
+    """A notice at the top of the page that can change while the server runs (a bundle still on
+    its way): `text` is what it says now; `on_visit` is called on each page load and may start
+    work (a retry), then says what it says after."""
+
+    def text(self) -> str: ...
+
+    def on_visit(self) -> str: ...
+
+
 def build_ui(
-    engine: SearchEngine, index_root: Path, uploads: Uploads | None = None, notice: str | None = None
+    engine: SearchEngine, index_root: Path, uploads: Uploads | None = None, notice: str | PageNotice | None = None
 ) -> gr.Blocks:
     """The whole page, importable and constructible without launching. `uploads`: where the 'Your
-    photos' tab keeps what visitors add (None: no such tab). `notice`: markdown shown at the top."""
+    photos' tab keeps what visitors add (None: no such tab). `notice`: markdown shown at the top,
+    or a PageNotice asked again on each visit."""
     page = SearchPage(engine, index_root, uploads)
     with gr.Blocks(title="Building image search", delete_cache=(CACHE_MAX_AGE_SECONDS, CACHE_MAX_AGE_SECONDS)) as demo:
         gr.Markdown(
             "# Building image search\n"
             "Upload, paste or take a photo, drag a box on the part to search, and press **Search**."
         )
-        if notice:
+        if isinstance(notice, str) and notice:
             gr.Markdown(notice, elem_id="page-notice")
+        elif notice is not None:
+            shown = gr.Markdown(notice.text(), elem_id="page-notice")
+            # Not queued behind searches: a visit is answered at once.
+            demo.load(notice.on_visit, outputs=[shown], api_visibility="private", show_progress="hidden",
+                      concurrency_limit=None)  # fmt: skip
         search = search_tab.render(page)
         if uploads is not None:
             photos_tab.render(page, search.collection, demo)
@@ -51,11 +63,12 @@ def launch(
     host: str,
     port: int,
     share: bool,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    notice: str | None = None,
-) -> None:
-    """Serve the page until stopped: one event at a time unless said otherwise, `queue_size`
-    waiting at most."""
+    queue_size: int,
+    notice: str | PageNotice | None = None,
+    block: bool = True,
+) -> gr.Blocks:
+    """Serve the page: one event at a time unless said otherwise, `queue_size` waiting at most.
+    `block`: until stopped (Ctrl-C); else return the running page at once (its `close()` stops it)."""
     demo = build_ui(engine, index_dir, uploads, notice)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.launch(
@@ -67,4 +80,6 @@ def launch(
         allowed_paths=thumbnail_dirs(engine, uploads),
         max_file_size=MAX_UPLOAD,
         head=PAGE_SCRIPT,
+        prevent_thread_lock=not block,
     )
+    return demo

@@ -437,16 +437,6 @@ def resident_megabytes(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_your_photos_is_on_only_for_a_local_private_run(monkeypatch):
-    import app
-
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    monkeypatch.delenv("CBIR_UPLOADS", raising=False)
-    enabled = lambda *argv: app.uploads_enabled(app.parse_arguments(list(argv)))  # noqa: E731
-    assert enabled() and not enabled("--share") and not enabled("--host", "0.0.0.0")
-    assert enabled("--host", "0.0.0.0", "--uploads", "on") and not enabled("--uploads", "off")
-    monkeypatch.setenv("SPACE_ID", "someone/demo")
-    assert not enabled()
 
 
 @pytest.mark.slow

@@ -312,14 +312,15 @@ def test_the_page_started_from_a_bundle_searches_in_a_real_browser(exported, tmp
 def test_a_full_disk_while_unpacking_a_bundle_ends_in_a_message(exported, tmp_path, monkeypatch, capsys):
     import errno
 
-    import app
     import cbir.bundle
+    from cbir_ui.server import ServeOptions, serve
 
     def full(archive, dest):
         raise OSError(errno.ENOSPC, "No space left on device", str(dest / "indexes" / "demo" / "descriptors.npy"))
 
     monkeypatch.setattr(cbir.bundle, "safe_extract", full)
-    code = app.main(["--bundle", str(exported["bundle"]), "--cache-dir", str(tmp_path / "cache")])
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    code = serve(ServeOptions(port=free_port(), bundle=str(exported["bundle"]), cache_dir=tmp_path / "cache"))
     message = capsys.readouterr().err
     assert code == 2 and message.startswith("error: No space left on device: ") and "Traceback" not in message
     assert not (tmp_path / "cache" / "bundles" / "demo").exists()  # nothing half unpacked is kept
