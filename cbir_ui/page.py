@@ -19,8 +19,8 @@ CACHE_MAX_AGE_SECONDS = 3600
 # pass already uses every core), so the last in the queue waits about this many search times:
 # bench/results/load.md measures them (docs/performance.md, "Load").
 DEFAULT_QUEUE_SIZE = 120
-# The page's script: drawing the query box, and Enter to search (page/query.js).
-PAGE_SCRIPT = f"<script>\n{(Path(__file__).resolve().parents[1] / 'page' / 'query.js').read_text()}</script>"
+# The page's script: drawing the query box, and Enter to search (cbir_ui/query.js, package data).
+PAGE_SCRIPT = f"<script>\n{(Path(__file__).resolve().parent / 'query.js').read_text()}</script>"
 
 
 def build_ui(

@@ -115,7 +115,7 @@ def render(page: SearchPage) -> SearchTab:
                 photo = guarded_upload(gr.Image(
                     label="Query: drag a box on the photo to search that part (a click clears it)",
                     # A path: the photo is uploaded once, when chosen, and searches send only its
-                    # reference and the box (page/query.js), never the pixels again.
+                    # reference and the box (cbir_ui/query.js), never the pixels again.
                     type="filepath",
                     sources=["upload", "clipboard", "webcam"],
                     height=420,
