@@ -220,11 +220,11 @@ def store_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "--store", "--index", default=DEFAULT_STORE, choices=store_choices(),
-        help=f"the index beside the descriptors (default: {DEFAULT_STORE}; searches of collections small enough to "
-        "scan still use the exact scan): exact (the numpy scan only; no extra files), annoy (cosine.ann and "
-        "euclidean.ann), hnsw (hnswlib graphs; pip install -r requirements-scale.txt), milvus (a Milvus collection at "
-        "--milvus-uri), or auto: exact up to 100,000 x 2048 descriptor floats, hnsw above (annoy without hnswlib); "
-        "see docs/performance.md",
+        help="the index beside the descriptors: annoy (cosine.ann and euclidean.ann), exact (the numpy scan only; no "
+        "extra files), hnsw (hnswlib graphs; pip install -r requirements-scale.txt), milvus (a Milvus collection at "
+        "--milvus-uri), or auto: exact up to 100,000 x 2048 descriptor floats, hnsw above (annoy without hnswlib). "
+        "Searches of collections small enough to scan use the exact scan whatever the store; see "
+        "docs/performance.md",
     )  # fmt: skip
     for parameter in store_parameters():
         kind = next(kind for kind in store_kinds().values() if parameter in kind.parameters)
@@ -395,8 +395,8 @@ def list_options(parser: argparse.ArgumentParser) -> None:
 COMMANDS: tuple[Command, ...] = (
     Command("build", "describe a collection and build its indexes, one per backbone",
             "Extract descriptors for a collection with pretrained Keras backbones and build the index the store names "
-            "(Annoy by default: cosine and euclidean) that the page searches. To add new images to a built folder "
-            "collection: cbir add.",
+            "(Annoy by default: cosine and euclidean) that the page searches. New images for a built folder "
+            "collection: see `cbir add --help`.",
             (index_parent, data_parent, networks_parent, recipe_parent, extraction_parent, executor_parent,
              store_parent, progress_parent, verbosity_parent),
             build_options, commands.run_build, check_build),
@@ -439,7 +439,8 @@ def make_parser(prog: str = "cbir") -> argparse.ArgumentParser:
     """The `cbir` parser: one subcommand per command."""
     parser = argparse.ArgumentParser(prog=prog, description="Content-based image retrieval with pretrained CNNs: "
                                      "build indexes, evaluate them, serve the search page.")  # fmt: skip
-    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True,
+                                        help="`cbir COMMAND --help` lists its options")  # fmt: skip
     for command in COMMANDS:
         sub = subcommands.add_parser(command.name, help=command.summary, description=command.description,
                                      parents=[parent() for parent in command.parents], formatter_class=command.formatter)  # fmt: skip
