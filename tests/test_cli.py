@@ -358,3 +358,22 @@ def test_cbir_build_and_build_index_py_write_the_same_descriptors(tmp_path, toy_
 
     folder = tmp_path / "c" / "demo" / "xception"
     assert (folder / "toy.txt").is_file() and Manifest.read(folder).store.params == {"toy_leaves": 3}
+
+
+@pytest.mark.slow
+def test_weights_that_cannot_be_downloaded_suggest_a_smoke_test_and_leave_nothing_behind(tmp_path, monkeypatch, capsys):
+    """Issue 31: offline, `--images DIR` with ImageNet weights fails on the download; the message
+    names --weights none, and no half-made collection (collection.json alone) stays under the index."""
+    from keras.src.applications import xception
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached weights
+    # Port 9 (discard) on this machine: refused at once, with or without internet.
+    monkeypatch.setattr(xception, "WEIGHTS_PATH_NO_TOP", "http://127.0.0.1:9/xception_notop.h5")
+    photos = _photos(tmp_path / "photos", n=3)
+    code = build_index.main(["--images", str(photos), "--index-dir", str(tmp_path / "idx"), "--input-size", "96",
+                             "--no-progress"])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error: could not build xception with weights imagenet")
+    assert "--weights none" in error and "\n" not in error.strip()
+    parse_command(f"python build_index.py --images {photos} --weights none")  # the suggestion parses
+    assert not (tmp_path / "idx" / "photos").exists()
