@@ -20,7 +20,10 @@ PROG = "python app.py"
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return cli.parse(argv, command="serve", prog=PROG)
+    """The options by ServeOptions' field names (the command line's own, such as -v, left out; one
+    not given is left out too, for ServeOptions' default)."""
+    arguments = cli.parse(argv, command="serve", prog=PROG)
+    return argparse.Namespace(**{name: value for name, value in vars(arguments).items() if name not in cli.CLI_ONLY})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

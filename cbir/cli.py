@@ -55,7 +55,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or not action.option_strings:
+        if "default" in text.lower() or not action.option_strings or action.nargs == 0:  # a switch: given or not
             return text
         default = action.default
         if default is argparse.SUPPRESS:  # left to the settings class (ServeOptions): its default, read for the help only

@@ -220,7 +220,8 @@ def test_every_option_has_help_and_says_its_default_once(name):
         assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
     for line in parser.format_help().splitlines():
         assert line.lower().count("default") <= 1, f"{name}: {line!r}"
-    assert "(default: None)" not in parser.format_help() and "(default: False)" not in parser.format_help()
+    for unset in ("(default: None)", "(default: False)", "(default: True)"):
+        assert unset not in parser.format_help()
 
 
 def test_help_shows_the_library_defaults():
@@ -377,3 +378,44 @@ def test_weights_that_cannot_be_downloaded_suggest_a_smoke_test_and_leave_nothin
     assert "--weights none" in error and "\n" not in error.strip()
     parse_command(f"python build_index.py --images {photos} --weights none")  # the suggestion parses
     assert not (tmp_path / "idx" / "photos").exists()
+
+
+def test_cbir_list_shows_recipes_stores_rows_evaluated_and_the_fix_of_a_damaged_index(tmp_path, capsys):
+    from cbir.datasets import folder_collection
+    from cbir.index import StoreSpec
+    from tests.stubs import write_collection
+
+    photos = _photos(tmp_path / "photos", n=4)
+    folder = write_collection(tmp_path / "idx", folder_collection(photos, "demo"),
+                              np.eye(4, 2048, dtype=np.float32), StoreSpec("exact"))  # fmt: skip
+    broken = folder.parent / "vgg16"
+    import shutil
+
+    shutil.copytree(folder, broken)
+    (broken / "descriptors.npy").unlink()
+    assert cli.main(["list", "--index-dir", str(tmp_path / "idx")]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == "demo"
+    assert shown[1].split() == ["xception", "exact", "4", "rows", "2048-d", "not", "evaluated,", "untrained"]
+    assert shown[2].split()[:2] == ["vgg16", "DAMAGED:"] and "python build_index.py --images" in shown[2]
+    assert cli.main(["list", "--index-dir", str(tmp_path / "none")]) == 0
+    assert "nothing is built" in capsys.readouterr().out
+
+
+def test_cbir_export_packs_a_built_collection(tmp_path, capsys):
+    from cbir.bundle import BUNDLE_MANIFEST
+    from cbir.datasets import folder_collection
+    from tests.stubs import write_collection
+
+    photos = _photos(tmp_path / "photos", n=4)
+    write_collection(tmp_path / "idx", folder_collection(photos, "demo"), np.eye(4, 2048, dtype=np.float32))
+    bundle = tmp_path / "demo.tar"
+    assert cli.main(["export", "demo", str(bundle), "--index-dir", str(tmp_path / "idx"), "--no-progress",
+                     "--thumbnail-size", "32"]) == 0  # fmt: skip
+    import tarfile
+
+    with tarfile.open(bundle) as archive:
+        assert BUNDLE_MANIFEST in archive.getnames()
+    out = capsys.readouterr().out
+    assert "the folder photos" in out or "Your own photos" in out
+    parse_command(out.splitlines()[0].partition("Serve it with: ")[2])  # the command it suggests parses
