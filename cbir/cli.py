@@ -46,7 +46,8 @@ from cbir.weights import WeightsKind
 logger = logging.getLogger(__name__)
 
 RESUME = "interrupted: finished work is kept; run the same command again to resume"
-UPLOADS_CHOICES = ("auto", "on", "off")  # cbir_ui.server.ServeOptions.uploads
+# cbir_ui.server.ServeOptions.uploads: "auto" (on for a local run only), or "on" / "off" whatever the run.
+UPLOADS_CHOICES = ("auto", "on", "off")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -419,9 +420,9 @@ COMMANDS: tuple[Command, ...] = (
             (index_parent, data_parent, networks_parent, verbosity_parent), serve_options, commands.run_serve, check_serve,
             ServeHelpFormatter),
     Command("list", "built collections: their recipes, stores, rows, evaluated or not, damaged ones with their fix",
-            "List the collections built under --index-dir.", (index_parent,), list_options, commands.run_list),
+            "List the collections built under --index-dir.", (index_parent, verbosity_parent), list_options,
+            commands.run_list),
 )
-COMMAND_NAMES = tuple(command.name for command in COMMANDS)
 
 
 def _command(name: str) -> Command:
@@ -468,7 +469,7 @@ def parse(argv: Sequence[str] | None = None, *, command: str | None = None, prog
 
 def main(argv: Sequence[str] | None = None, *, command: str | None = None, prog: str | None = None) -> int:
     arguments = parse(argv, command=command, prog=prog)
-    logging.basicConfig(level=logging.DEBUG if getattr(arguments, "verbose", False) else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if arguments.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")  # fmt: skip
     try:
         return arguments.run(arguments)

@@ -23,7 +23,7 @@ from cbir.datasets.registry import DATASETS
 from cbir.extract import Executor
 from cbir.layout import build_command
 from cbir.pooling import Pooling
-from cbir.recipe import Recipe, RecipeSettings
+from cbir.recipe import RecipeSettings
 from cbir.runtime import Runtime
 from cbir.stores.annoy import DEFAULT_N_TREES
 from cbir_ui.formatting import evaluate_command
