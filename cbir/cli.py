@@ -231,6 +231,7 @@ def store_parent() -> argparse.ArgumentParser:
         kind = next(kind for kind in store_kinds().values() if parameter in kind.parameters)
         env = f" (env {parameter.env})" if parameter.env else ""
         parent.add_argument(parameter.flag, dest=parameter.name, default=parameter.default_value(),
+                            # A store's whole-number parameters are counts (trees, leaves): at least 1.
                             type=count if parameter.type is int else parameter.type,
                             help=f"for --store {kind.name}: {parameter.help}{env}")  # fmt: skip
     return parent
