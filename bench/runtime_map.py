@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from cbir.recipe import RecipeSettings
     from cbir.datasets import DownloadSettings, prepare_dataset
     from cbir.errors import SettingsError
-    from cbir.evaluate import EvaluationSettings, evaluate_collection, results_folder
+    from cbir.evaluation import EvaluationSettings, evaluate_collection, results_folder
     from cbir.runtime import Runtime, check_runtime, cpu_capabilities
     from cbir.search import SearchEngine
     from fake_datasets import make_oxford_layout, serve_directory

@@ -167,18 +167,24 @@ def build_indexes(
     except IndexLoadError:
         previous_root = None
     root_changed = previous_root is not None and previous_root != Path(collection.root).resolve()
+    new_collection = not layout.record_path(collection.name).exists()
     write_collection_record(layout, collection)
     for leftover in atomic.remove_leftovers(layout.collection_dir(collection.name)):
         logger.info("removed %s left by an interrupted build", leftover.name)
     outcomes = []
-    for backbone in backbones:
-        recipe = settings.recipe_for(backbone)
-        base = _build_or_keep(collection, recipe.base, settings, extractors, layout, root_changed, on_progress)
-        outcomes.append(base)
-        if recipe.whitening is not None:
-            outcomes.append(_whiten(collection, recipe.before_dba, base, settings, layout, root_changed))
-        if recipe.dba:
-            outcomes.append(_augment(collection, recipe, outcomes[-1], settings, layout, root_changed))
+    try:
+        for backbone in backbones:
+            recipe = settings.recipe_for(backbone)
+            base = _build_or_keep(collection, recipe.base, settings, extractors, layout, root_changed, on_progress)
+            outcomes.append(base)
+            if recipe.whitening is not None:
+                outcomes.append(_whiten(collection, recipe.before_dba, base, settings, layout, root_changed))
+            if recipe.dba:
+                outcomes.append(_augment(collection, recipe, outcomes[-1], settings, layout, root_changed))
+    except BaseException:
+        if new_collection:
+            _remove_if_only_the_record(layout, collection.name)
+        raise
     if settings.thumbnails and outcomes:
         # The page shows a thumbnail of every hit: made now, so that no search waits for them.
         images = Manifest.read(outcomes[0].folder).images
@@ -187,6 +193,17 @@ def build_indexes(
             images, progress=settings.progress
         )
     return outcomes
+
+
+def _remove_if_only_the_record(layout: IndexLayout, name: str) -> None:
+    """A first build that stopped before writing anything (the weights could not be downloaded, a
+    bad setting) leaves no collection behind: a folder holding only its record would be listed as a
+    collection with nothing in it. Checkpoints of an interrupted extraction are kept (they resume)."""
+    folder = layout.collection_dir(name)
+    if [path.name for path in folder.iterdir()] == [layout.record_path(name).name]:
+        layout.record_path(name).unlink()
+        folder.rmdir()
+        logger.info("%s: nothing was built; its folder %s is removed", name, folder)
 
 
 def _build_or_keep(

@@ -1,8 +1,9 @@
 """The one base class for problems a user can fix.
 
 Everything raised as a `CbirError` carries a message that says what went wrong and what to do
-next (usually a command to run). The shells (`app.py`, `build_index.py`, `python -m
-cbir.evaluate`) catch `CbirError` and show its message; anything else is a bug and surfaces as one.
+next (usually a command to run). The command line (`cbir.cli.main`, which `app.py`, `build_index.py`
+and `python -m cbir.evaluate` call) shows its message and exits with 2; anything else is a bug and
+surfaces as one, with its traceback.
 """
 
 from __future__ import annotations

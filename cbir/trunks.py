@@ -239,7 +239,8 @@ def build_trunk(backbone: Backbone, weights: Weights, input_size: int | None, *,
             cache = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
             hint = (
                 f" Keras downloads ImageNet weights into {cache}/models; on a machine without internet, "
-                "copy the weights file there or pass --weights PATH."
+                "copy the weights file there or pass --weights PATH (or --weights none for a smoke test: random "
+                "weights, rankings that mean nothing)."
             )
         raise WeightsError(f"could not build {backbone.name} with weights {weights.identity}: {error}.{hint}") from error
     return Trunk(backbone, weights, size if fixed else None, model, preprocess)
@@ -272,7 +273,8 @@ def _build_keras_hub_trunk(backbone: Backbone, weights: Weights, size: int) -> T
         if weights.kind is WeightsKind.IMAGENET:
             hint = (f" keras-hub downloads the preset {backbone.preset!r} into its cache (KAGGLEHUB_CACHE, default "
                     "~/.cache/kagglehub); for a machine without internet, load it on one with internet, save it with "
-                    "the backbone's save_to_preset(DIR), copy DIR over and pass --weights DIR.")  # fmt: skip
+                    "the backbone's save_to_preset(DIR), copy DIR over and pass --weights DIR (or --weights none "
+                    "for a smoke test: random weights, rankings that mean nothing).")  # fmt: skip
         raise WeightsError(f"could not build {backbone.name} with weights {weights.identity_for(backbone)}: "
                            f"{error}.{hint}") from error  # fmt: skip
     if getattr(model, "hidden_dim", backbone.dim) != backbone.dim:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from cbir.evaluate import (
+from cbir.evaluation import (
     STUDY_MEASURE_NOTE,
     load_results,
     results_folder,

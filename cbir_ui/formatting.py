@@ -10,7 +10,7 @@ from typing import Any
 
 from cbir.backbones import BACKBONES, Family
 from cbir.distances import Metric
-from cbir.evaluate import (
+from cbir.evaluation import (
     REVISITED_PROTOCOLS,
     Results,
     ResultRow,
@@ -109,7 +109,7 @@ def upload_help(uploads: Uploads) -> str:
 
 def evaluate_command(collection: str) -> str:
     """The command that evaluates every index of a collection: mAP where it has ground truth,
-    self-retrieval otherwise (cbir.evaluate chooses)."""
+    self-retrieval otherwise (cbir.evaluation.either chooses)."""
     return f"python -m cbir.evaluate --collection {collection} --recipes all"
 
 

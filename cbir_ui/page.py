@@ -15,8 +15,8 @@ from cbir_ui.formatting import MAX_UPLOAD
 
 # Gradio's own cache of uploads and outputs: files older than this are deleted, checked as often.
 CACHE_MAX_AGE_SECONDS = 3600
-# The page's script: drawing the query box, and Enter to search (page/query.js).
-PAGE_SCRIPT = f"<script>\n{(Path(__file__).resolve().parents[1] / 'page' / 'query.js').read_text()}</script>"
+# The page's script: drawing the query box, and Enter to search (cbir_ui/query.js, package data).
+PAGE_SCRIPT = f"<script>\n{(Path(__file__).resolve().parent / 'query.js').read_text()}</script>"
 
 
 class PageNotice(Protocol):

@@ -142,7 +142,7 @@ def render(page: SearchPage) -> SearchTab:
                 photo = guarded_upload(gr.Image(
                     label="Query: drag a box on the photo to search that part (a click clears it)",
                     # A path: the photo is uploaded once, when chosen, and searches send only its
-                    # reference and the box (page/query.js), never the pixels again.
+                    # reference and the box (cbir_ui/query.js), never the pixels again.
                     type="filepath",
                     # No conversion by the component: cbir.images reads 16-bit, palette, CMYK and
                     # transparent photos as the collection's were read (Gradio's default RGB clips

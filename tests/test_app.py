@@ -510,7 +510,7 @@ def test_a_hundred_concurrent_visitors_all_get_their_answer(served):
 def test_the_evaluation_table_shows_each_recipe_column_by_column_with_a_backbones_recipes_together():
     import dataclasses
 
-    from cbir.evaluate import ResultRow, Results
+    from cbir.evaluation import ResultRow, Results
     from cbir_ui.formatting import MEASURED_HEADERS, measured_table
 
     required = {f.name: 0 for f in dataclasses.fields(ResultRow) if f.default is dataclasses.MISSING

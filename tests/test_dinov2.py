@@ -201,12 +201,11 @@ def test_the_rebuild_command_of_a_dinov2_folder_makes_that_recipe_again(key):
 
     import build_index
     from cbir.build import BuildSettings
-    from cbir.recipe import RecipeSettings
+    from cbir.commands import recipe_settings
     from cbir.layout import build_command
 
     arguments = build_index.parse_arguments(shlex.split(build_command("demo", key))[2:] + ["--weights", "none"])
-    pooling = arguments.pooling and Pooling(arguments.pooling)
-    settings = BuildSettings(recipe=RecipeSettings(weights=Weights.parse(arguments.weights), pooling=pooling))
+    settings = BuildSettings(recipe=recipe_settings(arguments))
     # No --pooling: the row's own descriptor, the CLS token (not the study's gap).
     assert settings.recipe_for(BACKBONES[arguments.backbones]).key == key
 

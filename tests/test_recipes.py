@@ -11,14 +11,12 @@ import pytest
 
 import build_index
 from cbir.backbones import BACKBONES
-from cbir.weights import Weights
 from cbir.trunks import FeatureExtractor
 from cbir.build import BuildSettings
-from cbir.recipe import RecipeSettings
+from cbir.commands import recipe_settings
 from cbir.errors import SettingsError
 from cbir.index import Manifest, StoreSpec, load_index, write_index
 from cbir.layout import IndexLoadError, build_command
-from cbir.pooling import Pooling
 from cbir.recipe import InputShape, Recipe, WhiteningSpec, build_options
 from cbir.whitening import WHITENING_FILE, Whitening, WhiteningSource, learn_whitening
 
@@ -38,9 +36,7 @@ def test_the_build_command_of_a_folder_name_makes_that_recipe_again(recipe):
     """A message that says 'rebuild it: ...' must rebuild the same recipe, from the folder name alone."""
     command = build_command("demo", recipe.key)
     arguments = build_index.parse_arguments(shlex.split(command)[2:] + ["--weights", "none"])
-    settings = BuildSettings(
-        recipe=RecipeSettings(weights=Weights.parse(arguments.weights), pooling=arguments.pooling and Pooling(arguments.pooling), scales=arguments.scales, whiten_on=arguments.whiten_on, whitened_dim=arguments.dim, dba=arguments.dba),
-    )
+    settings = BuildSettings(recipe=recipe_settings(arguments))
     assert settings.recipe_for(BACKBONES[arguments.backbones]) == recipe
 
 

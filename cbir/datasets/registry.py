@@ -46,6 +46,9 @@ _PARIS_PAGE = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
 _REVISITOP_PAGE = "http://cmp.felk.cvut.cz/revisitop/"
 _REVISITOP_DATA = "http://cmp.felk.cvut.cz/revisitop/data/datasets/"  # revisitop's python/download.py
 
+# What a build without --dataset or --images, and the page's first start, describe.
+DEFAULT_DATASET = "oxford5k"
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (

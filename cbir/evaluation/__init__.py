@@ -1,10 +1,11 @@
 """mAP of built indexes on a collection's ground-truth queries, written as files the app's
-evaluation tab reads (`python -m cbir.evaluate` is its command line).
+evaluation tab reads (`cbir evaluate` is its command line).
 
     results   the schema of results.json, reading it (older versions too) and writing it
     loop      evaluating recipes on a collection
     writers   per_query.csv, pr_curves.png and the rankings revisitop's tools read
     tables    the results as the page and the terminal show them
+    either    mAP where there is ground truth, else self-retrieval: the one place that chooses
 """
 
 from cbir.evaluation.results import (
