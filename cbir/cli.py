@@ -472,6 +472,8 @@ def main(argv: Sequence[str] | None = None, *, command: str | None = None, prog:
     arguments = parse(argv, command=command, prog=prog)
     logging.basicConfig(level=logging.DEBUG if arguments.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")  # fmt: skip
+    if not arguments.verbose:  # one line per request the page makes to itself is noise, not progress
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return arguments.run(arguments)
     except KeyboardInterrupt:

@@ -80,6 +80,13 @@ def launch(
         allowed_paths=thumbnail_dirs(engine, uploads),
         max_file_size=MAX_UPLOAD,
         head=PAGE_SCRIPT,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
+        # Gradio's own lines would tell a user to "set share=True in launch()": --share is the way
+        # here, so the page says where it is itself.
+        quiet=True,
     )
+    print(f"The page is at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else "")
+          + ("" if share else " (--share also opens a public link)"), flush=True)  # fmt: skip
+    if block:
+        demo.block_thread()
     return demo

@@ -331,3 +331,14 @@ def test_a_space_with_its_bundle_serves_it_without_the_setup_notice_or_your_phot
         page = app.page()
         assert '"choices":[["demo","demo"]]' in page.replace(" ", "")
         assert "CBIR_BUNDLE" not in page and YOUR_PHOTOS_TAB not in page
+
+
+@pytest.mark.slow
+def test_the_start_names_the_page_and_share_as_the_way_to_a_public_link(tmp_path):
+    from served_app import running_app
+
+    log = tmp_path / "app.log"
+    with running_app(tmp_path / "indexes", log=log, cwd=tmp_path) as app:
+        said = log.read_text(errors="replace")
+    assert f"The page is at {app.url}" in said and "--share also opens a public link" in said
+    assert "share=True" not in said  # Gradio's own advice names launch(), which a user does not call
