@@ -48,7 +48,7 @@ def build_ui(
             # Not queued behind searches: a visit is answered at once.
             demo.load(notice.on_visit, outputs=[shown], api_visibility="private", show_progress="hidden",
                       concurrency_limit=None)  # fmt: skip
-        search = search_tab.render(page)
+        search = search_tab.render(page, explained=bool(notice))
         if uploads is not None:
             photos_tab.render(page, search.collection, demo)
         evaluation_tab.render(page)

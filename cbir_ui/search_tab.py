@@ -131,8 +131,9 @@ def checked_number(component: gr.Slider | gr.Number, field: NumberField) -> gr.S
     return component
 
 
-def render(page: SearchPage) -> SearchTab:
-    """The Search tab, inside the current Blocks, with its events and the search API."""
+def render(page: SearchPage, *, explained: bool = False) -> SearchTab:
+    """The Search tab, inside the current Blocks, with its events and the search API. `explained`:
+    the page's notice already says why nothing is served (a Space waiting for its bundle)."""
     handlers = SearchHandlers(page)
     collections = page.collection_choices()
     first = collections[0] if collections else None
@@ -184,7 +185,7 @@ def render(page: SearchPage) -> SearchTab:
                         value=QUERY_EXPANSION_ALPHA, minimum=EXPANSION_ALPHA.minimum, maximum=EXPANSION_ALPHA.maximum,
                         label=f"{EXPANSION_ALPHA.label} (weight = similarity^α)", min_width=80), EXPANSION_ALPHA)  # fmt: skip
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
-                if not collections:
+                if not collections and not explained:
                     gr.Markdown(
                         "**No index is built yet.** Build one with `python build_index.py --dataset oxford5k` "
                         "or `python build_index.py --images <folder>`, then restart the app."

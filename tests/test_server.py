@@ -194,6 +194,7 @@ def test_a_space_with_no_bundle_serves_a_page_saying_what_to_set_and_offers_your
         page = app.page()
         assert "CBIR_BUNDLE" in page and "HF_TOKEN" in page and "Settings" in page
         assert YOUR_PHOTOS_TAB in page
+        assert "restart the app" not in page  # the terminal's advice would mislead on a Space
         time.sleep(2)
         assert app.process.poll() is None  # serving, not exited
         run = tmp_path / "tmp" / f"{RUN_FOLDER_PREFIX}{app.process.pid}"
