@@ -1,8 +1,41 @@
-"""Shared test setup: the tests import their helpers (synthetic.py, fake_datasets.py) by name."""
+"""Shared test setup: the tests import their helpers (synthetic.py, fake_datasets.py) by name.
+
+`python -m pytest` is the fast run (tests marked `slow` are skipped, with the switch in the reason);
+`python -m pytest --slow` is the full run CI makes. Tests marked `browser` need Playwright and Debian's
+Chromium: they skip without them, except when CBIR_REQUIRE_OPTIONAL=1 (tests/optional.py).
+"""
 
 import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import optional  # noqa: E402  (found through the path above)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the slow tests too (networks, servers, benchmarks' smoke runs): the full run CI makes")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: the full run includes it (python -m pytest --slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    if "browser" not in item.keywords:
+        return
+    missing = optional.browser_missing()
+    if missing and optional.REQUIRED:
+        pytest.fail(f"{missing} (CBIR_REQUIRE_OPTIONAL=1: the full run needs the browser)")
+    if missing:
+        pytest.skip(missing)
