@@ -22,20 +22,14 @@ def pytest_addoption(parser):
                      help="run the slow tests too (networks, servers, benchmarks' smoke runs): the full run CI makes")  # fmt: skip
 
 
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: the full run includes it (python -m pytest --slow)")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
+@pytest.hookimpl(tryfirst=True)  # before any fixture of a skipped test is set up
 def pytest_runtest_setup(item):
-    if "browser" not in item.keywords:
-        return
-    missing = optional.browser_missing()
-    if missing and optional.REQUIRED:
-        pytest.fail(f"{missing} (CBIR_REQUIRE_OPTIONAL=1: the full run needs the browser)")
-    if missing:
-        pytest.skip(missing)
+    # Raised here rather than added as a mark, so the summary folds every slow skip into one line.
+    if "slow" in item.keywords and not item.config.getoption("--slow"):
+        pytest.skip("slow: the full run includes it (python -m pytest --slow)")
+    if "browser" in item.keywords:
+        missing = optional.browser_missing()
+        if missing and optional.REQUIRED:
+            pytest.fail(f"{missing} (CBIR_REQUIRE_OPTIONAL=1: the full run needs the browser)")
+        if missing:
+            pytest.skip(missing)
