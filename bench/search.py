@@ -46,6 +46,7 @@ bench/results/<name>.json and <name>.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -301,7 +302,9 @@ def bench_one(n: int, dim: int, queries_count: int, trees: list[int], pools: lis
                 lambda q: inverted.search(q[None, :], 100, params=parameters)[1][0], build, size, before)  # fmt: skip
         del inverted, quantizer
 
-    if "hnsw" in methods:
+    if "hnsw" in methods and importlib.util.find_spec("hnswlib") is None:
+        rows.append({"method": "hnsw store (cbir.stores.hnsw)", "note": "not installed (pip install -r requirements-scale.txt)"})
+    elif "hnsw" in methods:
         # The project's own store and search path (cbir.stores.hnsw), cosine graph only (a build makes one
         # graph per metric; the bench times one).
         from cbir.stores import hnsw as hnsw_store

@@ -23,7 +23,7 @@ from cbir.recipe import RecipeSettings
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
 from cbir.search import SearchEngine
-from served_app import CHROMIUM, AppDidNotStart, launch_chromium, running_app
+from served_app import AppDidNotStart, launch_chromium, running_app
 from synthetic import crop_of, make_gallery, phone_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,12 +275,7 @@ def drag_box(page, box: tuple[int, int, int, int], photo_width: int | None = Non
 
 
 @pytest.mark.slow
-# Locally a missing browser skips; in CI (CI=true, as .ci/run runs) it fails, so the page is never
-# left untested by accident.
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed: apt-get install chromium (.ci/run does)",
-)
+@pytest.mark.browser  # skips without Playwright or Chromium, fails then in the full CI run (conftest.py)
 def test_page_in_a_real_browser_shows_k_captioned_results(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -357,10 +352,7 @@ def luminance(css_colour: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed: apt-get install chromium (.ci/run does)",
-)
+@pytest.mark.browser
 def test_your_photos_are_described_searchable_and_seen_by_no_other_session(served, tmp_path):
     import zipfile
 

@@ -3,14 +3,14 @@ asks Milvus and answers with the exact scan's ranking and scores."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there a missing Milvus Lite fails
-    pytest.importorskip("pymilvus")
-    pytest.importorskip("milvus_lite")
+from optional import need
+
+need("pymilvus")
+need("milvus_lite")
 
 from synthetic import crop_of, make_gallery
 from served_app import AppDidNotStart, running_app

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optional import need
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,9 +65,6 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists() and not os.environ.get("CI"), reason="Debian's chromium is not installed"
-)
 def test_page_benchmark_quick_run_writes_results(tmp_path):
     run_bench("page.py", "--quick", "--query-widths", "320,2400", "--out", str(tmp_path))
     report = json.loads((tmp_path / "page-quick.json").read_text())
@@ -175,8 +174,7 @@ def test_resume_simulation_quick_run_resumes_half_way(tmp_path):
 
 
 def needs_openvino() -> None:
-    if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there a missing OpenVINO fails
-        pytest.importorskip("openvino")
+    need("openvino")
 
 
 @pytest.mark.slow

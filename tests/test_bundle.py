@@ -275,10 +275,6 @@ def test_a_first_start_that_cannot_download_names_three_ways_on(tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed: apt-get install chromium (.ci/run does)",
-)
 def test_the_page_started_from_a_bundle_searches_in_a_real_browser(exported, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

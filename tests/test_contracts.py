@@ -4,9 +4,6 @@ in its own module's tests."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
@@ -17,9 +14,9 @@ from cbir.distances import Metric, exact_distances
 from cbir.index import Manifest, load_index, write_index
 from cbir.pooling import POOLINGS, Pooling, pool
 from cbir.recipe import Recipe, default_pooling
+from optional import need
 
-# The optional stores' libraries (requirements-scale.txt): absent, their rows skip, except in CI,
-# which installs them.
+# The optional stores' libraries (requirements-scale.txt): absent, their rows skip (tests/optional.py).
 NEEDS = {"hnsw": ("hnswlib",), "milvus": ("pymilvus", "milvus_lite")}
 RECIPE = Recipe.create("xception", weights="none", input_size=96)
 
@@ -45,10 +42,7 @@ def written(name: str, folder, descriptors: np.ndarray, tmp_path) -> Manifest:
 @pytest.fixture(params=sorted(stores.store_kinds()))
 def store_name(request) -> str:
     for module in NEEDS.get(request.param, ()):
-        if importlib.util.find_spec(module) is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"{module} is missing: CI installs requirements-scale.txt")
-            pytest.skip(f"the {request.param} store needs {module}: pip install -r requirements-scale.txt")
+        need(module)  # a skip naming the install, or a failure in the full run
     return request.param
 
 

@@ -20,6 +20,7 @@ from cbir.trunks import ExtractorCache, MissingPackageError, build_extractor, im
 from cbir.errors import SettingsError
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe, build_options
+from optional import need
 
 DINOV2 = ["dinov2_small", "dinov2_base", "dinov2_large"]
 SIZE = 56  # 4 x 4 patches
@@ -110,7 +111,7 @@ def test_a_missing_keras_hub_says_how_to_install_it(monkeypatch):
 @pytest.fixture
 def one_layer(monkeypatch):
     """Every DINOv2 row with a single transformer layer: the same constructor, fewer layers."""
-    pytest.importorskip("keras_hub")
+    need("keras_hub")
     for name in DINOV2:
         row = BACKBONES[name]
         monkeypatch.setitem(BACKBONES, name, replace(row, architecture=replace(row.architecture, num_layers=1)))

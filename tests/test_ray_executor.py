@@ -20,6 +20,7 @@ import build_index
 from cbir.extract import Checkpoints, extract_descriptors
 from cbir.index import load_index
 from cbir.recipe import Recipe
+from optional import need
 from synthetic import draw_picture, make_gallery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray for the module: 2 CPUs, no dashboard; shut down after the last test."""
-    if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there a missing Ray fails
-        pytest.importorskip("ray")
-    import ray
+    ray = need("ray")
 
     address = os.environ.pop("RAY_ADDRESS", None)  # never a real cluster from the tester's shell
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # connect() then stays on it

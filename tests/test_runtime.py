@@ -6,7 +6,6 @@ queries described by another."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cbir.recipe import Recipe, build_options
 from cbir import runtime
 from cbir.runtime import Runtime
 from cbir.search import SearchEngine
+from optional import need
 from synthetic import make_gallery
 
 # OpenVINO f32 against Keras on the same weights, measured at 1e-9 .. 1e-6 of the largest value
@@ -41,8 +41,7 @@ def converted_cache(tmp_path_factory) -> Path:
 
 
 def needs_openvino() -> None:
-    if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there a missing OpenVINO fails
-        pytest.importorskip("openvino")
+    need("openvino")
 
 
 def test_keras_recipes_keep_their_keys_and_manifests_and_others_are_named():

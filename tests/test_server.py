@@ -21,14 +21,10 @@ from cbir.bundle import BundleError
 from cbir.uploads import RUN_FOLDER_PREFIX, sweep_leftover_runs
 from cbir_ui import server
 from cbir_ui.server import LateBundle, ServeOptions, shown_location, space_setup_notice, uploads_enabled
-from served_app import CHROMIUM, free_port, launch_chromium
+from served_app import free_port, launch_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 YOUR_PHOTOS_TAB = '"type":"tabitem","props":{"label":"Your photos"'  # in the page's configuration
-needs_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed: apt-get install chromium (.ci/run does)",
-)
 
 
 def test_your_photos_is_on_only_for_a_local_private_run_or_a_space_with_nothing_to_serve(monkeypatch):
@@ -239,7 +235,7 @@ def bundle(tmp_path_factory):
 
 
 @pytest.mark.slow
-@needs_chromium
+@pytest.mark.browser  # Playwright and Debian's Chromium (tests/conftest.py)
 def test_a_bundle_that_arrives_late_is_fetched_on_a_visit_and_served_with_its_thumbnails(bundle, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -284,7 +280,7 @@ def _page_or_empty(app: Started) -> str:
 
 
 @pytest.mark.slow
-@needs_chromium
+@pytest.mark.browser  # Playwright and Debian's Chromium (tests/conftest.py)
 def test_visitors_photos_are_gone_after_sigterm_and_a_dead_runs_are_swept_at_start(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

@@ -5,15 +5,15 @@ that holds another index is refused; a dead server is a message, not a hang."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
 import pytest
 
-if os.environ.get("CI") != "true":  # CI installs requirements-scale.txt: there a missing pymilvus fails
-    pytest.importorskip("pymilvus")
-    pytest.importorskip("milvus_lite")
+from optional import need
+
+need("pymilvus")
+need("milvus_lite")
 
 from cbir.build import BuildSettings
 from cbir.datasets import Collection
@@ -22,6 +22,7 @@ from cbir.errors import CbirError
 from cbir.index import IndexLoadError, Manifest, StoreSpec, load_index, write_index
 from cbir.recipe import Recipe
 from cbir.stores import milvus
+from rounding import assert_float32_distances_agree
 from stubs import RECIPE, StubbedEngine, wide, write_collection
 
 pytestmark = pytest.mark.slow  # each test starts a Milvus Lite server (about a second)
@@ -65,14 +66,14 @@ def lite(tmp_path_factory):
 
 
 def test_build_then_search_gives_the_exact_scans_ranking_and_scores(lite):
-    _, folder, _ = lite
+    _, folder, descriptors = lite
     loaded = load_index(folder)
     for metric in METRICS:
         for query in clustered(15, 16, seed=3):
             found = loaded.search(query, metric, 25, exact=False)
             truth = loaded.search(query, metric, 25, exact=True)
             assert found.rows.tolist() == truth.rows.tolist(), metric
-            np.testing.assert_allclose(found.distances, truth.distances, atol=1e-6)
+            assert_float32_distances_agree(found.distances, truth.distances, metric, descriptors[found.rows], query)
     loaded.close()
 
 
