@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 
 from cbir.add import AddPath, AddSettings, add_images
-from cbir.backbones import BACKBONES, Weights
+from cbir.backbones import BACKBONES
 from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.bundle import export_bundle, open_bundle, read_bundle_manifest
 from cbir.datasets import DownloadSettings, folder_collection, prepare_dataset
-from cbir.evaluate import EvaluationSettings, evaluate_collection, load_results
+from cbir.evaluation import EvaluationSettings, evaluate_collection, load_results
 from cbir.index import load_index
 from cbir.protocols import QueryMode
 from cbir.recipe import Recipe
 from cbir.search import SearchEngine
+from cbir.weights import Weights
 from cbir.self_retrieval import evaluate_self_retrieval
 from fake_datasets import make_oxford_layout, serve_directory
+from stubs import build_settings
 from synthetic import make_gallery
 
 XCEPTION = BACKBONES["xception"]
@@ -64,7 +66,7 @@ class StandInExtractors:
 def settings(index_root: Path, **overrides) -> BuildSettings:
     values = dict(index_dir=index_root, weights=Weights.parse("none"), input_size=SIZE, progress=False, n_trees=5,
                   batch_size=4, checkpoint_every=4)  # fmt: skip
-    return BuildSettings(**{**values, **overrides})
+    return build_settings(**{**values, **overrides})  # the recipe's and the store's keywords sorted out
 
 
 def test_a_folder_is_built_grown_searched_scored_and_bundled(tmp_path):
