@@ -234,3 +234,29 @@ def test_two_sessions_sending_the_same_names_each_see_their_own_thumbnails(tmp_p
             others = np.abs(shown - pixels(sent[other] / name)).mean()
             assert own < others / 4, (session, name, own, others)  # its own picture, not the other session's
     assert page.served("uploaded: mine", "photo_0.jpg", "alice") != page.served("uploaded: mine", "photo_0.jpg", "bob")
+
+
+def test_a_store_registered_in_a_test_is_offered_and_searched_by_the_page(tmp_path):
+    # The store seam seen from the page: a collection whose index uses a store the project does not
+    # list is in the recipe menu and answers searches (issue 27: one module plus one registry line).
+    from stubs import TOY_STORE, StubbedEngine, wide, write_collection
+
+    from cbir import stores
+    from cbir.datasets import Collection
+    from cbir.index import StoreSpec
+
+    stores.register(TOY_STORE)
+    try:
+        photos = tmp_path / "photos"
+        make_gallery(photos, 2)
+        write_collection(tmp_path / "idx", Collection("mine", photos, ("picture_000.jpg", "picture_001.jpg")),
+                         wide([1, 0], [0, 1]), StoreSpec("toy", {"toy_leaves": 3}))  # fmt: skip
+        engine = StubbedEngine(tmp_path / "idx")
+        engine.next = wide([0.1, 1])[0]
+        page = SearchPage(engine, tmp_path / "idx")
+        assert page.collections() == ["mine"] and [key for _, key in page.recipe_choices("mine")] == ["xception"]
+        answer = page.search_photo(str(photos / "picture_000.jpg"), "", "mine", "xception", "cosine", 2, session="s")
+        assert [hit.image for hit in answer.result.hits] == ["picture_001.jpg", "picture_000.jpg"]
+        assert (tmp_path / "idx" / "mine" / "xception" / "toy.txt").is_file()
+    finally:
+        del stores.STORES["toy"]
