@@ -260,28 +260,9 @@ def test_defaults_are_the_librarys():
     assert settings.store_spec("oxford5k").params == {"n_trees": DEFAULT_N_TREES}
 
 
-@dataclasses.dataclass
-class StandInServeOptions:  # the field list of cbir_ui.server.ServeOptions (DECISIONS.md), for this branch
-    host: str = "127.0.0.1"
-    port: int = 7860
-    share: bool = False
-    index_dir: Path = Path("indexes")
-    data_dir: Path = Path("data")
-    mirror: str | None = None
-    images: Path | None = None
-    name: str | None = None
-    no_build: bool = False
-    bundle: str | None = None
-    cache_dir: Path = Path("cache")
-    weights: str = "imagenet"
-    backbones: str = "xception"
-    input_size: int | None = None
-    uploads: str = "auto"
-    keep_uploads: Path | None = None
-    queue_size: int = 120
-
-
 def test_serve_options_by_field_name(monkeypatch):
+    from cbir_ui.server import ServeOptions
+
     for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "CBIR_BUNDLE", "CBIR_CACHE_DIR", "CBIR_UPLOADS",
                      "CBIR_QUEUE_SIZE", "CBIR_MIRROR", "CBIR_INDEX_DIR", "CBIR_DATA_DIR"):  # fmt: skip
         monkeypatch.delenv(variable, raising=False)
@@ -291,14 +272,14 @@ def test_serve_options_by_field_name(monkeypatch):
     # Every option of `serve` is a field of ServeOptions, and every field an option.
     bundle = parse_command("python app.py --bundle b.tar")  # --images and --bundle: one or the other
     assert set(vars(everything)) - cli.CLI_ONLY | set(vars(bundle)) - cli.CLI_ONLY == SERVE_FIELDS
-    options = commands.by_field(StandInServeOptions, everything)
+    options = commands.by_field(ServeOptions, everything)
     assert (options.host, options.port, options.share, options.index_dir, options.images, options.queue_size) == (
         "0.0.0.0", 7861, True, Path("i"), Path("p"), 5)  # fmt: skip
     # Options not given are left to ServeOptions' own defaults; the environment's are the CLI's.
-    assert commands.by_field(StandInServeOptions, parse_command("python app.py")).port == StandInServeOptions.port
+    assert commands.by_field(ServeOptions, parse_command("python app.py")).port == ServeOptions.port
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
     monkeypatch.setenv("CBIR_BUNDLE", "https://example.org/b.tar")
-    options = commands.by_field(StandInServeOptions, parse_command("python app.py"))
+    options = commands.by_field(ServeOptions, parse_command("python app.py"))
     assert (options.port, options.bundle) == (7999, "https://example.org/b.tar")
 
 
