@@ -37,19 +37,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(index_dir: Path, *arguments: str, log: Path | None = None, cwd: Path | None = None) -> Iterator[RunningApp]:
-    """`app.py --index-dir INDEX_DIR --no-build ARGUMENTS` on a free port, until its page answers;
-    stopped on leaving. Its output goes to `log` (none if not given)."""
-    port = free_port()
+def app_process(command: list[str], *, port: int, env: dict[str, str], log: Path | None = None,
+                cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen, str, float]]:  # fmt: skip
+    """`python COMMAND` (which serves on `port`) with `env` as its whole environment, until its page
+    answers: (the process, its URL, seconds from start to answer); stopped on leaving if still running.
+    Its output goes to `log` (none if not given)."""
     out = open(log, "w") if log is not None else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--index-dir", str(index_dir), "--no-build", "--port", str(port),
-         *arguments],  # fmt: skip
-        cwd=cwd,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    begun = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *command], cwd=cwd,
+                               env={**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO),
+                                    "GRADIO_ANALYTICS_ENABLED": "False"},
+                               stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 120
@@ -61,16 +59,27 @@ def running_app(index_dir: Path, *arguments: str, log: Path | None = None, cwd: 
                 urllib.request.urlopen(url, timeout=2)
                 break
             except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.5)
-        yield RunningApp(url, process.pid)
+                time.sleep(0.1)
+        yield process, url, time.perf_counter() - begun
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
         if log is not None:
             out.close()
+
+
+@contextmanager
+def running_app(index_dir: Path, *arguments: str, log: Path | None = None, cwd: Path | None = None) -> Iterator[RunningApp]:
+    """`app.py --index-dir INDEX_DIR --no-build ARGUMENTS` on a free port, until its page answers;
+    stopped on leaving. Its output goes to `log` (none if not given)."""
+    port = free_port()
+    command = [str(REPO / "app.py"), "--index-dir", str(index_dir), "--no-build", "--port", str(port), *arguments]
+    with app_process(command, port=port, env=dict(os.environ), log=log, cwd=cwd) as (process, url, _):
+        yield RunningApp(url, process.pid)
 
 
 def launch_chromium(playwright):

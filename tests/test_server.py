@@ -21,7 +21,7 @@ from cbir.bundle import BundleError
 from cbir.uploads import RUN_FOLDER_PREFIX, sweep_leftover_runs
 from cbir_ui import server
 from cbir_ui.server import LateBundle, ServeOptions, shown_location, space_setup_notice, uploads_enabled
-from served_app import free_port, launch_chromium
+from served_app import app_process, free_port, launch_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 YOUR_PHOTOS_TAB = '"type":"tabitem","props":{"label":"Your photos"'  # in the page's configuration
@@ -145,35 +145,9 @@ def started(*arguments: str, env: dict[str, str], cwd: Path, eager_retry: bool =
     program = ["-c", EAGER_RETRY] if eager_retry else [str(REPO / "app.py")]
     unset = ("SPACE_ID", "CBIR_BUNDLE", "GRADIO_TEMP_DIR", "CBIR_UPLOADS")
     base = {name: value for name, value in os.environ.items() if name not in unset}
-    with open(log, "w") as out:
-        begun = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, *program, "--port", str(port), *arguments],
-            cwd=cwd,
-            env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False",
-                 **env},  # fmt: skip
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the app did not start (exit code {process.poll()}): {log.read_text()}")
-                try:
-                    urllib.request.urlopen(url, timeout=2)
-                    break
-                except (urllib.error.URLError, ConnectionError):
-                    time.sleep(0.1)
-            yield Started(process, url, time.perf_counter() - begun, log)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+    with app_process([*program, "--port", str(port), *arguments], port=port, env={**base, **env}, log=log,
+                     cwd=cwd) as (process, url, seconds):  # fmt: skip
+        yield Started(process, url, seconds, log)
 
 
 def stop(app: Started, signum: int) -> int:
