@@ -14,7 +14,7 @@ def write_report(out: Path, stem: str, report: dict[str, Any], title: str, colum
     out.mkdir(parents=True, exist_ok=True)
     report.setdefault("cpu", cpu_model())  # numbers from different machines must not be compared blind
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [title, "", f"CPU: {report['cpu']}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in table]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
