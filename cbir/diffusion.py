@@ -73,7 +73,7 @@ class Graph:
     weights[i, j]; padding has weight 0 (and points at row i itself)."""
 
     neighbours: np.ndarray  # (rows, width) int32
-    weights: np.ndarray  # (rows, width) float32
+    weights: np.ndarray  # (rows, width) float64 (float32 would need a cast in every product)
     k: int
     gamma: float
 
@@ -82,7 +82,7 @@ class Graph:
 
     def multiply(self, vector: np.ndarray) -> np.ndarray:
         """S @ vector."""
-        return np.einsum("ij,ij->i", self.weights, vector[self.neighbours], dtype=np.float64)
+        return np.einsum("ij,ij->i", self.weights, vector[self.neighbours])
 
     def dense(self) -> np.ndarray:
         """S as a dense matrix (tests and small checks only)."""
@@ -99,7 +99,7 @@ def build_graph(descriptors: np.ndarray, k: int = GRAPH_NEIGHBOURS, gamma: float
     n_rows = len(unit)
     k = min(k, n_rows - 1)
     if k < 1:
-        return Graph(np.arange(n_rows, dtype=np.int32)[:, None], np.zeros((n_rows, 1), np.float32), k, gamma)
+        return Graph(np.arange(n_rows, dtype=np.int32)[:, None], np.zeros((n_rows, 1)), k, gamma)
     nearest = np.empty((n_rows, k), dtype=np.int32)
     similarity = np.empty((n_rows, k), dtype=np.float32)
     block = max(1, _BLOCK_FLOATS // n_rows)
@@ -110,6 +110,14 @@ def build_graph(descriptors: np.ndarray, k: int = GRAPH_NEIGHBOURS, gamma: float
         top = np.argpartition(-products, k - 1, axis=1)[:, :k]
         nearest[start:stop] = top
         similarity[start:stop] = np.take_along_axis(products, top, axis=1)
+    return graph_from_neighbours(nearest, similarity, gamma)
+
+
+def graph_from_neighbours(nearest: np.ndarray, similarity: np.ndarray, gamma: float = SIMILARITY_POWER) -> Graph:
+    """The graph from each row's k nearest other rows (rows x k ids) and their cosine similarities:
+    mutual edges only, weights max(cos, 0)^γ, then D^-1/2 W D^-1/2."""
+    nearest = np.asarray(nearest, dtype=np.int32)
+    n_rows, k = nearest.shape
     # Mutual: keep i -> j only if j -> i is also listed. Pairs coded as i * rows + j, looked up sorted.
     sources = np.repeat(np.arange(n_rows, dtype=np.int64), k)
     targets = nearest.ravel().astype(np.int64)
@@ -129,7 +137,10 @@ def build_graph(descriptors: np.ndarray, k: int = GRAPH_NEIGHBOURS, gamma: float
     weights = np.take_along_axis(normalised, order, axis=1)[:, :width]
     kept = np.take_along_axis(mutual, order, axis=1)[:, :width]
     neighbours = np.where(kept, neighbours, np.arange(n_rows, dtype=np.int32)[:, None]).astype(np.int32)
-    return Graph(neighbours, weights.astype(np.float32), k, gamma)
+    return Graph(neighbours, weights, k, gamma)
+
+
+
 
 
 def diffuse(graph: Graph, y: np.ndarray, alpha: float = DIFFUSION_ALPHA, iterations: int = CG_ITERATIONS,
@@ -140,19 +151,25 @@ def diffuse(graph: Graph, y: np.ndarray, alpha: float = DIFFUSION_ALPHA, iterati
     solution = np.zeros_like(y)
     residual = y.copy()
     direction = residual.copy()
-    residual_norm = residual @ residual
-    stop = (tolerance * np.linalg.norm(y)) ** 2
+    residual_norm = _dot(residual, residual)
+    stop = tolerance**2 * _dot(y, y)
     for _ in range(iterations):
         if residual_norm <= stop:
             break
         product = direction - alpha * graph.multiply(direction)
-        step = residual_norm / (direction @ product)
+        step = residual_norm / _dot(direction, product)
         solution += step * direction
         residual -= step * product
-        new_norm = residual @ residual
+        new_norm = _dot(residual, residual)
         direction = residual + (new_norm / residual_norm) * direction
         residual_norm = new_norm
     return solution
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # einsum, not `a @ b`: a vector dot product through threaded BLAS costs far more than its
+    # arithmetic when other processes hold the cores (docs/evaluation.md, "Diffusion").
+    return float(np.einsum("i,i->", a, b))
 
 
 def query_vector(n_rows: int, rows: np.ndarray, similarities: np.ndarray, gamma: float) -> np.ndarray:
@@ -201,7 +218,7 @@ def load_graph(path: Path, key: GraphKey, rows: int) -> Graph | None:
         return None
     if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= rows):
         return None
-    return Graph(neighbours.astype(np.int32, copy=False), weights.astype(np.float32, copy=False), key.k, key.gamma)
+    return Graph(neighbours.astype(np.int32, copy=False), weights.astype(np.float64, copy=False), key.k, key.gamma)
 
 
 _graphs: OrderedDict[tuple, Graph] = OrderedDict()

@@ -235,6 +235,7 @@ def test_diffusion_benchmark_quick_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "diffusion.json").read_text())
-    assert report["cpu"] and report["rows"]
-    assert all(row["ms"] > 0 for row in report["rows"])
+    assert report["cpu"] and report["rows"] and report["large"]
+    assert all(row["ms"] > 0 for row in report["rows"] + report["large"] if "bytes" not in row)
+    assert [row["bytes"] for row in report["rows"] if "bytes" in row][0] > 0
     assert report["cross_check"]["same_graph"] is True
