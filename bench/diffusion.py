@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import write_report  # noqa: E402
+from bench.common import cpu_model, write_report  # noqa: E402
 from bench.reranking import clustered  # noqa: E402
 from cbir import diffusion  # noqa: E402
 from cbir.diffusion import Diffusion, build_graph, collection_graph, diffuse, graph_from_neighbours, query_vector  # noqa: E402
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
               "cores": os.cpu_count(), "load_average": [round(load, 2) for load in os.getloadavg()],
               "queries": arguments.queries, "numpy": np.__version__, "rows": rows, "cross_check": checked,
               "large": large}  # fmt: skip
-    title = (f"Diffusion costs ({report['cores']} cores, load average {report['load_average'][0]} at the end, median of "
+    title = (f"Diffusion costs ({cpu_model()}, {report['cores']} cores, load average {report['load_average'][0]} at the end, median of "
              f"{arguments.queries} queries): `{report['command']}`\n\n"
              f"Cross-check with the authors' method ({checked['rows']} x {checked['dim']}, {checked['queries']} queries): "
              f"graph edges (i, j) {checked['edges_theirs']:,} theirs, {checked['edges_ours']:,} ours, "
