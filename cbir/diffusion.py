@@ -10,8 +10,9 @@ The graph (built once per index, `build_graph`):
 - an edge i-j is kept only when each is among the other's k nearest (the paper's mutual graph), with
   weight max(cos, 0)^γ, γ = 3; a row is not its own neighbour;
 - S = D^-1/2 W D^-1/2 (D: the weights' row sums; a row with no mutual neighbour has a zero row).
-It is kept as two (rows x width) arrays, neighbour row ids and S's weights, padded with weight 0,
-so S f is one gather and one sum (no scipy: it is not a requirement of the project).
+It is kept as compressed rows: where each row's edges start, and the edges' neighbour row ids and
+S's weights, so S f is one gather and one sum per row (no scipy: it is not a requirement of the
+project).
 
 Stored beside the index as `diffusion_graph.npz` (plain arrays, read with allow_pickle=False,
 written atomically) with the sha256 of the index's descriptors.npy, k and γ: a graph whose key
@@ -24,8 +25,8 @@ At query time (`Diffusion`, a re-ranker): y is max(cos(query, row), 0)^γ on the
 rows of the ranking it is given (after αQE: the expanded query's nearest rows) and 0 elsewhere;
 conjugate gradient from f = 0 runs at most `iterations` steps, stopping early when the residual falls
 below `tolerance` x |y|; the ranking's rows are re-ordered by f, highest first (rows f leaves at
-zero keep their order behind the rest), and keep their distances to the query. docs/evaluation.md,
-"Diffusion", compares it with the authors' code.
+zero keep their order behind the rest), each with the distance the ranking gave it (after αQE:
+to the expanded query). docs/evaluation.md, "Diffusion", compares all this with the authors' code.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,28 +69,39 @@ _BLOCK_FLOATS = 32 * 1024 * 1024  # similarities computed per block of rows: abo
 _GRAPHS_KEPT = 4  # graphs kept in memory per process (one per index searched with diffusion)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Graph:
-    """S of the paper as padded neighbour lists: row i's entries are S[i, neighbours[i, j]] =
-    weights[i, j]; padding has weight 0 (and points at row i itself)."""
+    """S of the paper as compressed rows: row i's entries are S[i, neighbours[e]] = weights[e] for e
+    in row_starts[i] : row_starts[i + 1]."""
 
-    neighbours: np.ndarray  # (rows, width) int32
-    weights: np.ndarray  # (rows, width) float64 (float32 would need a cast in every product)
+    row_starts: np.ndarray  # (rows + 1,) int64
+    neighbours: np.ndarray  # (edges,) int32
+    weights: np.ndarray  # (edges,) float64 (float32 would need a cast in every product)
     k: int
     gamma: float
 
     def __len__(self) -> int:
-        return len(self.neighbours)
+        return len(self.row_starts) - 1
+
+    @cached_property
+    def _rows_with_edges(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.row_starts) > 0)
 
     def multiply(self, vector: np.ndarray) -> np.ndarray:
         """S @ vector."""
-        return np.einsum("ij,ij->i", self.weights, vector[self.neighbours])
+        product = np.zeros(len(self))
+        if len(self.neighbours):
+            # reduceat sums from each given start to the next one: rows without edges are left out
+            # (they would get the next row's first value), their product stays 0.
+            starts = self.row_starts[self._rows_with_edges]
+            product[self._rows_with_edges] = np.add.reduceat(self.weights * vector[self.neighbours], starts)
+        return product
 
     def dense(self) -> np.ndarray:
         """S as a dense matrix (tests and small checks only)."""
         matrix = np.zeros((len(self), len(self)))
-        np.add.at(matrix, (np.repeat(np.arange(len(self)), self.neighbours.shape[1]), self.neighbours.ravel()),
-                  self.weights.ravel())  # fmt: skip
+        sources = np.repeat(np.arange(len(self)), np.diff(self.row_starts))
+        np.add.at(matrix, (sources, self.neighbours), self.weights)
         return matrix
 
 
@@ -99,7 +112,7 @@ def build_graph(descriptors: np.ndarray, k: int = GRAPH_NEIGHBOURS, gamma: float
     n_rows = len(unit)
     k = min(k, n_rows - 1)
     if k < 1:
-        return Graph(np.arange(n_rows, dtype=np.int32)[:, None], np.zeros((n_rows, 1)), k, gamma)
+        return Graph(np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0), k, gamma)
     nearest = np.empty((n_rows, k), dtype=np.int32)
     similarity = np.empty((n_rows, k), dtype=np.float32)
     block = max(1, _BLOCK_FLOATS // n_rows)
@@ -130,17 +143,8 @@ def graph_from_neighbours(nearest: np.ndarray, similarity: np.ndarray, gamma: fl
     scale = np.zeros(n_rows)
     np.divide(1.0, np.sqrt(degree), out=scale, where=degree > 0)
     normalised = affinity * scale[:, None] * scale[nearest]
-    # Keep only the columns some row uses: kept edges first in each row, padding (weight 0) after.
-    order = np.argsort(~mutual, axis=1, kind="stable")
-    width = max(int(mutual.sum(axis=1).max()), 1)
-    neighbours = np.take_along_axis(nearest, order, axis=1)[:, :width]
-    weights = np.take_along_axis(normalised, order, axis=1)[:, :width]
-    kept = np.take_along_axis(mutual, order, axis=1)[:, :width]
-    neighbours = np.where(kept, neighbours, np.arange(n_rows, dtype=np.int32)[:, None]).astype(np.int32)
-    return Graph(neighbours, weights, k, gamma)
-
-
-
+    row_starts = np.concatenate([[0], np.cumsum(mutual.sum(axis=1))]).astype(np.int64)
+    return Graph(row_starts, nearest[mutual], normalised[mutual], k, gamma)
 
 
 def diffuse(graph: Graph, y: np.ndarray, alpha: float = DIFFUSION_ALPHA, iterations: int = CG_ITERATIONS,
@@ -194,8 +198,8 @@ class GraphKey:
 def save_graph(path: Path, graph: Graph, key: GraphKey) -> None:
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
-            np.savez(handle, format=np.int64(GRAPH_FORMAT), neighbours=graph.neighbours, weights=graph.weights,
-                     k=np.int64(key.k), gamma=np.float64(key.gamma),
+            np.savez(handle, format=np.int64(GRAPH_FORMAT), row_starts=graph.row_starts, neighbours=graph.neighbours,
+                     weights=graph.weights, k=np.int64(key.k), gamma=np.float64(key.gamma),
                      descriptors_sha256=np.str_(key.descriptors_sha256))  # fmt: skip
 
     atomic.write_file(Path(path), write)
@@ -208,17 +212,20 @@ def load_graph(path: Path, key: GraphKey, rows: int) -> Graph | None:
             if int(stored["format"]) != GRAPH_FORMAT:
                 return None
             stored_key = GraphKey(str(stored["descriptors_sha256"]), int(stored["k"]), float(stored["gamma"]))
-            neighbours, weights = stored["neighbours"], stored["weights"]
+            row_starts, neighbours, weights = stored["row_starts"], stored["neighbours"], stored["weights"]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError) as error:  # damaged or not ours: build it again
         logger.warning("%s is unreadable (%s); building the diffusion graph again", path, error)
         return None
-    if stored_key != key or neighbours.shape != weights.shape or neighbours.ndim != 2 or len(neighbours) != rows:
+    if stored_key != key or row_starts.shape != (rows + 1,) or neighbours.ndim != 1 or neighbours.shape != weights.shape:
+        return None
+    if row_starts[0] != 0 or row_starts[-1] != len(neighbours) or np.any(np.diff(row_starts) < 0):
         return None
     if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= rows):
         return None
-    return Graph(neighbours.astype(np.int32, copy=False), weights.astype(np.float64, copy=False), key.k, key.gamma)
+    return Graph(row_starts.astype(np.int64, copy=False), neighbours.astype(np.int32, copy=False),
+                 weights.astype(np.float64, copy=False), key.k, key.gamma)  # fmt: skip
 
 
 _graphs: OrderedDict[tuple, Graph] = OrderedDict()

@@ -75,8 +75,8 @@ def test_the_graph_in_blocks_equals_the_graph_at_once(monkeypatch: pytest.Monkey
     assert build_graph(descriptors, k=5).dense() == approx(whole, abs=1e-7)
 
 
-# A hand-made graph of five rows: a path 0-1-2-3 and row 4 alone; S written out in full (weights
-# exact in float32, as the graph stores them).
+# A hand-made graph of five rows: a path 0-1-2-3 and row 4 alone (last: reduceat must not read past
+# the end for it); S written out in full.
 HAND_S = np.array(
     [
         [0.0, 0.5, 0.0, 0.0, 0.0],
@@ -87,8 +87,9 @@ HAND_S = np.array(
     ]
 )
 HAND_GRAPH = Graph(
-    neighbours=np.array([[1, 0], [0, 2], [1, 3], [2, 3], [4, 4]], dtype=np.int32),
-    weights=np.array([[0.5, 0], [0.5, 0.375], [0.375, 0.25], [0.25, 0], [0, 0]], dtype=np.float32),
+    row_starts=np.array([0, 1, 3, 5, 6, 6]),
+    neighbours=np.array([1, 0, 2, 1, 3, 2], dtype=np.int32),
+    weights=np.array([0.5, 0.5, 0.375, 0.375, 0.25, 0.25]),
     k=2,
     gamma=3.0,
 )
@@ -97,6 +98,11 @@ HAND_GRAPH = Graph(
 def test_the_hand_made_graph_multiplies_as_its_matrix() -> None:
     vector = np.array([1.0, -2.0, 3.0, 0.5, 7.0])
     assert HAND_GRAPH.multiply(vector) == approx(HAND_S @ vector)
+
+
+def test_a_row_without_edges_between_two_with_edges_multiplies_to_zero() -> None:
+    graph = Graph(np.array([0, 1, 1, 2]), np.array([2, 0], dtype=np.int32), np.array([0.5, 0.5]), k=1, gamma=3.0)
+    assert graph.multiply(np.array([1.0, 2.0, 3.0])) == approx([1.5, 0.0, 0.5])
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.99])
@@ -183,13 +189,13 @@ def test_the_graph_file_round_trips_and_is_rebuilt_when_the_rows_change(tmp_path
     built = collection_graph(index, k=3)
     assert (folder / GRAPH_FILE).is_file()
     with np.load(folder / GRAPH_FILE, allow_pickle=False) as stored:
-        assert set(stored.files) == {"format", "neighbours", "weights", "k", "gamma", "descriptors_sha256"}
+        assert set(stored.files) == {"format", "row_starts", "neighbours", "weights", "k", "gamma", "descriptors_sha256"}
 
     diffusion._graphs.clear()
     with monkeypatch.context() as patched:
         patched.setattr(diffusion, "build_graph", lambda *_, **__: pytest.fail("the stored graph should be read"))
         loaded = collection_graph(index, k=3)
-    assert np.array_equal(loaded.neighbours, built.neighbours) and np.array_equal(loaded.weights, built.weights)
+    assert all(np.array_equal(getattr(loaded, name), getattr(built, name)) for name in ("row_starts", "neighbours", "weights"))
 
     # New rows in the same folder, with the old graph file put back beside them.
     old_graph = (folder / GRAPH_FILE).read_bytes()
@@ -218,6 +224,26 @@ def test_another_k_or_a_damaged_file_builds_the_graph_again(tmp_path: Path) -> N
     assert collection_graph(index, k=5).dense() == approx(build_graph(rows, k=5).dense())
     with np.load(folder / GRAPH_FILE, allow_pickle=False) as stored:
         assert int(stored["k"]) == 5
+
+
+@pytest.mark.parametrize("damage", ["row starts past the edges", "row starts going back", "neighbour out of range"])
+def test_a_graph_file_whose_arrays_do_not_fit_together_is_built_again(tmp_path: Path, damage: str) -> None:
+    folder = tmp_path / "index"
+    rows = np.random.default_rng(8).normal(size=(20, 6))
+    index = stored_index(folder, rows)
+    good = collection_graph(index, k=3)
+    row_starts, neighbours = good.row_starts.copy(), good.neighbours.copy()
+    if damage == "row starts past the edges":
+        row_starts[-1] += 1
+    elif damage == "row starts going back":
+        row_starts[5], row_starts[6] = row_starts[6], row_starts[5] - 1
+    else:
+        neighbours[0] = 20
+    key = diffusion.GraphKey(diffusion.sha256_file(folder / "descriptors.npy"), 3, 3.0)
+    diffusion.save_graph(folder / GRAPH_FILE, Graph(row_starts, neighbours, good.weights, 3, 3.0), key)
+    assert diffusion.load_graph(folder / GRAPH_FILE, key, 20) is None
+    diffusion._graphs.clear()
+    assert collection_graph(index, k=3).dense() == approx(good.dense())
 
 
 def test_a_folder_that_cannot_be_written_keeps_the_graph_in_memory(tmp_path: Path, monkeypatch, caplog) -> None:
