@@ -43,9 +43,9 @@ from cbir.ranking import rank  # noqa: E402
 from cbir.recipe import Recipe  # noqa: E402
 
 
-def seconds(function, *arguments):
+def seconds(function, *arguments, **keywords):
     started = time.perf_counter()
-    value = function(*arguments)
+    value = function(*arguments, **keywords)
     return value, time.perf_counter() - started
 
 
@@ -82,7 +82,7 @@ def oxford_size(rows: int, dim: int, queries: int, folder: Path) -> tuple[list[d
     for query in query_set:
         for label, k, rerankers in (("top 12", 12, ()), ("top 12 + diffusion (depth 100)", 12, (reranker,)),
                                     ("whole ranking", None, ()), ("whole ranking + diffusion", None, (reranker,))):  # fmt: skip
-            _, spent = seconds(lambda: rank(index, query, Metric.COSINE, k, rerankers=rerankers))
+            _, spent = seconds(rank, index, query, Metric.COSINE, k, rerankers=rerankers)
             samples.setdefault(label, []).append(spent)
         y = query_vector(len(graph), np.arange(10), np.full(10, 0.9), 3.0)
         _, spent = seconds(diffuse, graph, y)

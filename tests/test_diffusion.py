@@ -168,7 +168,7 @@ def test_diffusion_after_query_expansion_and_at_a_small_k(tmp_path: Path) -> Non
     assert len(both.rows) == 5 and DISTRACTOR_ROW not in both.rows
     # Each row keeps the distance the ranking it re-ordered gave it (after αQE: to the expanded query).
     expanded = rank(index, CHAIN_QUERY, Metric.COSINE, 13, rerankers=[AlphaQueryExpansion(n=2)])
-    distance_of = dict(zip(expanded.rows.tolist(), expanded.distances.tolist()))
+    distance_of = dict(zip(expanded.rows.tolist(), expanded.distances.tolist(), strict=True))
     assert both.distances.tolist() == approx([distance_of[row] for row in both.rows.tolist()])
 
 
