@@ -6,6 +6,8 @@
         whitening.npz     for a whitened recipe: the transform, applied to the rows and to each query
         manifest.json     the recipe, the image list, the store and its parameters, versions,
                           timings, and the size of every file above
+        diffusion_graph.npz   written at the first diffusion re-ranking (cbir/diffusion.py), keyed by
+                          the sha256 of descriptors.npy; optional, not in the manifest
 
 A folder is written under a temporary name and renamed when complete, so a build that dies never
 leaves something that loads. Loading checks the manifest against what the caller expects and every

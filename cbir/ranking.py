@@ -8,6 +8,8 @@ Two training-free refinements from the literature live here: α-weighted query e
 (`AlphaQueryExpansion`, a re-ranker) and database-side augmentation (`database_side_augmentation`,
 descriptors a build stores as a variant of an index). Both replace a vector by the similarity^α
 weighted combination of itself and its nearest neighbours.
+Diffusion over the collection's k-NN graph is a third, a re-ranker in cbir/diffusion.py (which
+imports this module, not the other way round).
 
 How the metric enters: the weights are always cosine similarities, clipped at 0 (the power α is
 meant for a similarity in [0, 1], and a Euclidean distance has no such scale). Under cosine the
