@@ -41,6 +41,9 @@ class Ranking:
     rows: np.ndarray  # row ids of the index, nearest first
     distances: np.ndarray  # in the metric's units (angular distance for cosine)
     exact: bool  # whether the exact scan made it (before any re-ranking)
+    # Spatial verification's inlier count per row, in the same order (-1: not verified); None when
+    # no verification ran (cbir.verification).
+    inliers: np.ndarray | None = None
 
 
 class Reranker(Protocol):
@@ -192,5 +195,6 @@ def rank(
     for reranker in rerankers:
         ranking = reranker(index, query, metric, ranking)
     if k is not None and len(ranking.rows) > k:
-        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact)
+        inliers = None if ranking.inliers is None else ranking.inliers[:k]
+        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact, inliers)
     return ranking
