@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cbir.build import BuildSettings, _why_rebuild
 from cbir.commands import by_field
@@ -67,12 +68,15 @@ def test_features_are_bounded_quantised_unit_vectors_and_the_strongest_come_firs
     np.testing.assert_allclose(np.linalg.norm(many.unit_descriptors(), axis=1), 1.0, atol=0.02)
     # The 50 kept of a bound of 50 are the 50 strongest of the 200.
     np.testing.assert_array_equal(few.positions, many.positions[:50])
+    cv2 = pytest.importorskip("cv2")
+    shrunk = picture.convert("L").resize((512, 384), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    every = cv2.SIFT_create().detect(np.asarray(shrunk), None)
+    strongest = sorted(every, key=lambda point: -point.response)[:50]
+    assert {point.pt for point in strongest} == {tuple(map(float, xy)) for xy in few.positions}
     np.testing.assert_allclose(many.original_positions().max(), many.positions.max() * 2.0)
 
 
 def test_a_picture_without_texture_has_no_keypoints():
-    from PIL import Image
-
     assert len(describe_picture(Image.new("RGB", (200, 100), (90, 90, 90)))) == 0
 
 

@@ -17,7 +17,7 @@ from cbir.layout import IndexLayout, IndexLoadError, write_collection_record
 from cbir.local_features import ImageFeatures, LocalFeatureSettings, describe_image, describe_picture
 from cbir.ranking import AlphaQueryExpansion, Ranking, rank
 from cbir import verification
-from cbir.verification import MIN_INLIERS, GeometricModel, Match, SpatialVerification, verify_pair
+from cbir.verification import MIN_INLIERS, GeometricModel, Match, SpatialVerification, mutual_ratio_matches, verify_pair
 from stubs import RECIPE, StubbedEngine
 from synthetic import draw_textured_picture
 
@@ -73,6 +73,27 @@ def test_unrelated_pictures_do_not_verify():
     features = [describe_picture(draw_textured_picture(seed, 640, 480)) for seed in range(10, 16)]
     counts = [verify_pair(a, b).inliers for i, a in enumerate(features) for b in features[i + 1 :]]
     assert max(counts) < MIN_INLIERS
+
+
+def unit_rows(*rows: list[float]) -> ImageFeatures:
+    vectors = np.zeros((len(rows), 128), np.float32)
+    for i, row in enumerate(rows):
+        vectors[i, : len(row)] = row
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return ImageFeatures(np.zeros((len(rows), 2), np.float32), np.zeros(len(rows), np.float32),
+                         np.zeros(len(rows), np.float32), np.rint(vectors * 255).astype(np.uint8))  # fmt: skip
+
+
+def test_matches_are_mutual_nearest_neighbours_that_pass_the_ratio_test():
+    query = unit_rows([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.05], [0, 0, 1, 0.3])
+    result = unit_rows([1, 0.05, 0, 0], [0, 1, 0, 0, 0.3], [0, 0, 1, 0.1], [0, 1, 0, 0, -0.32])
+    # Query 0 -> result 0: clear and mutual. Query 1's nearest (result 1) is barely nearer than its
+    # second (result 3): the ratio test drops it. Queries 2 and 3 both prefer result 2, which prefers query 2:
+    # query 3's match is not mutual.
+    query_index, result_index = mutual_ratio_matches(query, result)
+    assert query_index.tolist() == [0, 2] and result_index.tolist() == [0, 2]
+    # A looser ratio keeps query 1's match.
+    assert mutual_ratio_matches(query, result, ratio=1.0)[0].tolist() == [0, 1, 2]
 
 
 def test_its_settings_are_checked_and_it_needs_the_query_features():
