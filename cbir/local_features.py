@@ -44,8 +44,10 @@ DESCRIPTOR_SIZE = 128
 _MEMBERS = ("offsets", "positions", "scales", "orientations", "descriptors", "shrink")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # the zip format's local file header (30 bytes)
 
-# Chosen from bench/results/local_features.md: see the docstring of LocalFeatureSettings.
-DEFAULT_MAX_SIDE = 640
+# Chosen from bench/results/local_features.md (docs/performance.md, "Local features"): a longer
+# side bought no verified query and cost build time; more keypoints widen the gap between true and
+# chance inliers, at bytes and verification time that grow with them.
+DEFAULT_MAX_SIDE = 512
 DEFAULT_MAX_KEYPOINTS = 500
 
 

@@ -208,3 +208,45 @@ def test_a_build_asking_for_them_rebuilds_an_index_without_them_and_one_without_
     assert _why_rebuild(folder, collection, RECIPE, plain, False) is None
     other = BuildSettings(index_dir=index_dir, store="exact", local_features=True)
     assert _why_rebuild(folder, collection, RECIPE, other, False) == "other local feature settings"
+
+
+def test_build_index_py_takes_the_option_too(tmp_path):
+    import build_index
+
+    assert build_index.parse_arguments(["--images", str(tmp_path), "--local-features"]).local_features is True
+
+
+@pytest.mark.slow
+def test_a_build_with_them_stores_each_rows_features_carries_them_to_dba_and_the_search_verifies(tmp_path, extractors):
+    from cbir.backbones import BACKBONES
+    from cbir.build import build_indexes
+    from cbir.search import SearchEngine
+    from cbir.verification import MIN_INLIERS, SpatialVerification
+    from cbir.weights import Weights
+    from stubs import build_settings
+    from test_verification import edited_crop
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(6):
+        draw_textured_picture(seed, 640, 480).save(photos / f"photo_{seed}.jpg", quality=90)
+    (photos / "empty.jpg").write_bytes(b"")  # skipped by the build: the rows must not shift
+    settings = build_settings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), input_size=96, dba=2,
+                              progress=False, store="exact", local_features=True, local_feature_settings=SMALL)  # fmt: skip
+    outcomes = build_indexes(folder_collection(photos, "photos"), [BACKBONES["xception"]], settings, extractors=extractors)
+    assert len(outcomes) == 2  # the recipe, and the recipe with DBA
+    base, augmented = (load_index(outcome.folder) for outcome in outcomes)
+    assert base.manifest.local_features == augmented.manifest.local_features == SMALL
+    assert "local_features_seconds" in base.manifest.timings
+    assert len(base.local_features) == len(base.manifest.images) == 6
+    for row, image in enumerate(base.manifest.images):
+        np.testing.assert_array_equal(base.local_features.image(row).descriptors,
+                                      describe_image(photos / image, SMALL).descriptors)  # fmt: skip
+    assert (augmented.folder / LOCAL_FEATURES_FILE).read_bytes() == (base.folder / LOCAL_FEATURES_FILE).read_bytes()
+    # Built again with the same settings: nothing to do.
+    again = build_indexes(folder_collection(photos, "photos"), [BACKBONES["xception"]], settings, extractors=extractors)
+    assert [outcome.status.value for outcome in again] == ["up to date", "up to date"]
+    engine = SearchEngine(tmp_path / "indexes", extractors=extractors)
+    query = edited_crop(photos / "photo_3.jpg", 35)
+    result = engine.search(query, collection="photos", recipe=outcomes[1].key, k=3, rerankers=(SpatialVerification(),))
+    assert result.hits[0].image == "photo_3.jpg" and result.hits[0].inliers >= MIN_INLIERS
