@@ -35,9 +35,9 @@ from cbir.datasets.model import Collection, DatasetError
 from cbir.errors import SettingsError
 from cbir.digests import sha256_file
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, ExtractionResult, Executor, extract_descriptors
-from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits
+from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
-from cbir.local_features import ImageFeatures, LocalFeatureSettings, describe_image, no_features
+from cbir.local_features import LocalFeatureSettings, describe_images
 from cbir.layout import DESCRIPTORS, IndexLayout, IndexLoadError, read_collection_record, write_collection_record
 from cbir.thumbnails import ThumbnailFolder
 from cbir.recipe import Recipe, RecipeSettings
@@ -397,7 +397,8 @@ def _build_one(
     local_features = None
     if settings.local_features:
         described = time.perf_counter()
-        local_features = _describe_locally(collection, result.images, settings)
+        local_features = describe_images(Path(collection.root), result.images, settings.local_feature_settings,
+                                         limits=settings.limits)  # fmt: skip
         manifest.local_features = settings.local_feature_settings
         manifest.timings["local_features_seconds"] = round(time.perf_counter() - described, 3)
     folder = layout.index_dir(collection.name, recipe.key)
@@ -426,24 +427,6 @@ def _build_one(
         reason=reason,
         resumed_images=result.resumed_images,
     )
-
-
-def _describe_locally(collection: Collection, images: Sequence[str], settings: BuildSettings) -> list[ImageFeatures]:
-    """The local features of each indexed image, in row order (loaded with the build's checks; an
-    image that fails now, though the network read it, gets none and a warning)."""
-    started = time.perf_counter()
-    described = []
-    for image in images:
-        try:
-            described.append(describe_image(Path(collection.root) / image, settings.local_feature_settings,
-                                            name=image, limits=settings.limits))  # fmt: skip
-        except ImageError as error:
-            logger.warning("%s: no local features for %s (%s)", collection.name, image, error)
-            described.append(no_features())
-    seconds = time.perf_counter() - started
-    logger.info("%s: local features of %d images in %.1f s (%d keypoints in all)", collection.name, len(images),
-                seconds, sum(len(features) for features in described))  # fmt: skip
-    return described
 
 
 def _extract(

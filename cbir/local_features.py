@@ -25,18 +25,22 @@ The defaults come from bench/local_features.py (bench/results/local_features.md;
 
 from __future__ import annotations
 
+import logging
 import mmap
 import struct
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from cbir import atomic
-from cbir.images import DEFAULT_LIMITS, ImageLimits, ImageSource, load_image
+from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, ImageSource, load_image
+
+logger = logging.getLogger(__name__)
 
 LOCAL_FEATURES_FILE = "local_features.npz"
 INSTALL_HINT = "pip install opencv-python-headless (requirements.txt)"
@@ -161,6 +165,24 @@ def describe_image(
     return describe_picture(load_image(source, name=name, limits=limits, draft_size=draft), settings)
 
 
+def describe_images(
+    root: Path, images: Sequence[str], settings: LocalFeatureSettings, *, limits: ImageLimits = DEFAULT_LIMITS
+) -> list[ImageFeatures]:
+    """The local features of each image (paths relative to `root`), in order. An image that cannot be
+    loaded gets none and a warning: a build calls this for images its network has just read."""
+    started = time.perf_counter()
+    described = []
+    for image in images:
+        try:
+            described.append(describe_image(Path(root) / image, settings, name=image, limits=limits))
+        except ImageError as error:
+            logger.warning("no local features for %s (%s)", image, error)
+            described.append(no_features())
+    logger.info("local features of %d images in %.1f s (%d keypoints in all)", len(images),
+                time.perf_counter() - started, sum(len(features) for features in described))  # fmt: skip
+    return described
+
+
 def no_features(shrink: float = 1.0) -> ImageFeatures:
     return ImageFeatures(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
                          np.zeros((0, DESCRIPTOR_SIZE), np.uint8), shrink)  # fmt: skip
@@ -215,7 +237,7 @@ class FeaturesFile:
             positions=np.asarray(self.arrays["positions"][start:stop], dtype=np.float32),
             scales=np.asarray(self.arrays["scales"][start:stop], dtype=np.float32),
             orientations=np.asarray(self.arrays["orientations"][start:stop], dtype=np.float32),
-            descriptors=np.asarray(self.arrays["descriptors"][start:stop]),
+            descriptors=np.array(self.arrays["descriptors"][start:stop]),  # a copy: the file may be replaced
             shrink=float(self.arrays["shrink"][row]),
         )
 

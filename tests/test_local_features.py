@@ -250,3 +250,38 @@ def test_a_build_with_them_stores_each_rows_features_carries_them_to_dba_and_the
     query = edited_crop(photos / "photo_3.jpg", 35)
     result = engine.search(query, collection="photos", recipe=outcomes[1].key, k=3, rerankers=(SpatialVerification(),))
     assert result.hits[0].image == "photo_3.jpg" and result.hits[0].inliers >= MIN_INLIERS
+
+
+@pytest.mark.slow
+def test_added_images_get_their_features_in_every_index_that_has_them(tmp_path, extractors):
+    from cbir.add import AddSettings, add_images
+    from cbir.backbones import BACKBONES
+    from cbir.build import build_indexes
+    from cbir.weights import Weights
+    from stubs import build_settings
+
+    photos, new = tmp_path / "photos", tmp_path / "new"
+    for folder, seeds in ((photos, range(5)), (new, range(100, 103))):
+        folder.mkdir()
+        for seed in seeds:
+            draw_textured_picture(seed, 400, 300).save(folder / f"photo_{seed}.jpg", quality=90)
+    (new / "broken.jpg").write_bytes(b"not a picture")
+    settings = build_settings(index_dir=tmp_path / "indexes", weights=Weights.parse("none"), input_size=96, progress=False,
+                              store="exact", whiten_on="demo", whitened_dim=3, dba=2, local_features=True,
+                              local_feature_settings=SMALL)  # fmt: skip
+    outcomes = build_indexes(folder_collection(photos, "demo"), [BACKBONES["xception"]], settings, extractors=extractors)
+    before = load_index(outcomes[0].folder)
+    old_features = [before.local_features.image(row) for row in range(5)]
+    add_images(tmp_path / "indexes", "demo", photos, new, AddSettings(progress=False), extractors=extractors)
+    grown = [load_index(outcome.folder) for outcome in outcomes]
+    base = grown[0]
+    assert base.manifest.images[5:] == [f"../new/photo_{seed}.jpg" for seed in range(100, 103)]
+    for index in grown:
+        assert index.manifest.local_features == SMALL and len(index.local_features) == 8
+        assert not damage(index.folder, index.manifest)
+        assert (index.folder / LOCAL_FEATURES_FILE).read_bytes() == (base.folder / LOCAL_FEATURES_FILE).read_bytes()
+    for row in range(5):  # old rows: not described again
+        np.testing.assert_array_equal(base.local_features.image(row).descriptors, old_features[row].descriptors)
+    for row, image in enumerate(base.manifest.images[5:], start=5):
+        np.testing.assert_array_equal(base.local_features.image(row).descriptors,
+                                      describe_image(photos / image, SMALL).descriptors)  # fmt: skip
