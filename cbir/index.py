@@ -361,8 +361,10 @@ class LoadedIndex:
         with self._lock:
             if self._local_features is None:
                 try:
-                    self._local_features = read_features(self.folder / LOCAL_FEATURES_FILE, len(self))
-                except LocalFeaturesError as error:
+                    path = self.folder / LOCAL_FEATURES_FILE
+                    in_memory = path.stat().st_size <= IN_MEMORY_BYTES
+                    self._local_features = read_features(path, len(self), in_memory=in_memory)
+                except (OSError, LocalFeaturesError) as error:
                     raise IndexLoadError(f"{error}. Rebuild it: {self.manifest.rebuild_command(self.folder)}") from None
             return self._local_features
 

@@ -17,8 +17,9 @@ One file per index folder, `local_features.npz` (numpy's uncompressed zip, no pi
     shrink       float32 (images,)    original pixels per described pixel (1 when not shrunk)
 
 float16 positions are exact to a quarter pixel below 1024 px, which is finer than SIFT localises.
-The members are memory-mapped (they are stored uncompressed), so a large collection's features are
-read a page at a time, only for the images verified.
+The members can be memory-mapped (they are stored uncompressed), so a large collection's features
+are read a page at a time, only for the images verified; an index reads a small file whole, as it
+does its descriptors (cbir.index.IN_MEMORY_BYTES).
 
 The defaults come from bench/local_features.py (bench/results/local_features.md; docs say why).
 """
@@ -242,12 +243,15 @@ class FeaturesFile:
         )
 
 
-def read_features(path: Path, n_images: int | None = None) -> FeaturesFile:
+def read_features(path: Path, n_images: int | None = None, *, in_memory: bool = False) -> FeaturesFile:
     """Open a features file written by `write_features`, checking its members' shapes against each
-    other (and `n_images`); LocalFeaturesError for anything else."""
+    other (and `n_images`); LocalFeaturesError for anything else. `in_memory`: read it whole rather
+    than leave it mapped (cbir.index: a mapped file cut short under a server kills the process)."""
     path = Path(path)
     try:
         arrays = _map_members(path)
+        if in_memory:
+            arrays = {name: np.array(array) for name, array in arrays.items()}
     except (OSError, ValueError, zipfile.BadZipFile, struct.error) as error:
         raise LocalFeaturesError(f"{path} is not a readable features file ({error})") from None
     missing = [name for name in _MEMBERS if name not in arrays]

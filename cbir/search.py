@@ -213,8 +213,11 @@ class SearchEngine:
             raise ValueError("k must be at least 1")
         loaded = self.index(collection, recipe)
         started = time.perf_counter()
+        verifying = any(isinstance(r, SpatialVerification) and r.query_features is None for r in rerankers)
+        if verifying and hasattr(image, "read"):
+            image = image.read()  # a stream is read once; the bytes serve both descriptions
         query = self.describe(image, collection=collection, recipe=recipe, box=box, name=name, reduced_decode=True)
-        if any(isinstance(r, SpatialVerification) and r.query_features is None for r in rerankers):
+        if verifying:
             features = self.describe_locally(image, collection=collection, recipe=recipe, box=box, name=name)
             rerankers = [r.for_query(features) if isinstance(r, SpatialVerification) and r.query_features is None
                          else r for r in rerankers]  # fmt: skip

@@ -102,6 +102,16 @@ def test_the_features_file_round_trips_without_pickle(described, tmp_path):
         read_features(path, n_images=4)
 
 
+def test_read_in_memory_it_no_longer_depends_on_the_file_and_mapped_it_does(described, tmp_path):
+    path = tmp_path / LOCAL_FEATURES_FILE
+    write_features(path, described)
+    in_memory, mapped = read_features(path, in_memory=True), read_features(path)
+    with open(path, "r+b") as file:  # rewritten in place: a mapping sees it, a copy does not
+        file.write(bytes(path.stat().st_size))
+    np.testing.assert_array_equal(in_memory.image(1).descriptors, described[1].descriptors)
+    assert not mapped.image(1).descriptors.any()
+
+
 def test_a_features_file_of_other_arrays_is_refused(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, offsets=np.array([0, 5]), descriptors=np.zeros((4, 128), np.uint8))
@@ -176,6 +186,14 @@ def test_a_damaged_features_file_is_reported_like_any_damaged_index_file(gallery
     assert not found and "local_features.npz" in broken[0].problem
     path.unlink()
     assert damage(folder, manifest) == [f"{LOCAL_FEATURES_FILE} is missing"]
+
+
+def test_an_index_reads_a_small_features_file_whole(gallery, described, tmp_path):
+    folder = write_gallery_index(tmp_path / "indexes", gallery, described)
+    features = load_index(folder).local_features
+    with open(folder / LOCAL_FEATURES_FILE, "r+b") as file:  # rewritten in place after it was opened
+        file.write(bytes((folder / LOCAL_FEATURES_FILE).stat().st_size))
+    np.testing.assert_array_equal(features.image(0).descriptors, described[0].descriptors)
 
 
 def test_a_features_file_garbled_at_its_recorded_size_is_refused_when_read(gallery, described, tmp_path):

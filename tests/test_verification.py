@@ -4,6 +4,7 @@ photo to the top of a ranking that knows nothing."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,7 @@ def test_a_rotated_recoloured_crop_comes_back_first_with_verification_and_rarely
     assert sum(without) <= 2
 
 
-def test_the_hits_carry_their_inlier_counts_and_verification_runs_with_query_expansion(collection_with_features):
+def test_the_hits_carry_their_inlier_counts_and_verification_runs_with_query_expansion(collection_with_features, monkeypatch):
     root, collection = collection_with_features
     engine = StubbedEngine(root / "indexes")
     engine.next = np.random.default_rng(3).normal(size=RECIPE.dim).astype(np.float32)
@@ -199,6 +200,19 @@ def test_the_hits_carry_their_inlier_counts_and_verification_runs_with_query_exp
     result = engine.search(query, collection="photos", recipe=RECIPE.key, k=4, rerankers=(SpatialVerification(),))
     assert result.hits[0].image == collection.images[2] and result.hits[0].inliers >= MIN_INLIERS
     assert all(hit.inliers is not None and hit.inliers < MIN_INLIERS for hit in result.hits[1:])
+    stream = io.BytesIO()
+    query.save(stream, format="PNG")
+    stream.seek(0)
+    stubbed = engine.describe
+
+    def describe_reading_the_stream(image, **options):  # as the real one does: the stream is then spent
+        if hasattr(image, "read"):
+            image.read()
+        return stubbed(image, **options)
+
+    monkeypatch.setattr(engine, "describe", describe_reading_the_stream)
+    from_stream = engine.search(stream, collection="photos", recipe=RECIPE.key, k=4, rerankers=(SpatialVerification(),))
+    assert [hit.inliers for hit in from_stream.hits] == [hit.inliers for hit in result.hits]  # read once, used twice
     plain = engine.search(query, collection="photos", recipe=RECIPE.key, k=4)
     assert all(hit.inliers is None for hit in plain.hits)
     # Expanding first, then verifying: the verified photo still leads.
