@@ -3,19 +3,21 @@ and of each result agree on one geometric transformation (Philbin et al., CVPR 2
 
 For each of the top `top_n` rows: the query's RootSIFT descriptors (cbir.local_features) are
 matched to the row's stored ones, keeping pairs that are each other's nearest neighbours and pass
-Lowe's ratio test; a homography is fitted to the pairs by OpenCV's RANSAC with the MAGSAC++ scoring
-(`cv2.USAC_MAGSAC`, the robust estimator OpenCV recommends: no hand-set inlier threshold to tune
-per image size), and the pairs it explains are the inliers. Rows with at least `min_inliers`
+Lowe's ratio test; a homography is fitted to the pairs by OpenCV's USAC RANSAC with MAGSAC++
+scoring (`cv2.USAC_MAGSAC`): it weighs each pair by its residual up to a largest one instead of
+cutting at one threshold, so the fit depends little on that setting (REPROJECTION_PIXELS), and it
+was the most accurate of OpenCV's RANSAC variants in Mishkin's evaluation (2021). The pairs it
+explains are the inliers. Rows with at least `min_inliers`
 move ahead of the others, most inliers first; the rest keep the order of the global ranking.
 
 Why a homography: the photos this project serves are mostly of buildings, and two views of a
 planar façade differ exactly by a homography (perspective included), which a similarity (rotation,
-scale, shift) or an affine map only approximate at an oblique angle. A crop, rotation, rescale or
-recolouring, the edits a person makes, are homographies too. Its cost is 8 degrees of freedom,
+scale, shift) or an affine map only approximate at an oblique angle. A crop, rotation or rescale,
+the edits a person makes, are homographies too (a recolouring moves no point). Its cost is 8 degrees of freedom,
 which can fit a few chance matches: fits that fold or squash the picture (a negative or extreme
 determinant of its linear part) are refused, and the inlier threshold is well above 4. The
-similarity model (`GeometricModel.SIMILARITY`, cv2.estimateAffinePartial2D) is kept as a choice
-for collections of flat edits, where it is stricter.
+similarity model (`GeometricModel.SIMILARITY`, cv2.estimateAffinePartial2D with plain RANSAC) is
+kept as a choice for collections of flat edits (crops, rotations, rescales), where it is stricter.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ VERIFY_TOP = 100
 # Inliers from which a result counts as the same scene: chance matches between unrelated photos
 # rarely reach it under a homography (tests/test_verification.py measures both sides).
 MIN_INLIERS = 15
-# Lowe's ratio (SIFT paper, 2004: 0.8 discards 90% of false matches, 5% of true ones).
+# Lowe's ratio (Lowe, IJCV 2004: at 0.8 most false matches go and few true ones).
 RATIO = 0.8
 # RANSAC's largest residual counted as an inlier, in pixels of the described images.
 REPROJECTION_PIXELS = 6.0
@@ -200,8 +202,8 @@ class SpatialVerification:
 
     def verify(self, results: Iterable[ImageFeatures]) -> Iterator[Match]:
         """What the query's features and each result's agree on, in order. The descriptor products
-        are computed for several results at once: one large product keeps both cores busy where
-        many small ones spend their time starting threads."""
+        are computed for several results at once: one large product was several times faster than
+        many small ones on a loaded machine (docs/performance.md)."""
         query = self.query_features
         if query is None:
             raise SettingsError("spatial verification needs the query's local features (SpatialVerification.for_query)")
