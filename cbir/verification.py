@@ -23,9 +23,9 @@ kept as a choice for collections of flat edits (crops, rotations, rescales), whe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Iterable, Iterator
 
 import numpy as np
 

@@ -9,18 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from stubs import RECIPE
+from synthetic import draw_textured_picture
 
 from cbir.build import BuildSettings, _why_rebuild
-from cbir.commands import by_field
 from cbir.cli import parse
+from cbir.commands import by_field
 from cbir.datasets import folder_collection
-from cbir.index import Manifest, StoreSpec, damage, load_index, scan_indexes, write_index
+from cbir.index import (
+    Manifest,
+    StoreSpec,
+    damage,
+    load_index,
+    scan_indexes,
+    write_index,
+)
 from cbir.layout import IndexLayout, IndexLoadError, write_collection_record
 from cbir.local_features import (
     LOCAL_FEATURES_FILE,
     ImageFeatures,
-    LocalFeatureSettings,
     LocalFeaturesError,
+    LocalFeatureSettings,
     describe_image,
     describe_picture,
     no_features,
@@ -29,8 +38,6 @@ from cbir.local_features import (
     root_sift,
     write_features,
 )
-from stubs import RECIPE
-from synthetic import draw_textured_picture
 
 SMALL = LocalFeatureSettings(max_side=320, max_keypoints=60)
 
@@ -236,13 +243,14 @@ def test_build_index_py_takes_the_option_too(tmp_path):
 
 @pytest.mark.slow
 def test_a_build_with_them_stores_each_rows_features_carries_them_to_dba_and_the_search_verifies(tmp_path, extractors):
+    from stubs import build_settings
+    from test_verification import edited_crop
+
     from cbir.backbones import BACKBONES
     from cbir.build import build_indexes
     from cbir.search import SearchEngine
     from cbir.verification import MIN_INLIERS, SpatialVerification
     from cbir.weights import Weights
-    from stubs import build_settings
-    from test_verification import edited_crop
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -272,11 +280,12 @@ def test_a_build_with_them_stores_each_rows_features_carries_them_to_dba_and_the
 
 @pytest.mark.slow
 def test_added_images_get_their_features_in_every_index_that_has_them(tmp_path, extractors):
+    from stubs import build_settings
+
     from cbir.add import AddSettings, add_images
     from cbir.backbones import BACKBONES
     from cbir.build import build_indexes
     from cbir.weights import Weights
-    from stubs import build_settings
 
     photos, new = tmp_path / "photos", tmp_path / "new"
     for folder, seeds in ((photos, range(5)), (new, range(100, 103))):

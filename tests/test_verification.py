@@ -10,17 +10,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from stubs import RECIPE, StubbedEngine
+from synthetic import draw_textured_picture
 
+from cbir import verification
 from cbir.datasets import folder_collection
 from cbir.errors import SettingsError
 from cbir.index import Manifest, StoreSpec, load_index, write_index
 from cbir.layout import IndexLayout, IndexLoadError, write_collection_record
-from cbir.local_features import ImageFeatures, LocalFeatureSettings, describe_image, describe_picture
+from cbir.local_features import (
+    ImageFeatures,
+    LocalFeatureSettings,
+    describe_image,
+    describe_picture,
+)
 from cbir.ranking import AlphaQueryExpansion, Ranking, rank
-from cbir import verification
-from cbir.verification import MIN_INLIERS, GeometricModel, Match, SpatialVerification, mutual_ratio_matches, verify_pair
-from stubs import RECIPE, StubbedEngine
-from synthetic import draw_textured_picture
+from cbir.verification import (
+    MIN_INLIERS,
+    GeometricModel,
+    Match,
+    SpatialVerification,
+    mutual_ratio_matches,
+    verify_pair,
+)
 
 cv2 = pytest.importorskip("cv2")
 
