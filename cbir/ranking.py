@@ -2,7 +2,8 @@
 
 The search engine and the evaluation both call `rank`, so whatever changes a ranking (the store,
 the exact scan, a re-ranker such as query expansion) changes it for both alike. A re-ranker takes
-the first ranking and returns a new one; they run in the order given.
+the first ranking and returns a new one; they run in the order given. Spatial verification
+(cbir.verification.SpatialVerification, for indexes built with local features) is one too.
 
 Two training-free refinements from the literature live here: α-weighted query expansion
 (`AlphaQueryExpansion`, a re-ranker) and database-side augmentation (`database_side_augmentation`,
