@@ -53,6 +53,7 @@ from cbir.errors import SettingsError
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, load_index, version_warnings, write_index
+from cbir.local_features import ImageFeatures, describe_images
 from cbir.layout import (
     DESCRIPTORS,
     IndexLayout,
@@ -193,7 +194,11 @@ def _grow_described(
         checkpoint_every=settings.checkpoint_every, limits=settings.limits, progress=settings.progress,
     )  # fmt: skip
     rows = np.concatenate([np.asarray(old.descriptors), result.descriptors])
-    outcome = _write_grown(folder, old, rows, result.images, result.skipped, started, manifest.derived_from)
+    new_features = None
+    if manifest.local_features is not None:  # described as the index's own were
+        new_features = describe_images(root, result.images, manifest.local_features, limits=settings.limits)
+    outcome = _write_grown(folder, old, rows, result.images, result.skipped, started, manifest.derived_from,
+                           new_features=new_features)  # fmt: skip
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only once the grown index exists
     return outcome
 
@@ -216,7 +221,7 @@ def _grow_whitened(layout: IndexLayout, name: str, folder: Path, manifest: Manif
     if old.manifest.whitening is not None and old.manifest.whitening.same_collection:
         note = "whitened the new rows with its saved whitening (learned on this collection before them: --force relearns it); "
     outcome = _write_grown(folder, old, rows, source.manifest.images[len(old) :], skipped, started,
-                           _derived_from(source), note=note)  # fmt: skip
+                           _derived_from(source), note=note, new_features=_features(source, len(old)))  # fmt: skip
     source.close()
     return outcome
 
@@ -234,9 +239,12 @@ def _recompute_dba(layout: IndexLayout, name: str, folder: Path, manifest: Manif
         skipped=list(source.manifest.skipped), store=manifest.store, versions=manifest.versions,
         timings={**manifest.timings, "add_seconds": round(time.perf_counter() - started, 3)},
         created=manifest.created, whitening=manifest.whitening, derived_from=_derived_from(source),
+        local_features=source.manifest.local_features if manifest.local_features is not None else None,
     )  # fmt: skip
     old.close()
-    write_index(folder, rows, grown, whitening=source.whitening if manifest.recipe.whitening else None)
+    features = _features(source, 0) if grown.local_features is not None else None
+    write_index(folder, rows, grown, whitening=source.whitening if manifest.recipe.whitening else None,
+                local_features=features)  # fmt: skip
     added = len(grown.images) - len(manifest.images)
     message = (f"rebuilt with {added} more images: DBA changes the neighbours of old rows, so all {len(rows)} rows "
                f"were augmented again and {get_store_kind(grown.store.kind).label} built again")  # fmt: skip
@@ -253,6 +261,13 @@ def _source(layout: IndexLayout, name: str, manifest: Manifest) -> LoadedIndex:
         raise IndexLoadError(f"{manifest.key} is computed from {key}, which cannot be loaded: {error}") from None
 
 
+def _features(source: LoadedIndex, start: int) -> list[ImageFeatures] | None:
+    """The local features of `source`'s rows from `start` on (None when it has none)."""
+    if not source.has_local_features:
+        return None
+    return [source.local_features.image(row) for row in range(start, len(source))]
+
+
 def _derived_from(source: LoadedIndex) -> dict[str, str]:
     return {"key": source.manifest.key, "descriptors_sha256": sha256_file(source.folder / DESCRIPTORS)}
 
@@ -266,18 +281,26 @@ def _write_grown(
     started: float,
     derived_from: dict[str, str] | None,
     note: str = "",
+    new_features: Sequence[ImageFeatures] | None = None,
 ) -> AddOutcome:
-    """Write `old`'s folder again with `rows` (old rows first) and its store grown or rebuilt."""
+    """Write `old`'s folder again with `rows` (old rows first) and its store grown or rebuilt; its
+    local features, if it has them, grown by `new_features` (one per new image)."""
     manifest = old.manifest
+    features = None
+    if manifest.local_features is not None and new_features is not None:
+        features = [old.local_features.image(row) for row in range(len(old))] + list(new_features)
+    elif manifest.local_features is not None:
+        logger.warning("%s: the index it grows from has no local features, so the grown index has none", manifest.key)
     grown = Manifest(
         collection=manifest.collection, recipe=manifest.recipe, images=[*manifest.images, *new_images],
         dim=manifest.dim, skipped=[*manifest.skipped, *new_skipped], store=manifest.store, versions=manifest.versions,
         timings={**manifest.timings, "add_seconds": round(time.perf_counter() - started, 3)},
         created=manifest.created, whitening=manifest.whitening, derived_from=derived_from,
+        local_features=manifest.local_features if features is not None else None,
     )  # fmt: skip
     whitening = old.whitening
     old.close()  # a store holding the old files (a Milvus Lite file) lets go of them first
-    write_index(folder, rows, grown, whitening=whitening, grown_from=len(manifest.images))
+    write_index(folder, rows, grown, whitening=whitening, grown_from=len(manifest.images), local_features=features)
     kind = get_store_kind(manifest.store.kind)
     added, store = len(new_images), kind.label
     if kind.can_grow:

@@ -8,6 +8,10 @@ A whitened recipe is made from two unwhitened indexes of the same recipe: the co
 (built first, and kept: it is the "before whitening" row of the evaluation) and the whitening
 source's (built first too, when the source is another collection). A recipe with DBA is made from
 the same recipe's index without it. No image is described twice.
+
+With `local_features`, each image is also described by RootSIFT keypoints (cbir.local_features),
+stored in the index folder for spatial verification (cbir.verification); a whitened or augmented
+index carries its source's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from cbir.digests import sha256_file
 from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, ExtractionResult, Executor, extract_descriptors
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
+from cbir.local_features import LocalFeatureSettings, describe_images
 from cbir.layout import DESCRIPTORS, IndexLayout, IndexLoadError, read_collection_record, write_collection_record
 from cbir.thumbnails import ThumbnailFolder
 from cbir.recipe import Recipe, RecipeSettings
@@ -63,6 +68,8 @@ class BuildSettings:
     ray_actors: int | None = None  # for Executor.RAY: network actors (None: one per node)
     limits: ImageLimits = DEFAULT_LIMITS
     thumbnails: bool = True  # make the page's thumbnail of every image once the index is built
+    local_features: bool = False  # also store each image's local features (cbir.local_features)
+    local_feature_settings: LocalFeatureSettings = field(default_factory=LocalFeatureSettings)
 
     def recipe_for(self, backbone: Backbone) -> Recipe:
         return self.recipe.for_backbone(backbone.name)
@@ -132,6 +139,9 @@ def _why_rebuild(
     wanted = settings.store_spec(collection.name, recipe, len(manifest.images))
     if manifest.store.kind != wanted.kind or any(manifest.store.params.get(k) != v for k, v in wanted.params.items()):
         return "other store settings"
+    # Local features asked for and missing (or made otherwise); a build without the flag keeps them.
+    if settings.local_features and manifest.local_features != settings.local_feature_settings:
+        return "local features wanted" if manifest.local_features is None else "other local feature settings"
     problems = damage(folder, manifest)
     if problems:
         return "damaged (" + "; ".join(problems) + ")"
@@ -343,8 +353,10 @@ def _write_derived(
         timings={"derive_seconds": round(time.perf_counter() - started, 3)},
         whitening=learned_on,
         derived_from=derived_from,
+        local_features=rows.manifest.local_features,
     )
-    write_index(folder, descriptors, manifest, whitening=whitening)
+    carried = [rows.local_features.image(row) for row in range(len(rows))] if rows.has_local_features else None
+    write_index(folder, descriptors, manifest, whitening=whitening, local_features=carried)
     rows.close()
     return BuildOutcome(
         recipe, folder, BuildStatus.BUILT, len(manifest.images), len(manifest.skipped),
@@ -382,8 +394,15 @@ def _build_one(
             "images_per_second": round(result.images_per_second, 2),
         },
     )
+    local_features = None
+    if settings.local_features:
+        described = time.perf_counter()
+        local_features = describe_images(Path(collection.root), result.images, settings.local_feature_settings,
+                                         limits=settings.limits)  # fmt: skip
+        manifest.local_features = settings.local_feature_settings
+        manifest.timings["local_features_seconds"] = round(time.perf_counter() - described, 3)
     folder = layout.index_dir(collection.name, recipe.key)
-    write_index(folder, result.descriptors, manifest)
+    write_index(folder, result.descriptors, manifest, local_features=local_features)
     # Checkpoints are removed only once the index exists.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     seconds = time.perf_counter() - started

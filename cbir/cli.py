@@ -264,6 +264,8 @@ def build_options(parser: argparse.ArgumentParser) -> None:
         "collection of its own, '<collection>+<DIR name>', evaluated with the same ground truth",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="rebuild indexes that are already up to date")
+    parser.add_argument("--local-features", action="store_true", help="also store each image's RootSIFT keypoints "
+                        "in the index, for spatial verification of search results (needs OpenCV)")  # fmt: skip
     after = parser.add_argument_group("after building")
     after.add_argument("--evaluate", action="store_true", help="evaluate: mAP for collections with ground truth, "
                        "self-retrieval (edited photos finding their source) for the others")  # fmt: skip

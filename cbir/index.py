@@ -4,6 +4,7 @@
         descriptors.npy   float32 descriptors, one row per image, as the recipe made them
         <store files>     those of the manifest's store (Annoy: cosine.ann, euclidean.ann)
         whitening.npz     for a whitened recipe: the transform, applied to the rows and to each query
+        local_features.npz  built with --local-features: RootSIFT keypoints per row (cbir.local_features)
         manifest.json     the recipe, the image list, the store and its parameters, versions,
                           timings, and the size of every file above
         diffusion_graph.npz   written at the first diffusion re-ranking (cbir/diffusion.py), keyed by
@@ -33,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -41,6 +42,15 @@ from cbir import atomic
 from cbir.distances import Metric, Neighbours
 from cbir.errors import SettingsError
 from cbir.layout import DESCRIPTORS, MANIFEST, IndexLayout, IndexLoadError, build_command, recorded_images
+from cbir.local_features import (
+    LOCAL_FEATURES_FILE,
+    FeaturesFile,
+    ImageFeatures,
+    LocalFeatureSettings,
+    LocalFeaturesError,
+    read_features,
+    write_features,
+)
 from cbir.pooling import Pooling
 from cbir.recipe import Recipe
 from cbir.stores import DEFAULT_STORE, Store, get_store_kind
@@ -90,6 +100,9 @@ class Manifest:
     # A folder computed from another index's rows (whitened, augmented): that index's key and the
     # sha256 of its descriptors.npy, so a rebuilt source is noticed.
     derived_from: dict[str, str] | None = None
+    # How the rows' local features were made, when the folder has them (written only then, so
+    # folders without them keep the manifest they always had).
+    local_features: LocalFeatureSettings | None = None
 
     def __post_init__(self) -> None:
         self.dim = self.dim or self.recipe.dim
@@ -106,7 +119,8 @@ class Manifest:
         """The command that rebuilds this index (`folder`: where it is, so a folder collection's
         command names the images folder its record names)."""
         images = recorded_images(Path(folder).parent) if folder is not None else None
-        return build_command(self.collection, self.key, force=True, images=images)
+        local = " --local-features" if self.local_features is not None else ""
+        return build_command(self.collection, self.key, force=True, images=images) + local
 
     def to_json(self) -> str:
         data = {
@@ -124,6 +138,8 @@ class Manifest:
             "whitening": self.whitening.to_json() if self.whitening else None,
             "derived_from": self.derived_from,
         }
+        if self.local_features is not None:
+            data["local_features"] = self.local_features.to_json()
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -145,6 +161,7 @@ class Manifest:
             schema_version=version,
             whitening=WhiteningSource.from_json(data["whitening"]) if data.get("whitening") else None,
             derived_from=dict(data["derived_from"]) if data.get("derived_from") else None,
+            local_features=LocalFeatureSettings.from_json(data["local_features"]) if data.get("local_features") else None,
         )
 
     @classmethod
@@ -201,6 +218,7 @@ def write_index(
     *,
     whitening: Whitening | None = None,
     grown_from: int | None = None,
+    local_features: Sequence[ImageFeatures] | None = None,
 ) -> Manifest:
     """Write descriptors, the manifest's store (and the recipe's whitening) and the manifest, all or
     nothing.
@@ -208,7 +226,8 @@ def write_index(
     Everything goes into a sibling temporary folder which replaces `folder` only when complete;
     the manifest is written last and records the size of every file. `grown_from`: the rows before
     `grown_from` are those of the index now in `folder` (same store), and a store that can take new
-    rows (`StoreKind.add`) grows a copy of its files instead of being built again.
+    rows (`StoreKind.add`) grows a copy of its files instead of being built again. `local_features`:
+    one per image, in row order, made with `manifest.local_features` (given together or not at all).
     """
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if descriptors.ndim != 2 or descriptors.shape != (len(manifest.images), manifest.dim):
@@ -217,9 +236,15 @@ def write_index(
         )
     if (whitening is None) != (manifest.recipe.whitening is None) or (whitening is None) != (manifest.whitening is None):
         raise ValueError("a whitened recipe is written with its whitening and what it was learned on, and only it")
+    if (local_features is None) != (manifest.local_features is None):
+        raise ValueError("local features are written with the settings that made them, and only then")
+    if local_features is not None and len(local_features) != len(manifest.images):
+        raise ValueError(f"{len(local_features)} images' local features for {len(manifest.images)} images")
     kind = get_store_kind(manifest.store.kind)
     with atomic.replacing_folder(folder) as temporary:
         np.save(temporary / DESCRIPTORS, descriptors)
+        if local_features is not None:
+            write_features(temporary / LOCAL_FEATURES_FILE, local_features)
         if whitening is not None:
             whitening.save(temporary / WHITENING_FILE)
         started = time.perf_counter()
@@ -254,7 +279,8 @@ def damage(folder: Path, manifest: Manifest) -> list[str]:
 
 def _required_files(manifest: Manifest, store_params: dict[str, Any]) -> tuple[str, ...]:
     whitening = (WHITENING_FILE,) if manifest.recipe.whitening is not None else ()
-    return (DESCRIPTORS, *get_store_kind(manifest.store.kind).files(store_params), *whitening)
+    local = (LOCAL_FEATURES_FILE,) if manifest.local_features is not None else ()
+    return (DESCRIPTORS, *get_store_kind(manifest.store.kind).files(store_params), *whitening, *local)
 
 
 @dataclass
@@ -266,6 +292,7 @@ class LoadedIndex:
     descriptors: np.ndarray = field(repr=False)
     whitening: Whitening | None = field(default=None, repr=False)
     _store: Store | None = field(default=None, repr=False)
+    _local_features: FeaturesFile | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # (size, modification time, inode) of each file as loaded: what `changed_files` compares with.
     _stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
@@ -320,6 +347,29 @@ class LoadedIndex:
         except IndexLoadError as error:
             raise IndexLoadError(f"{error} Rebuild it: {self.manifest.rebuild_command(self.folder)}") from None
 
+    @property
+    def has_local_features(self) -> bool:
+        return self.manifest.local_features is not None
+
+    @property
+    def local_features(self) -> FeaturesFile:
+        """The rows' local features (cbir.local_features), opened on first use."""
+        if not self.has_local_features:
+            raise IndexLoadError(
+                f"{self.folder} has no local features. Build them: "
+                f"{build_command(self.manifest.collection, self.manifest.key, force=True, images=recorded_images(self.folder.parent))} --local-features"
+            )
+        self.check_unchanged()
+        with self._lock:
+            if self._local_features is None:
+                try:
+                    path = self.folder / LOCAL_FEATURES_FILE
+                    in_memory = path.stat().st_size <= IN_MEMORY_BYTES
+                    self._local_features = read_features(path, len(self), in_memory=in_memory)
+                except (OSError, LocalFeaturesError) as error:
+                    raise IndexLoadError(f"{error}. Rebuild it: {self.manifest.rebuild_command(self.folder)}") from None
+            return self._local_features
+
     def close(self) -> None:
         with self._lock:
             if self._store is not None:
@@ -350,6 +400,7 @@ def load_index(folder: Path, *, expected: Recipe | None = None) -> LoadedIndex:
     images = recorded_images(folder.parent)
     fix = "Rebuild it: " + build_command(manifest.collection, expected.key if expected else manifest.key, force=True,
                                          images=images)  # fmt: skip
+    fix += " --local-features" if manifest.local_features is not None else ""
     if expected is not None and manifest.recipe.backbone != expected.backbone:
         raise IndexLoadError(
             f"{folder} was built by {manifest.recipe.backbone}, not {expected.backbone}; its descriptors cannot be "

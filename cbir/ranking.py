@@ -2,7 +2,8 @@
 
 The search engine and the evaluation both call `rank`, so whatever changes a ranking (the store,
 the exact scan, a re-ranker such as query expansion) changes it for both alike. A re-ranker takes
-the first ranking and returns a new one; they run in the order given.
+the first ranking and returns a new one; they run in the order given. Spatial verification
+(cbir.verification.SpatialVerification, for indexes built with local features) is one too.
 
 Two training-free refinements from the literature live here: α-weighted query expansion
 (`AlphaQueryExpansion`, a re-ranker) and database-side augmentation (`database_side_augmentation`,
@@ -43,6 +44,9 @@ class Ranking:
     rows: np.ndarray  # row ids of the index, nearest first
     distances: np.ndarray  # in the metric's units (angular distance for cosine)
     exact: bool  # whether the exact scan made it (before any re-ranking)
+    # Spatial verification's inlier count per row, in the same order (-1: not verified); None when
+    # no verification ran (cbir.verification).
+    inliers: np.ndarray | None = None
 
 
 class Reranker(Protocol):
@@ -194,5 +198,6 @@ def rank(
     for reranker in rerankers:
         ranking = reranker(index, query, metric, ranking)
     if k is not None and len(ranking.rows) > k:
-        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact)
+        inliers = None if ranking.inliers is None else ranking.inliers[:k]
+        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact, inliers)
     return ranking

@@ -23,7 +23,9 @@ from cbir.distances import Metric, cosine_similarity, exact_distances
 from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, load_region, resize_for_network
 from cbir.index import BrokenIndex, IndexInfo, LoadedIndex, load_index, scan_indexes, version_warnings
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
+from cbir.local_features import ImageFeatures, describe_picture
 from cbir.ranking import Ranking, Reranker, rank
+from cbir.verification import SpatialVerification
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Hit:
     path: Path  # absolute path of the image file
     distance: float  # in the chosen metric (angular distance for cosine)
     similarity: float  # cosine similarity of the two descriptors, whatever the metric
+    inliers: int | None = None  # spatial verification's count, when it examined this hit (cbir.verification)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,22 @@ class SearchEngine:
         pixels = resize_for_network(picture, *extractor.recipe.network_shape(*picture.size))
         return loaded.query_descriptor(extractor.describe(pixels)[0])
 
+    def describe_locally(
+        self, image: Any, *, collection: str, recipe: str, box: Box | None = None, name: str | None = None
+    ) -> ImageFeatures:
+        """The query's local features, made as the index's were (its manifest's settings), from the
+        image cropped to `box` if given. IndexLoadError when the index has none."""
+        loaded = self.index(collection, recipe)
+        if not loaded.has_local_features:
+            raise IndexLoadError(f"{collection}/{recipe} has no local features to verify with. Build them: "
+                                 f"{loaded.manifest.rebuild_command(loaded.folder)} --local-features")  # fmt: skip
+        settings = loaded.manifest.local_features
+        is_file = isinstance(image, (str, Path))
+        draft = settings.max_side if is_file and box is None else None
+        picture = load_image(image, name=name, limits=self.limits, draft_size=draft)
+        picture = crop_box(picture, box, limits=self.limits, name=name or "the image")
+        return describe_picture(picture, settings)
+
     def rank(
         self,
         loaded: LoadedIndex,
@@ -186,13 +205,22 @@ class SearchEngine:
 
         `recipe` is the key of one of the collection's indexes (for the study's descriptor, the
         backbone's name). exact=None scans exactly when that is the faster way (cbir.ranking).
+        A `SpatialVerification` among the `rerankers` gets the query's local features here
+        (`describe_locally`), and each hit it examined its inlier count.
         """
         metric = Metric.parse(metric)
         if k < 1:
             raise ValueError("k must be at least 1")
         loaded = self.index(collection, recipe)
         started = time.perf_counter()
+        verifying = any(isinstance(r, SpatialVerification) and r.query_features is None for r in rerankers)
+        if verifying and hasattr(image, "read"):
+            image = image.read()  # a stream is read once; the bytes serve both descriptions
         query = self.describe(image, collection=collection, recipe=recipe, box=box, name=name, reduced_decode=True)
+        if verifying:
+            features = self.describe_locally(image, collection=collection, recipe=recipe, box=box, name=name)
+            rerankers = [r.for_query(features) if isinstance(r, SpatialVerification) and r.query_features is None
+                         else r for r in rerankers]  # fmt: skip
         described = time.perf_counter()
         ranking = self.rank(loaded, query, metric, k, exact=exact, rerankers=rerankers)
         searched = time.perf_counter()
@@ -203,10 +231,11 @@ class SearchEngine:
         if not record.images_found and not record.thumbnails_only:
             warnings += (record.missing_images_message(),)
         images = loaded.manifest.images
+        inliers = [None] * len(rows) if ranking.inliers is None else [int(n) if n >= 0 else None for n in ranking.inliers]
         hits = [
-            Hit(position, images[row], record.root / images[row], float(distance), float(similarity))
-            for position, (row, distance, similarity) in enumerate(
-                zip(rows, ranking.distances, similarities), start=1
+            Hit(position, images[row], record.root / images[row], float(distance), float(similarity), count)
+            for position, (row, distance, similarity, count) in enumerate(
+                zip(rows, ranking.distances, similarities, inliers), start=1
             )
         ]
         return SearchResult(

@@ -34,6 +34,27 @@ def draw_picture(seed: int, width: int = 160, height: int = 120) -> Image.Image:
     return image
 
 
+def draw_textured_picture(seed: int, width: int = 640, height: int = 480, shapes: int = 120) -> Image.Image:
+    """`draw_picture` with many small shapes on top: corners and blobs enough for local features
+    (the plain pictures are mostly smooth gradients and periodic stripes, which SIFT cannot tell apart)."""
+    image = draw_picture(seed, width, height)
+    draw = ImageDraw.Draw(image)
+    rng = np.random.default_rng(seed + 1_000_000)
+    for _ in range(shapes):
+        x, y = int(rng.integers(0, width - 10)), int(rng.integers(0, height - 10))
+        size = int(rng.integers(8, max(9, min(width, height) // 10)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            draw.ellipse((x, y, x + size, y + int(size * rng.uniform(0.4, 1))), fill=colour)
+        elif kind == 1:
+            draw.rectangle((x, y, x + size, y + int(size * rng.uniform(0.4, 1))), fill=colour)
+        else:
+            draw.polygon([(x, y), (x + size, y + int(rng.integers(0, size))), (x + int(rng.integers(0, size)), y + size)],
+                         fill=colour)  # fmt: skip
+    return image
+
+
 def make_gallery(folder: Path, count: int, *, width: int = 160, height: int = 120, start_seed: int = 0) -> list[Path]:
     """`count` JPEGs named picture_000.jpg ... in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
