@@ -204,7 +204,8 @@ def run_list(arguments: argparse.Namespace) -> int:
     """Every built collection: its recipes with their store, rows and whether they are evaluated,
     and the folders that cannot be loaded, each with its fix."""
     from cbir.evaluation import load_results
-    from cbir.index import Manifest, scan_indexes
+    from cbir.index import Manifest
+    from cbir.catalogue import scan_indexes
     from cbir.self_retrieval import load_self_retrieval
 
     found, broken = scan_indexes(arguments.index_dir)

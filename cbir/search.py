@@ -21,7 +21,8 @@ from cbir.trunks import ExtractorCache, FeatureExtractor, keras_versions
 from cbir.datasets.model import Box
 from cbir.distances import Metric, cosine_similarity, exact_distances
 from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, load_region, resize_for_network
-from cbir.index import BrokenIndex, IndexInfo, LoadedIndex, load_index, scan_indexes, version_warnings
+from cbir.index import LoadedIndex, load_index, version_warnings
+from cbir.catalogue import BrokenIndex, IndexInfo, scan_indexes
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
 from cbir.local_features import ImageFeatures, describe_picture
 from cbir.ranking import Ranking, Reranker, rank

@@ -21,7 +21,7 @@ from cbir.datasets.model import ids_to_paths
 from cbir.distances import Metric
 from cbir.errors import CbirError
 from cbir.images import DEFAULT_LIMITS, ImageError, crop_box, load_image
-from cbir.index import IndexInfo, scan_indexes
+from cbir.catalogue import IndexInfo, scan_indexes
 from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS, AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder

@@ -17,7 +17,7 @@ from cbir.evaluation import (
     RevisitedRow,
 )
 from cbir.images import DEFAULT_LIMITS
-from cbir.index import BrokenIndex, IndexInfo
+from cbir.catalogue import BrokenIndex, IndexInfo
 from cbir.pooling import POOLINGS
 from cbir.search import SearchResult
 from cbir.self_retrieval import RECALL_AT, SelfRetrievalResults

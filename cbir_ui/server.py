@@ -84,7 +84,7 @@ def build_at_start(options: ServeOptions) -> None:
     from cbir.backbones import parse_backbones
     from cbir.build import BuildSettings, build_indexes
     from cbir.datasets import folder_collection, prepare_dataset
-    from cbir.index import scan_indexes
+    from cbir.catalogue import scan_indexes
 
     if options.images is not None:
         collection = folder_collection(options.images, options.name or options.images.resolve().name)
@@ -356,7 +356,7 @@ def open_collections(options: ServeOptions) -> StartingPoint:
             logger.warning("the bundle could not be opened (tried again on the next visit): %s", _describe(error))
             return StartingPoint(options.index_dir, LateBundle(options, error))
     if on_space() and options.images is None:
-        from cbir.index import scan_indexes
+        from cbir.catalogue import scan_indexes
 
         # A Space never downloads a dataset at start: it serves what is there, or says what to set.
         return StartingPoint(options.index_dir, None if any(scan_indexes(options.index_dir)) else space_setup_notice())

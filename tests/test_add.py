@@ -21,7 +21,8 @@ from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
 from cbir.distances import Metric
 from cbir.errors import CbirError
-from cbir.index import damage, load_index, scan_indexes
+from cbir.index import damage, load_index
+from cbir.catalogue import scan_indexes
 from cbir.layout import IndexLayout, read_collection_record
 from cbir.search import SearchEngine
 from stubs import build_settings

@@ -25,7 +25,8 @@ from cbir.build import BuildSettings, BuildStatus, build_indexes
 from cbir.datasets import folder_collection
 from cbir.errors import SettingsError
 from cbir.images import ImageError
-from cbir.index import list_indexes, load_index
+from cbir.index import load_index
+from cbir.catalogue import list_indexes
 from cbir.layout import IndexLayout, IndexLoadError, read_collection_record
 from cbir import stores
 from cbir.recipe import Recipe, RecipeSettings

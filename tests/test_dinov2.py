@@ -212,7 +212,7 @@ def test_the_rebuild_command_of_a_dinov2_folder_makes_that_recipe_again(key):
 
 
 def test_the_page_offers_the_studys_six_first_then_the_newer_ones(tmp_path):
-    from cbir.index import IndexInfo
+    from cbir.catalogue import IndexInfo
     from cbir_ui.behaviour import SearchPage
 
     page = SearchPage.__new__(SearchPage)  # the choices need only the list of built indexes

@@ -9,7 +9,8 @@ import pytest
 
 from cbir import index as index_module
 from cbir.distances import Metric, cosine_similarity, exact_distances
-from cbir.index import IndexLoadError, LoadedIndex, Manifest, StoreSpec, list_indexes, load_index, scan_indexes
+from cbir.index import IndexLoadError, LoadedIndex, Manifest, StoreSpec, load_index
+from cbir.catalogue import list_indexes, scan_indexes
 from cbir.recipe import Recipe
 from rounding import assert_float32_distances_agree
 

@@ -13,7 +13,8 @@ import pytest
 from cbir import stores
 from cbir.datasets import Collection
 from cbir.distances import Metric
-from cbir.index import StoreSpec, load_index, scan_indexes
+from cbir.index import StoreSpec, load_index
+from cbir.catalogue import scan_indexes
 from cbir.layout import IndexLayout, read_collection_record
 from cbir.ranking import rank
 from cbir.stores.exact import ExactStore

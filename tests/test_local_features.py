@@ -16,14 +16,8 @@ from cbir.build import BuildSettings, _why_rebuild
 from cbir.cli import parse
 from cbir.commands import by_field
 from cbir.datasets import folder_collection
-from cbir.index import (
-    Manifest,
-    StoreSpec,
-    damage,
-    load_index,
-    scan_indexes,
-    write_index,
-)
+from cbir.catalogue import scan_indexes
+from cbir.index import Manifest, StoreSpec, damage, load_index, write_index
 from cbir.layout import IndexLayout, IndexLoadError, write_collection_record
 from cbir.local_features import (
     LOCAL_FEATURES_FILE,
