@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             command = ["mutmut", "run", "--max-children", str(args.max_children), mutant_pattern(module)]
             print(f"$ {' '.join(command)}", flush=True)
-            subprocess.run(command, cwd=REPO, check=False)
+            finished = subprocess.run(command, cwd=REPO, check=False)
             print(f"{module}: {time.monotonic() - started:.0f} s", flush=True)
+            if finished.returncode != 0:
+                print(f"mutmut stopped (exit {finished.returncode}); the modules after {module} were not run")
+                break
     print(table([module_result(module) for module in modules]))
     return 0
 
