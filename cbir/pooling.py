@@ -98,8 +98,10 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
         if side < 1:
             # A map one position high (a panorama): finer levels have no region. The references
             # (Tolias et al.; cnnimageretrieval-pytorch) skip them; the whole map still counts.
-            continue
-        half = int(np.floor(side / 2 - 1))
+            # (Equivalent mutant: `break`, as sides only shrink with the level.)
+            continue  # pragma: no mutate
+        # Equivalent mutants: any whole number here cancels in _positions (floor(h + x) - h).
+        half = int(np.floor(side / 2 - 1))  # pragma: no mutate
         tops = _positions(height, side, level + extra_y, half)
         lefts = _positions(width, side, level + extra_x, half)
         regions += [(top, left, side) for top in tops for left in lefts]
@@ -108,7 +110,8 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
 
 def _positions(extent: int, side: int, count: int, half: int) -> list[int]:
     """`count` window starts spread over `extent` (the reference's centre arithmetic)."""
-    step = (extent - side) / (count - 1) if count > 1 else 0.0
+    # Equivalent mutants: with one window the step multiplies only i = 0.
+    step = (extent - side) / (count - 1) if count > 1 else 0.0  # pragma: no mutate
     return [int(np.floor(half + i * step)) - half for i in range(count)]
 
 
