@@ -244,6 +244,9 @@ def test_query_without_positives_is_skipped_and_counted():
 def test_mean_scores_with_no_scored_query_is_nan():
     means = mean_scores([None, None])
     assert (means["n_queries"], means["n_skipped"]) == (0, 2)
+    # 4 - 1, where 4 ^ 1 would be 5 (cosmic-ray's mutant; 3 - 2 == 3 ^ 2 let it pass elsewhere).
+    scored = QueryScores(1.0, 1.0, 1.0, {1: 1.0}, 1.0, 1.0, 1)
+    assert mean_scores([None, None, None, scored])["n_skipped"] == 3
     assert math.isnan(means["ap"]) and means["precision_at"] == {}
 
 
