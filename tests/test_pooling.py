@@ -12,6 +12,7 @@ from cbir.pooling import (
     global_average,
     max_pool,
     mean_pool,
+    pool,
     regional_max,
     rmac_regions,
 )
@@ -218,3 +219,11 @@ def test_poolings_say_what_shape_they_needed():
     with pytest.raises(ValueError) as tokens:
         POOLINGS[Pooling.CLS].pool(np.zeros((2, 3)))
     assert str(tokens.value) == "the CLS token needs a vision transformer's (n, tokens, dim) output, not (2, 3)"
+
+
+def test_every_pooling_gives_float32_descriptors():
+    maps = np.random.default_rng(5).uniform(0, 1, size=(2, 4, 5, 3))  # float64, as a caller might pass
+    tokens = np.random.default_rng(6).uniform(0, 1, size=(2, 7, 3))
+    for pooling in Pooling:
+        outputs = tokens if pooling is Pooling.CLS else maps
+        assert pool(pooling, outputs).dtype == np.float32, pooling

@@ -18,6 +18,7 @@ from cbir.ranking import (
     database_side_augmentation,
     expand_query,
     prefers_exact,
+    rank,
 )
 
 
@@ -103,11 +104,12 @@ def reference_dba(rows: np.ndarray, metric: Metric, k: int, alpha: float) -> np.
 
 
 @pytest.mark.parametrize("metric", list(Metric))
-@pytest.mark.parametrize("k", [1, 3])
-def test_dba_neighbours_are_the_metrics_own_on_rows_of_different_lengths(metric, k):
+@pytest.mark.parametrize(("n_rows", "k"), [(30, 1), (30, 3), (300, 1)])
+def test_dba_neighbours_are_the_metrics_own_on_rows_of_different_lengths(metric, n_rows, k):
     # Lengths from 0.1 to 10: the nearest by cosine, by Euclidean distance and by dot product differ.
+    # 300 rows: enough that numpy's partition leaves the rest of a row unsorted.
     rng = np.random.default_rng(11)
-    rows = rng.normal(size=(30, 4)) * rng.uniform(0.1, 10, size=(30, 1))
+    rows = rng.normal(size=(n_rows, 4)) * rng.uniform(0.1, 10, size=(n_rows, 1))
     assert database_side_augmentation(rows, metric, k=k, alpha=2) == approx(
         reference_dba(rows, metric, k, 2), abs=1e-5
     )
@@ -154,3 +156,43 @@ def test_the_exact_scan_is_preferred_up_to_the_limit_of_descriptor_floats_inclus
 
 def test_a_server_store_is_asked_however_small_the_collection():
     assert not prefers_exact(sized_index(10, 512, "milvus"))
+
+
+@dataclass
+class SearchedIndex(RecordingIndex):
+    """An index whose store is approximate, recording the candidates each search is given."""
+
+    candidates: list[int | None] = field(default_factory=list)
+    store_is_exact: bool = False
+
+    def search(self, query, metric, k, *, exact, candidates=None):
+        self.candidates.append(candidates)
+        return super().search(query, metric, k, exact=exact)
+
+
+def test_rank_hands_the_candidates_asked_for_to_the_index():
+    index = SearchedIndex(ROWS)
+    rank(index, unit(1, 0, 0), Metric.COSINE, 2, exact=False, candidates=500)
+    assert index.candidates == [500]
+
+
+def test_rank_cut_to_k_after_a_reranker_keeps_whether_the_scan_was_exact():
+    index = SearchedIndex(ROWS)
+    ranking = rank(index, unit(1, 0, 0), Metric.COSINE, 1, exact=True, rerankers=[AlphaQueryExpansion(n=3)])
+    assert index.searches[0] == (3, True)  # the first search reads expansion's 3
+    assert len(ranking.rows) == 1 and ranking.exact is True
+
+
+def test_rank_takes_a_plain_function_as_a_reranker():
+    # The Reranker protocol asks for a call only; `depth` is optional.
+    def reverse(index, query, metric, ranking):
+        return Ranking(ranking.rows[::-1], ranking.distances[::-1], ranking.exact)
+
+    ranking = rank(SearchedIndex(ROWS), unit(1, 0, 0), Metric.COSINE, 2, exact=True, rerankers=[reverse])
+    assert ranking.rows.tolist() == [1, 0]
+
+
+def test_rank_refuses_fewer_than_one_result():
+    with pytest.raises(ValueError) as raised:
+        rank(SearchedIndex(ROWS), unit(1, 0, 0), Metric.COSINE, 0)
+    assert str(raised.value) == "k must be at least 1"
