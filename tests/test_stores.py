@@ -3,15 +3,20 @@ the command line read it."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
 
 from cbir import stores
 from cbir.build import BuildSettings
+from cbir.distances import Metric
 from cbir.errors import SettingsError
 from cbir.index import StoreSpec
+from cbir.layout import IndexLoadError
 from cbir.recipe import Recipe
 from cbir.stores import milvus
-from cbir.stores.annoy import DEFAULT_N_TREES
+from cbir.stores.annoy import DEFAULT_N_TREES, AnnoyStore, _build
 from stubs import TOY_STORE
 
 
@@ -71,3 +76,29 @@ def test_a_registered_store_is_offered_with_its_parameters(toy):
     recipe = Recipe.create("xception", weights="none", input_size=96)
     assert BuildSettings(store="toy").store_spec("demo", recipe, 10) == StoreSpec("toy", {"toy_leaves": 7})
     assert BuildSettings(store="toy", store_params={"toy_leaves": 3}).store_spec().params == {"toy_leaves": 3}
+
+
+def test_an_annoy_build_records_its_trees_seed_and_seconds_and_the_seed_fixes_the_forest(tmp_path):
+    descriptors = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    folders = [tmp_path / name for name in ("a", "b", "c")]
+    for folder in folders:
+        folder.mkdir()
+    started = time.perf_counter()
+    recorded = _build(folders[0], descriptors, {"n_trees": 3, "seed": 7})
+    elapsed = time.perf_counter() - started
+    assert (recorded["n_trees"], recorded["seed"]) == (3, 7)
+    assert set(recorded["build_seconds"]) == {"cosine", "euclidean"}
+    for seconds in recorded["build_seconds"].values():
+        assert isinstance(seconds, float) and 0 <= seconds <= elapsed and round(seconds, 3) == seconds
+    _build(folders[1], descriptors, {"n_trees": 3, "seed": 7})
+    _build(folders[2], descriptors, {"n_trees": 3, "seed": 8})
+    same = [(folder / "cosine.ann").read_bytes() for folder in folders]
+    assert same[0] == same[1] and same[0] != same[2]  # the seed asked for is the seed used
+    assert _build(folders[2], descriptors, {})["n_trees"] == DEFAULT_N_TREES
+
+
+def test_an_annoy_store_without_its_files_says_which_file_it_cannot_load(tmp_path):
+    store = AnnoyStore(tmp_path, np.zeros((3, 4), np.float32), {})
+    with pytest.raises(IndexLoadError) as raised:
+        store.search(np.ones(4), Metric.COSINE, 1)
+    assert str(raised.value).startswith(f"cannot load {tmp_path / 'cosine.ann'} (")
