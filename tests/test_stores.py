@@ -1,5 +1,5 @@
 """The store registry (cbir.stores): what each store declares of itself, as the build, `--add` and
-the command line read it."""
+the command line read it; and what an Annoy build records."""
 
 from __future__ import annotations
 
