@@ -13,7 +13,8 @@ does not: one worker by default (the machine is shared), module by module in a f
 the Markdown table that docs/mutations.md reports. Equivalent mutants are marked in the code with
 `# pragma: no mutate` and a reason; mutmut then does not make them, so they are in no count.
 
-A module's score is (killed + timed out) / mutants: a mutant that makes a test hang is caught.
+A module's score is (killed + timed out + crashed) / mutants: a mutant that makes a test hang, or
+crash the test process, is caught.
 A mutant "without tests" sits in a function that none of the selected tests calls.
 """
 
@@ -36,6 +37,8 @@ MUTANTS = REPO / "mutants"
 KILLED_CODES = {1, 3}
 SURVIVED_CODES = {0}
 TIMEOUT_CODES = {36, -24, 24, 152, 255}
+# A test process killed by a signal (abort, segmentation fault): the mutant crashed the tests.
+CRASH_CODES = {-6, -9, -11}
 NO_TESTS_CODES = {5, 33}
 
 
@@ -46,12 +49,13 @@ class ModuleResult:
     killed: int
     survived: int
     timed_out: int
+    crashed: int
     no_tests: int
     not_checked: int
 
     @property
     def score(self) -> float | None:
-        return (self.killed + self.timed_out) / self.mutants if self.mutants else None
+        return (self.killed + self.timed_out + self.crashed) / self.mutants if self.mutants else None
 
 
 def configured_modules() -> list[str]:
@@ -68,16 +72,17 @@ def mutant_pattern(module: str) -> str:
 def module_result(module: str) -> ModuleResult:
     meta = MUTANTS / f"{module}.meta"
     if not meta.exists():
-        return ModuleResult(module, 0, 0, 0, 0, 0, 0)
+        return ModuleResult(module, 0, 0, 0, 0, 0, 0, 0)
     data = json.loads(meta.read_text())
     codes = Counter(data["exit_code_by_key"].values())
-    known = KILLED_CODES | SURVIVED_CODES | TIMEOUT_CODES | NO_TESTS_CODES
+    known = KILLED_CODES | SURVIVED_CODES | TIMEOUT_CODES | CRASH_CODES | NO_TESTS_CODES
     return ModuleResult(
         module=module,
         mutants=sum(codes.values()),
         killed=sum(codes[c] for c in KILLED_CODES),
         survived=sum(codes[c] for c in SURVIVED_CODES),
         timed_out=sum(codes[c] for c in TIMEOUT_CODES),
+        crashed=sum(codes[c] for c in CRASH_CODES),
         no_tests=sum(codes[c] for c in NO_TESTS_CODES),
         not_checked=sum(n for code, n in codes.items() if code not in known),
     )
@@ -85,17 +90,17 @@ def module_result(module: str) -> ModuleResult:
 
 def table(results: list[ModuleResult]) -> str:
     lines = [
-        "| module | mutants | killed | survived | timed out | without tests | score |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | survived | timed out | crashed | without tests | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if not r.mutants:
-            lines.append(f"| `{r.module}` | not yet run | | | | | |")
+            lines.append(f"| `{r.module}` | not yet run | | | | | | |")
             continue
         unchecked = f" ({r.not_checked} not checked)" if r.not_checked else ""
         lines.append(
             f"| `{r.module}` | {r.mutants}{unchecked} | {r.killed} | {r.survived} | {r.timed_out} | "
-            f"{r.no_tests} | {r.score:.1%} |"
+            f"{r.crashed} | {r.no_tests} | {r.score:.1%} |"
         )
     return "\n".join(lines)
 
