@@ -102,3 +102,16 @@ def test_an_annoy_store_without_its_files_says_which_file_it_cannot_load(tmp_pat
     with pytest.raises(IndexLoadError) as raised:
         store.search(np.ones(4), Metric.COSINE, 1)
     assert str(raised.value).startswith(f"cannot load {tmp_path / 'cosine.ann'} (")
+
+
+def test_annoy_and_the_exact_store_answer_a_batch_of_one_like_a_vector(tmp_path):
+    # Describing one image gives a (1, d) array; every store must read it as the vector it holds.
+    descriptors = np.random.default_rng(1).normal(size=(30, 6)).astype(np.float32)
+    _build(tmp_path, descriptors, {"n_trees": 5})
+    query = descriptors[4] + 0.01
+    for kind in ("annoy", "exact"):
+        store = stores.get_store_kind(kind).open(tmp_path, descriptors, {})
+        as_batch = store.search(query[None, :], Metric.COSINE, 3)
+        as_vector = store.search(query, Metric.COSINE, 3)
+        assert as_batch.rows.tolist() == as_vector.rows.tolist() and as_vector.rows[0] == 4, kind
+        store.close()
