@@ -98,7 +98,8 @@ def test_an_annoy_build_records_its_trees_seed_and_seconds_and_seeds_its_forests
     assert (recorded["n_trees"], recorded["seed"]) == (3, 7)
     assert set(recorded["build_seconds"]) == {"cosine", "euclidean"}
     for seconds in recorded["build_seconds"].values():
-        assert isinstance(seconds, float) and 0 <= seconds <= elapsed and round(seconds, 3) == seconds
+        # Rounded to the millisecond: at most half a millisecond above the time measured around it.
+        assert isinstance(seconds, float) and 0 <= seconds <= elapsed + 0.0005 and round(seconds, 3) == seconds
     assert _build(tmp_path, descriptors, {})["n_trees"] == DEFAULT_N_TREES
 
 
