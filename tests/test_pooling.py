@@ -12,6 +12,7 @@ from cbir.pooling import (
     global_average,
     max_pool,
     mean_pool,
+    pool,
     regional_max,
     rmac_regions,
 )
@@ -137,3 +138,92 @@ def test_a_ten_to_one_panorama_builds_with_every_pooling(tmp_path):
         loaded = load_index(outcome.folder)
         assert "panorama.jpg" in loaded.manifest.images and not loaded.manifest.skipped, pooling
         assert np.isfinite(np.asarray(loaded.descriptors)).all(), pooling
+
+
+def reference_rmac_regions(height: int, width: int, levels: int = 3) -> list[tuple[int, int, int]]:
+    """cnnimageretrieval-pytorch's `rmac` region loop (layers/functional.py), transliterated: the
+    regions it max-pools, as (top, left, side), the whole map first (side -1)."""
+    overlap = 0.4
+    steps = np.array([2, 3, 4, 5, 6, 7], dtype=np.float64)
+    w = min(width, height)
+    b = (max(height, width) - w) / (steps - 1)
+    idx = int(np.argmin(np.abs(((w**2 - w * b) / w**2) - overlap)))
+    wd = idx + 1 if height < width else 0
+    hd = idx + 1 if height > width else 0
+    regions = [(0, 0, -1)]
+    for level in range(1, levels + 1):
+        wl = int(np.floor(2 * w / (level + 1)))
+        wl2 = int(np.floor(wl / 2 - 1))
+        b = 0 if level + wd == 1 else (width - wl) / (level + wd - 1)
+        centres_w = [int(np.floor(wl2 + i * b) - wl2) for i in range(level + wd)]
+        b = 0 if level + hd == 1 else (height - wl) / (level + hd - 1)
+        centres_h = [int(np.floor(wl2 + i * b) - wl2) for i in range(level + hd)]
+        regions += [(top, left, wl) for top in centres_h for left in centres_w if wl != 0]
+    return regions
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (7, 4), (4, 40), (40, 4), (5, 5), (1, 5), (3, 10), (10, 3), (6, 9), (2, 30)])
+def test_rmac_regions_are_the_references_for_square_wide_tall_and_flat_maps(shape):
+    assert rmac_regions(*shape) == reference_rmac_regions(*shape)
+
+
+def test_rmac_regions_of_a_4x7_map_by_hand():
+    # Overlaps 1 - b/4 for spacings b = 3/(s - 1): closest to 40 % at s = 2: one extra column.
+    # Level 1: side 4 at lefts 0, 3. Level 2: side 2, tops 0, 2, lefts 0, 2.5 -> 2, 5.
+    # Level 3: side 2, tops 0, 1, 2, lefts 0, 1.67 -> 1, 3.33 -> 3, 5.
+    expected = [(0, 0, -1), (0, 0, 4), (0, 3, 4)]
+    expected += [(t, l, 2) for t in (0, 2) for l in (0, 2, 5)]
+    expected += [(t, l, 2) for t in (0, 1, 2) for l in (0, 1, 3, 5)]
+    assert rmac_regions(4, 7) == expected
+    tall = rmac_regions(7, 4)  # the same regions with the axes swapped (listed row by row)
+    assert tall[:3] == [(0, 0, -1), (0, 0, 4), (3, 0, 4)]
+    assert sorted(tall) == sorted((left, top, side) for top, left, side in expected)
+
+
+def test_rmac_of_each_image_does_not_depend_on_the_rest_of_the_batch_or_the_scale():
+    rng = np.random.default_rng(2)
+    batch = rng.uniform(0, 1, size=(3, 5, 6, 4)).astype(np.float32)
+    batch[1] *= 100  # images of very different activation strength in one batch
+    alone = np.concatenate([regional_max(image[None]) for image in batch])
+    assert regional_max(batch) == pytest.approx(alone, rel=1e-5)
+    # Every region is L2-normalised, so maps scaled down (weak activations) give the same R-MAC.
+    assert regional_max(batch * 0.001) == pytest.approx(alone, rel=1e-4)
+
+
+def test_rmac_with_one_level_is_the_whole_map_and_the_level_one_regions():
+    feature_map = np.random.default_rng(4).uniform(0, 1, size=(1, 4, 7, 3)).astype(np.float32)
+    expected = np.zeros(3)
+    for top, left, side in [(0, 0, 7), (0, 0, 4), (0, 3, 4)]:  # the whole map as a 4 x 7 window
+        region = feature_map[0, top : top + 4, left : left + side].max(axis=(0, 1)).astype(np.float64)
+        expected += region / np.linalg.norm(region)
+    assert regional_max(feature_map, levels=1)[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_study_descriptor_passes_vgg_fc1_vectors_through():
+    vectors = np.array([[1.0, -2.0, 3.0], [0.5, 0.0, 0.25]])
+    assert global_average(vectors).tolist() == vectors.tolist()
+
+
+def test_gem_with_another_power_by_hand():
+    # p = 4: ((1 + 16 + 81 + 1296) / 4) ** (1/4) = 348.5 ** 0.25
+    assert generalised_mean(one_map([1, 2], [3, 6]), p=4)[0] == pytest.approx([348.5**0.25], rel=1e-6)
+
+
+def test_poolings_say_what_shape_they_needed():
+    with pytest.raises(ValueError) as study:
+        global_average(np.zeros((2, 3, 4)))
+    assert str(study.value) == "expected (n, h, w, c) feature maps or (n, d) vectors, got shape (2, 3, 4)"
+    with pytest.raises(ValueError) as maps:
+        max_pool(np.zeros((2, 3)))
+    assert str(maps.value) == "this pooling needs (n, h, w, c) feature maps, got shape (2, 3)"
+    with pytest.raises(ValueError) as tokens:
+        POOLINGS[Pooling.CLS].pool(np.zeros((2, 3)))
+    assert str(tokens.value) == "the CLS token needs a vision transformer's (n, tokens, dim) output, not (2, 3)"
+
+
+def test_every_pooling_gives_float32_descriptors():
+    maps = np.random.default_rng(5).uniform(0, 1, size=(2, 4, 5, 3))  # float64, as a caller might pass
+    tokens = np.random.default_rng(6).uniform(0, 1, size=(2, 7, 3))
+    for pooling in Pooling:
+        outputs = tokens if pooling is Pooling.CLS else maps
+        assert pool(pooling, outputs).dtype == np.float32, pooling

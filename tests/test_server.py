@@ -310,6 +310,9 @@ def test_the_start_names_the_page_and_share_as_the_way_to_a_public_link(tmp_path
 
     log = tmp_path / "app.log"
     with running_app(tmp_path / "indexes", log=log, cwd=tmp_path) as app:
-        said = log.read_text(errors="replace")
+        # The page answers a moment before launch() returns and the line is printed.
+        deadline = time.monotonic() + 30
+        while "The page is at" not in (said := log.read_text(errors="replace")) and time.monotonic() < deadline:
+            time.sleep(0.2)
     assert f"The page is at {app.url}" in said and "--share also opens a public link" in said
     assert "share=True" not in said  # Gradio's own advice names launch(), which a user does not call
