@@ -328,6 +328,8 @@ def evaluate_options(parser: argparse.ArgumentParser) -> None:
                         help="plain rankings only (without it: also rows with αQE)")  # fmt: skip
     parser.add_argument("--qe-n", type=count, default=QUERY_EXPANSION_NEIGHBOURS, help="αQE: top results averaged in")
     parser.add_argument("--qe-alpha", type=float, default=QUERY_EXPANSION_ALPHA, help="αQE: weight = similarity^α")
+    parser.add_argument("--diffusion", action="store_true", help="also rows re-ranked by diffusion over the "
+                        "collection's k-NN graph, alone and after αQE (the graph is built once per index)")  # fmt: skip
     parser.add_argument("--self-queries", type=count, default=DEFAULT_QUERIES,
                         help="collections without ground truth: images edited into queries (self-retrieval)")  # fmt: skip
 

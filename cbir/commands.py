@@ -132,6 +132,7 @@ def recipes_to_evaluate(text: str, pooling: Pooling | None, built: Sequence[str]
 
 
 def run_evaluate(arguments: argparse.Namespace) -> int:
+    from cbir.diffusion import Diffusion
     from cbir.evaluation import EvaluationSettings
     from cbir.evaluation.either import evaluate_built
     from cbir.layout import IndexLoadError, build_command
@@ -163,6 +164,7 @@ def run_evaluate(arguments: argparse.Namespace) -> int:
         protocols=[get_protocol(p.strip()) for p in arguments.protocols.split(",")] if arguments.protocols else None,
         progress=arguments.progress,
         query_expansion=None if arguments.no_query_expansion else AlphaQueryExpansion(arguments.qe_n, arguments.qe_alpha),
+        diffusion=Diffusion() if arguments.diffusion else None,
     )
     print(evaluate_built(settings, engine, self_queries=arguments.self_queries))
     return 0

@@ -115,5 +115,24 @@ def test_a_dataset_with_ground_truth_is_built_and_evaluated(tmp_path):
         assert row.n_queries == 2 and 0.0 < row.map <= 1.0
 
 
+def test_the_evaluation_adds_diffusion_rows_alone_and_after_query_expansion(tmp_path):
+    from cbir.diffusion import Diffusion
+
+    layout = make_oxford_layout(tmp_path / "source", n_landmarks=2, images_per_landmark=4, queries_per_landmark=1)
+    with serve_directory(layout["archive_dir"]) as url:
+        collection = prepare_dataset("oxford5k", DownloadSettings(data_dir=tmp_path / "data", mirror=url, progress=False))
+    index_root, extractors = tmp_path / "indexes", StandInExtractors()
+    build_indexes(collection, [XCEPTION], settings(index_root), extractors=extractors)
+    diffusion = Diffusion(k=3, query_k=2)
+    evaluation = EvaluationSettings(index_dir=index_root, collection="oxford5k", query_modes=[QueryMode.FULL],
+                                    progress=False, diffusion=diffusion)  # fmt: skip
+    results = evaluate_collection(evaluation, engine=SearchEngine(index_root, extractors=extractors))
+    expansion = evaluation.query_expansion.label
+    rerankings = {row.reranking for row in results.rows}
+    assert rerankings == {"", expansion, diffusion.label, f"{expansion} + {diffusion.label}"}
+    for row in results.rows:
+        assert row.n_queries == 2 and 0.0 < row.map <= 1.0 and row.mean_query_seconds > 0, row.reranking
+
+
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-q"]))

@@ -25,6 +25,7 @@ from cbir.index import LoadedIndex, Manifest
 from cbir.layout import CollectionRecord, IndexLoadError, build_command
 from cbir.metrics import average_precision, interpolated_precision_11, mean_scores, score_query
 from cbir.protocols import Protocol, QueryMode, protocols_for
+from cbir.diffusion import Diffusion
 from cbir.ranking import AlphaQueryExpansion, Reranker
 from cbir.search import SearchEngine
 
@@ -48,6 +49,8 @@ class EvaluationSettings:
     progress: bool = True
     # Rows with this re-ranking too, beside the plain ones (None: plain rows only).
     query_expansion: AlphaQueryExpansion | None = field(default_factory=AlphaQueryExpansion)
+    # Rows re-ranked by diffusion too: alone, and after αQE when that is on (None: no such rows).
+    diffusion: Diffusion | None = None
 
     def __post_init__(self) -> None:
         self.metrics = [Metric.parse(metric) for metric in self.metrics]
@@ -55,8 +58,14 @@ class EvaluationSettings:
 
     def rerankings(self) -> list[tuple[str, tuple[Reranker, ...]]]:
         """(label, re-rankers) of each ranking the evaluation scores: "" is the plain ranking."""
-        plain: list[tuple[str, tuple[Reranker, ...]]] = [("", ())]
-        return plain + ([(self.query_expansion.label, (self.query_expansion,))] if self.query_expansion else [])
+        found: list[tuple[str, tuple[Reranker, ...]]] = [("", ())]
+        if self.query_expansion:
+            found.append((self.query_expansion.label, (self.query_expansion,)))
+        if self.diffusion:
+            found.append((self.diffusion.label, (self.diffusion,)))
+        if self.query_expansion and self.diffusion:
+            found.append((f"{self.query_expansion.label} + {self.diffusion.label}", (self.query_expansion, self.diffusion)))
+        return found
 
 
 def _query_paths(loaded: LoadedIndex, record: CollectionRecord) -> tuple[dict[str, str], frozenset[str]]:
