@@ -22,11 +22,13 @@ from cbir.distances import Metric
 from cbir.errors import CbirError
 from cbir.images import DEFAULT_LIMITS, ImageError, crop_box, load_image
 from cbir.catalogue import IndexInfo, scan_indexes
+from cbir.diffusion import Diffusion
 from cbir.ranking import QUERY_EXPANSION_ALPHA, QUERY_EXPANSION_NEIGHBOURS, AlphaQueryExpansion
 from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 from cbir.uploads import PrivateCollections as Uploads
 from cbir.uploads import ServedCollection, served_collection
+from cbir.verification import SpatialVerification
 from cbir_ui.formatting import LeftOut, gallery_items, readable, recipe_label, status_line
 
 logger = logging.getLogger(__name__)
@@ -195,6 +197,16 @@ class SearchPage:
         )
         return [(recipe_label(i), i.key) for i in infos]
 
+    def can_verify(self, collection: str | None, recipe: str | None, session: str | None = None) -> bool:
+        """Whether the index was built with local features (the page offers verification only there)."""
+        if not collection or not recipe:
+            return False
+        try:
+            source = self.source(collection, session)
+            return source.engine.index(source.name, recipe).manifest.local_features is not None
+        except CbirError:
+            return False
+
     def default_recipe(self, collection: str | None, session: str | None = None) -> str | None:
         keys = [value for _, value in self.recipe_choices(collection, session)]
         return DEFAULT_BACKBONE if DEFAULT_BACKBONE in keys else (keys[0] if keys else None)
@@ -265,14 +277,18 @@ class SearchPage:
         expand: bool = False,
         expand_n: float = QUERY_EXPANSION_NEIGHBOURS,
         expand_alpha: float = QUERY_EXPANSION_ALPHA,
+        verify: bool = False,
+        diffusion: bool = False,
         session: str | None = None,
     ) -> SearchAnswer:
         """The page's search (API `/search_photo`): a photo file, the box drawn on it in the photo's
-        pixels ("left,top,right,bottom"; empty: the whole photo), then as `search`."""
+        pixels ("left,top,right,bottom"; empty: the whole photo), then as `search`. `verify`: re-rank
+        the top 100 by spatial verification with local features (indexes built with them);
+        `diffusion`: re-rank by diffusion over the collection's k-NN graph."""
         if not photo:
             raise PageError("Add an image first: upload, paste or take a photo, then drag a box on the part to search.")
         return self._search(photo, parse_box(box), collection, recipe, metric, k, expand, expand_n, expand_alpha,
-                            session)  # fmt: skip
+                            session, verify=verify, diffusion=diffusion)  # fmt: skip
 
     def search(
         self,
@@ -305,9 +321,13 @@ class SearchPage:
         expand_n: float,
         expand_alpha: float,
         session: str | None,
+        *,
+        verify: bool = False,
+        diffusion: bool = False,
     ) -> SearchAnswer:
         """Problems a user can fix are CbirErrors. `expand`: re-rank with α-weighted query
-        expansion, reading the top `expand_n` results."""
+        expansion, reading the top `expand_n` results; `verify` and `diffusion` as `search_photo`.
+        In that order: verified first, expanded with the verified, then diffused."""
         if not collection or not recipe:
             raise PageError("No index is built yet. Build one with: python build_index.py --dataset oxford5k")
         if metric not in METRICS:
@@ -317,9 +337,20 @@ class SearchPage:
         expansion = AlphaQueryExpansion(QUERY_EXPANSION_NEIGHBOURS if expand_n is None else expand_n,
                                         QUERY_EXPANSION_ALPHA if expand_alpha is None else expand_alpha)  # fmt: skip
         source = self.source(collection, session)
+        rerankers: list = []
+        if verify:
+            loaded = source.engine.index(source.name, recipe)
+            if loaded.manifest.local_features is None:
+                raise PageError(f"{recipe} of {source.name} has no local features to verify with: build it with "
+                                f"them: {loaded.manifest.rebuild_command(loaded.folder)} --local-features")  # fmt: skip
+            rerankers.append(SpatialVerification())
+        if expand:
+            rerankers.append(expansion)
+        if diffusion:
+            rerankers.append(Diffusion())
         result = source.engine.search(
             image, collection=source.name, recipe=recipe, metric=metric, k=k, box=box, name="the uploaded image",
-            rerankers=(expansion,) if expand else (),
+            rerankers=tuple(rerankers),
         )  # fmt: skip
         thumbnails, left_out = {}, []
         for hit in result.hits:
@@ -330,9 +361,10 @@ class SearchPage:
         if left_out:
             logger.warning("%s: %d hits not shown, first: %s", collection, len(left_out), left_out[0])
         line = status_line(result, left_out)
-        if expand:  # on the first line, before any warning
+        if rerankers:  # on the first line, before any warning
             first, _, rest = line.partition("\n")
-            line = f"{first} · re-ranked by {expansion.label}" + (f"\n{rest}" if rest else "")
+            labels = " then ".join(reranker.label for reranker in rerankers)
+            line = f"{first} · re-ranked by {labels}" + (f"\n{rest}" if rest else "")
         browsing = self.sessions.get(session)
         if browsing is not None:
             browsing.collection, browsing.shown = collection, [h.image for h in result.hits if h.image in thumbnails]

@@ -35,8 +35,10 @@ def gallery_items(result: SearchResult, served=lambda image: None) -> list[tuple
         # Short enough to fit under a thumbnail: cosine similarity, or Euclidean (L2) distance.
         score = f"cos {hit.similarity:.3f}" if result.metric is Metric.COSINE else f"L2 {hit.distance:.3g}"
         path = served(hit.image)
+        # Spatial verification's count, where it examined the hit: why it is (or is not) a match.
+        inliers = "" if hit.inliers is None else f" · {hit.inliers} inliers"
         if path is not None:
-            items.append((path, f"#{hit.rank} {readable(Path(hit.image).stem)} · {score}"))
+            items.append((path, f"#{hit.rank} {readable(Path(hit.image).stem)} · {score}{inliers}"))
     return items
 
 

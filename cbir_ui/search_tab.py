@@ -57,12 +57,16 @@ class SearchHandlers:
         expand: bool = False,
         expand_n: float = QUERY_EXPANSION_NEIGHBOURS,
         expand_alpha: float = QUERY_EXPANSION_ALPHA,
+        verify: bool = False,
+        diffusion: bool = False,
         request: gr.Request | None = None,
     ):
         """The page's search (API `/search_photo`): a photo file, the box drawn on it in the photo's
-        pixels ("left,top,right,bottom"; empty: the whole photo), then as `search`."""
+        pixels ("left,top,right,bottom"; empty: the whole photo), then as `search`. `verify`: re-rank
+        the top 100 by spatial verification with local features (indexes built with them);
+        `diffusion`: re-rank by diffusion over the collection's k-NN graph."""
         answer = self.page.search_photo(photo, box, collection, recipe, metric, k, expand, expand_n, expand_alpha,
-                                        session=session_of(request))  # fmt: skip
+                                        verify, diffusion, session=session_of(request))  # fmt: skip
         return answer.items, answer.status
 
     @user_errors
@@ -85,6 +89,11 @@ class SearchHandlers:
         return answer.items, answer.status
 
     @user_errors
+    def on_recipe(self, collection: str | None, recipe: str | None, request: gr.Request):
+        """Verification is offered only for an index built with local features."""
+        offered = self.page.can_verify(collection, recipe, session_of(request))
+        return gr.update(visible=offered, value=False) if not offered else gr.update(visible=True)
+
     def on_collection(self, collection: str | None, request: gr.Request):
         session = session_of(request)
         return (
@@ -184,6 +193,17 @@ def render(page: SearchPage, *, explained: bool = False) -> SearchTab:
                     expand_alpha = checked_number(gr.Number(
                         value=QUERY_EXPANSION_ALPHA, minimum=EXPANSION_ALPHA.minimum, maximum=EXPANSION_ALPHA.maximum,
                         label=f"{EXPANSION_ALPHA.label} (weight = similarity^α)", min_width=80), EXPANSION_ALPHA)  # fmt: skip
+                verify = gr.Checkbox(
+                    value=False, label="Verify with local features", elem_id="verify",
+                    info="re-rank the top 100 by keypoints that agree on one geometry: the same façade, not "
+                    "only a similar texture (indexes built with --local-features)",
+                    visible=page.can_verify(first, page.default_recipe(first)),
+                )  # fmt: skip
+                diffusion = gr.Checkbox(
+                    value=False, label="Diffusion", elem_id="diffusion",
+                    info="re-rank through the collection's graph of similar photos: reaches views of a building "
+                    "that are only similar through other views (the graph is built at the first use)",
+                )  # fmt: skip
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
                 if not collections and not explained:
                     gr.Markdown(
@@ -202,7 +222,7 @@ def render(page: SearchPage, *, explained: bool = False) -> SearchTab:
         editor = guarded_upload(gr.ImageEditor(type="pil", image_mode="RGBA", visible=False))
         legacy = gr.Button(visible=False)
 
-    search_inputs = [photo, box, collection, backbone, metric, k, expand, expand_n, expand_alpha]
+    search_inputs = [photo, box, collection, backbone, metric, k, expand, expand_n, expand_alpha, verify, diffusion]
     button.click(
         handlers.search_photo,
         inputs=search_inputs,
@@ -233,5 +253,6 @@ def render(page: SearchPage, *, explained: bool = False) -> SearchTab:
     )
     collection.change(handlers.on_collection, inputs=[collection], outputs=[backbone, examples],
                       api_visibility="private")  # fmt: skip
+    backbone.change(handlers.on_recipe, inputs=[collection, backbone], outputs=[verify], api_visibility="private")
     examples.select(handlers.on_example, inputs=[collection], outputs=[photo], api_visibility="private")
     return SearchTab(collection)

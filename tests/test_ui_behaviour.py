@@ -260,3 +260,46 @@ def test_a_store_registered_in_a_test_is_offered_and_searched_by_the_page(tmp_pa
         assert (tmp_path / "idx" / "mine" / "xception" / "toy.txt").is_file()
     finally:
         del stores.STORES["toy"]
+
+
+def test_the_page_verifies_with_local_features_where_the_index_has_them_and_diffuses(tmp_path):
+    # Issue 29 on the page: the option only where the index has local features, the inlier counts in
+    # the captions, the re-rankings named in the status; an index without them says how to build them.
+    from stubs import RECIPE, StubbedEngine
+    from synthetic import draw_textured_picture
+
+    from cbir.datasets import folder_collection
+    from cbir.index import Manifest, StoreSpec, write_index
+    from cbir.layout import IndexLayout, write_collection_record
+    from cbir.local_features import LocalFeatureSettings, describe_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(4):
+        draw_textured_picture(seed, 640, 480).save(photos / f"photo_{seed}.jpg", quality=90)
+    layout = IndexLayout(tmp_path / "indexes")
+    rows = np.random.default_rng(5).normal(size=(4, RECIPE.dim)).astype(np.float32)
+    for name, features in (("verified", LocalFeatureSettings()), ("plain", None)):
+        collection = folder_collection(photos, name)
+        write_collection_record(layout, collection)
+        manifest = Manifest(collection=name, recipe=RECIPE, images=list(collection.images), store=StoreSpec("exact"),
+                            local_features=features)  # fmt: skip
+        described = [describe_image(photos / image, features) for image in collection.images] if features else None
+        write_index(layout.index_dir(name, RECIPE.key), rows, manifest, local_features=described)
+    engine = StubbedEngine(tmp_path / "indexes")
+    engine.next = rows[0] + 0.01  # the global ranking puts photo_0 first; the query is a crop of photo_2
+    page = SearchPage(engine, tmp_path / "indexes")
+    with Image.open(photos / "photo_2.jpg") as source:
+        source.crop((100, 80, 560, 420)).rotate(35, expand=True, fillcolor=(128, 128, 128)).save(tmp_path / "q.jpg")
+    query = str(tmp_path / "q.jpg")
+    assert page.can_verify("verified", RECIPE.key) and not page.can_verify("plain", RECIPE.key)
+    plain = page.search_photo(query, "", "verified", RECIPE.key, "cosine", 4, session="s")
+    assert plain.result.hits[0].image == "photo_0.jpg" and "inliers" not in plain.items[0][1]
+    verified = page.search_photo(query, "", "verified", RECIPE.key, "cosine", 4, verify=True, session="s")
+    assert verified.result.hits[0].image == "photo_2.jpg" and verified.result.hits[0].inliers >= 15
+    assert verified.items[0][1].endswith(f"· {verified.result.hits[0].inliers} inliers")
+    assert "re-ranked by spatial verification" in verified.status.splitlines()[0]
+    both = page.search_photo(query, "", "verified", RECIPE.key, "cosine", 4, verify=True, diffusion=True, session="s")
+    assert "spatial verification" in both.status and " then diffusion" in both.status
+    with pytest.raises(PageError, match=r"no local features to verify with.*--local-features"):
+        page.search_photo(query, "", "plain", RECIPE.key, "cosine", 4, verify=True, session="s")

@@ -42,7 +42,8 @@ def test_the_wrapped_handlers_keep_the_apis_names_and_the_session_of_the_request
     api = build_ui(SearchEngine(tmp_path / "empty"), tmp_path / "empty").get_api_info()["named_endpoints"]
     names = lambda endpoint: [p["parameter_name"] for p in api[endpoint]["parameters"]]  # noqa: E731
     options = ["collection", "recipe", "metric", "k", "expand", "expand_n", "expand_alpha"]
-    assert names("/search_photo") == ["photo", "box", *options]
+    # Issue 29: verify and diffusion come after the parameters older clients send, which keep their places.
+    assert names("/search_photo") == ["photo", "box", *options, "verify", "diffusion"]
     assert names("/search") == ["editor", *options]
     assert api["/search_photo"]["description"].startswith("The page's search (API `/search_photo`)")
     handlers = SearchHandlers(SearchPage(SearchEngine(tmp_path / "empty"), tmp_path / "empty"))
