@@ -104,7 +104,8 @@ def raw_search_photo(url: str, photo: Path, k=5, expand=False, expand_n=3, expan
     with open(photo, "rb") as sent:
         uploaded = httpx.post(url + "gradio_api/upload", files={"files": (photo.name, sent)}, timeout=60).json()[0]
     file = {"path": uploaded, "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
-    data = [file, "", "probe", "xception", "cosine", k, expand, expand_n, expand_alpha]
+    # A raw call sends every input of the endpoint: verify and diffusion (issue 29) last, off.
+    data = [file, "", "probe", "xception", "cosine", k, expand, expand_n, expand_alpha, False, False]
     body = json.dumps({"data": data}, allow_nan=True)  # NaN and Infinity as JavaScript writes them
     started = httpx.post(url + "gradio_api/call/search_photo", content=body,
                          headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
