@@ -97,12 +97,18 @@ def test_a_folder_is_built_grown_searched_scored_and_bundled(tmp_path):
     assert (opened / "demo" / built.key / "manifest.json").exists()
 
 
-def test_a_dataset_with_ground_truth_is_built_and_evaluated(tmp_path):
+def built_oxford(tmp_path: Path) -> tuple[Path, StandInExtractors]:
+    """A small Oxford5k in the official layout, served over local HTTP, prepared and built."""
     layout = make_oxford_layout(tmp_path / "source", n_landmarks=2, images_per_landmark=4, queries_per_landmark=1)
     with serve_directory(layout["archive_dir"]) as url:
         collection = prepare_dataset("oxford5k", DownloadSettings(data_dir=tmp_path / "data", mirror=url, progress=False))
     index_root, extractors = tmp_path / "indexes", StandInExtractors()
     build_indexes(collection, [XCEPTION], settings(index_root), extractors=extractors)
+    return index_root, extractors
+
+
+def test_a_dataset_with_ground_truth_is_built_and_evaluated(tmp_path):
+    index_root, extractors = built_oxford(tmp_path)
 
     results = evaluate_collection(
         EvaluationSettings(index_dir=index_root, collection="oxford5k", query_modes=[QueryMode.FULL], progress=False),
@@ -118,11 +124,7 @@ def test_a_dataset_with_ground_truth_is_built_and_evaluated(tmp_path):
 def test_the_evaluation_adds_diffusion_rows_alone_and_after_query_expansion(tmp_path):
     from cbir.diffusion import Diffusion
 
-    layout = make_oxford_layout(tmp_path / "source", n_landmarks=2, images_per_landmark=4, queries_per_landmark=1)
-    with serve_directory(layout["archive_dir"]) as url:
-        collection = prepare_dataset("oxford5k", DownloadSettings(data_dir=tmp_path / "data", mirror=url, progress=False))
-    index_root, extractors = tmp_path / "indexes", StandInExtractors()
-    build_indexes(collection, [XCEPTION], settings(index_root), extractors=extractors)
+    index_root, extractors = built_oxford(tmp_path)
     diffusion = Diffusion(k=3, query_k=2)
     evaluation = EvaluationSettings(index_dir=index_root, collection="oxford5k", query_modes=[QueryMode.FULL],
                                     progress=False, diffusion=diffusion)  # fmt: skip
