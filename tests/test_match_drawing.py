@@ -204,12 +204,24 @@ def test_selecting_a_verified_result_draws_its_inliers_where_the_box_lies_on_it(
     assert calls == []  # the search's own description of the query, reused
     assert explained.caption == f"{first.inliers} inliers (homography) between your photo's box and {LARGE}"
     assert explained.match.inliers == first.inliers
-    # The query is the box (full pixels); the result was described from its half-size decoding.
+    assert_drawn_where_the_box_lies(explained)
+
+
+def assert_drawn_where_the_box_lies(explained) -> None:
+    """The query is the box (full pixels); the result was described from its half-size decoding."""
     placed = layout((BOX[2] - BOX[0], BOX[3] - BOX[1]), (1024, 768))
     assert explained.picture.size == placed.size
     in_result = (explained.match.query_points + BOX[:2]) / 2
     assert marked(explained.picture, placed.query_point(explained.match.query_points)) > 0.9
     assert marked(explained.picture, placed.result_point(in_result)) > 0.8
+
+
+def test_a_box_searched_without_verification_is_described_as_a_box(page_with_features):
+    page, _, photos = page_with_features
+    answer = searched(page, photos / LARGE, "g", box=",".join(map(str, BOX)), verify=False)
+    explained = page.explain_result([hit.image for hit in answer.result.hits].index(LARGE), "g")
+    assert explained.caption.endswith(f"inliers (homography) between your photo's box and {LARGE}")
+    assert_drawn_where_the_box_lies(explained)
 
 
 def test_a_result_that_does_not_verify_is_drawn_without_lines_and_said_so(page_with_features):
