@@ -289,3 +289,33 @@ def test_an_index_without_local_features_names_the_build_option(tmp_path):
     assert explained.picture is None and explained.match is None
     assert explained.caption.startswith("this index has no local features: build them with ")
     assert explained.caption.endswith(" --local-features")
+
+
+def test_a_bundles_thumbnail_is_drawn_with_the_points_scaled_onto_it(page_with_features, tmp_path):
+    # A bundle holds thumbnails, not its images: the result is drawn from its thumbnail, the points
+    # of its features (made from the half-size decoding of the 2048 px original) scaled onto it.
+    import json
+    import shutil
+
+    page, _, photos = page_with_features
+    page.thumbnail("photos", LARGE)  # made as a bundle's export makes them
+    root = tmp_path / "bundle"
+    shutil.copytree(page.index_root, root)
+    records = [path for path in root.rglob("*.json") if json.loads(path.read_text()).get("images_root_as_built")]
+    assert len(records) == 1
+    data = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**data, "thumbnails_only": True, "thumbnail_max_side": 512}))
+    engine = StubbedEngine(root)
+    engine.next = np.random.default_rng(7).normal(size=RECIPE.dim).astype(np.float32)
+    bundled = SearchPage(engine, root)
+    assert engine.record("photos").thumbnails_only
+    query = tmp_path / "query.jpg"
+    shutil.copy(photos / LARGE, query)  # what a visitor uploads: not the collection's file
+    answer = bundled.search_photo(str(query), ",".join(map(str, BOX)), "photos", RECIPE.key, "cosine", 3, verify=True,
+                                  session="h")  # fmt: skip
+    explained = bundled.explain_result([hit.image for hit in answer.result.hits].index(LARGE), "h")
+    assert explained.caption.startswith(f"{explained.match.inliers} inliers") and explained.match.inliers >= MIN_INLIERS
+    placed = layout((BOX[2] - BOX[0], BOX[3] - BOX[1]), (512, 384))
+    assert explained.picture.size == placed.size
+    on_thumbnail = (explained.match.query_points + BOX[:2]) / 4
+    assert marked(explained.picture, placed.result_point(on_thumbnail)) > 0.8
