@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     from cbir.datasets import folder_collection
     from cbir.index import Manifest, StoreSpec, write_index
     from cbir.layout import IndexLayout, write_collection_record
-    from cbir.local_features import LocalFeatureSettings, describe_image, describe_picture
+    from cbir.local_features import (
+        LocalFeatureSettings,
+        describe_image,
+        describe_picture,
+    )
     from cbir.match_drawing import draw_match, picture_as_described
     from cbir.verification import MIN_INLIERS, verify_pair
     from cbir_ui.behaviour import SearchPage
@@ -70,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                     local_features=[describe_image(photos / image, settings) for image in collection.images])  # fmt: skip
 
         query_features = describe_picture(picture_as_described(query_path, settings), settings)
-        result_features = describe_image(photos / "photo_00.jpg", settings)
+        result_path = photos / "photo_00.jpg"
+        result_features = describe_image(result_path, settings)
         match = verify_pair(query_features, result_features, min_matches=MIN_INLIERS)
         query_picture = picture_as_described(query_path, settings)
-        result_picture = picture_as_described(photos / "photo_00.jpg", settings)
+        result_picture = picture_as_described(result_path, settings)
         parts = {
             "verify the pair": lambda: verify_pair(query_features, result_features, min_matches=MIN_INLIERS),
-            "load both pictures": lambda: (picture_as_described(query_path, settings),
-                                           picture_as_described(photos / "photo_00.jpg", settings)),  # fmt: skip
+            "load both pictures": lambda: [picture_as_described(path, settings) for path in (query_path, result_path)],
             "draw": lambda: draw_match(query_picture, result_picture, match),
         }
         engine = StubbedEngine(root / "indexes")

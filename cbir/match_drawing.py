@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cbir.images import DEFAULT_LIMITS, Box, ImageLimits, ImageSource, crop_box, load_image
+from cbir.images import (
+    DEFAULT_LIMITS,
+    Box,
+    ImageLimits,
+    ImageSource,
+    crop_box,
+    load_image,
+)
 from cbir.local_features import LocalFeatureSettings
 from cbir.verification import MIN_INLIERS, Match
 

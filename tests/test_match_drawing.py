@@ -53,7 +53,7 @@ def marked(drawing: Image.Image, points: np.ndarray) -> float:
     distances = np.linalg.norm(points[:, None] - points[None], axis=2) + np.tri(len(points)) * 1e9
     alone = np.flatnonzero(distances.min(axis=1) > 2 * MARK_RADIUS + 2)
     assert len(alone) >= 10, "too few separate marks to tell"
-    found = [tuple(pixels[int(round(points[i, 1])), int(round(points[i, 0]))]) == line_colour(i) for i in alone]
+    found = [tuple(pixels[round(points[i, 1]), round(points[i, 0])]) == line_colour(i) for i in alone]
     return float(np.mean(found))
 
 
@@ -82,7 +82,7 @@ def test_each_inlier_pair_is_drawn_from_its_query_keypoint_to_where_the_true_hom
     pixels = np.asarray(drawing)
     start, end = placed.query_point(match.query_points[:1])[0], placed.result_point(match.result_points[:1])[0]
     between = [start + (end - start) * t for t in np.linspace(0.05, 0.95, 40)]
-    on_line = [tuple(pixels[int(round(y)), int(round(x))]) == line_colour(0) for x, y in between]
+    on_line = [tuple(pixels[round(y), round(x)]) == line_colour(0) for x, y in between]
     assert np.mean(on_line) > 0.5
 
 
@@ -97,7 +97,7 @@ def test_the_query_outline_is_carried_onto_the_result_by_the_fitted_transform():
 
     def white(drawing: Image.Image) -> float:
         pixels = np.asarray(drawing)
-        return float(np.mean([tuple(pixels[int(round(y)), int(round(x))]) == OUTLINE_COLOUR for x, y in edges]))
+        return float(np.mean([tuple(pixels[round(y), round(x)]) == OUTLINE_COLOUR for x, y in edges]))
 
     assert white(draw_match(query, result, match)) > 0.7
     assert white(draw_match(query, result, match, outline=False)) < 0.2

@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from served_app import launch_chromium, running_app  # noqa: E402
-from synthetic import draw_textured_picture  # noqa: E402
+from served_app import launch_chromium, running_app
+from synthetic import draw_textured_picture
 
 PHOTOS = 12
 SOUGHT = "photo_03"
