@@ -458,6 +458,8 @@ class SearchPage:
         name = Path(image).name
         source = self.source(searched.collection, session)
         loaded = source.engine.index(source.name, searched.recipe)
+        if not loaded.has_local_features and searched.collection.startswith(UPLOADED):
+            return MatchExplanation(None, "photos added on the page have no local features: no matches to draw")
         if not loaded.has_local_features:
             return MatchExplanation(None, "this index has no local features: build them with "
                                           f"{loaded.manifest.rebuild_command(loaded.folder)} --local-features")  # fmt: skip

@@ -319,3 +319,24 @@ def test_a_bundles_thumbnail_is_drawn_with_the_points_scaled_onto_it(page_with_f
     assert explained.picture.size == placed.size
     on_thumbnail = (explained.match.query_points + BOX[:2]) / 4
     assert marked(explained.picture, placed.result_point(on_thumbnail)) > 0.8
+
+
+@pytest.mark.slow
+def test_a_visitors_own_collection_says_it_has_no_matches_to_draw(tmp_path):
+    from cbir.backbones import BACKBONES
+    from cbir.build import BuildSettings
+    from cbir.recipe import RecipeSettings
+    from cbir.search import SearchEngine
+    from cbir.trunks import ExtractorCache
+    from cbir.uploads import PrivateCollections
+    from cbir.weights import Weights
+
+    settings = BuildSettings(recipe=RecipeSettings(weights=Weights.parse("none"), input_size=96), progress=False)
+    uploads = PrivateCollections(tmp_path / "uploads", settings, ExtractorCache())
+    page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=uploads.extractors), tmp_path / "indexes", uploads)
+    photos = make_gallery(tmp_path / "mine", 2)
+    page.add_photos([str(path) for path in photos], "mine", "xception", "alice")
+    page.search_photo(str(photos[0]), "", "uploaded: mine", "xception", "cosine", 2, session="alice")
+    explained = page.explain_result(0, "alice")
+    assert explained.picture is None
+    assert explained.caption == "photos added on the page have no local features: no matches to draw"
