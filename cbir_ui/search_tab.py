@@ -113,6 +113,17 @@ class SearchHandlers:
         self.page.select_result(event.index, session_of(request))
 
     @user_errors
+    def explain_result(self, event: gr.SelectData, request: gr.Request | None = None):
+        """The clicked result's match with the query drawn, and its caption; both hidden when there
+        is nothing to draw."""
+        explanation = self.page.explain_result(event.index, session_of(request))
+        if explanation is None:
+            return gr.update(value=None, visible=False), gr.update(value="", visible=False)
+        picture = explanation.picture
+        return (gr.update(value=picture, visible=picture is not None),
+                gr.update(value=explanation.caption, visible=True))  # fmt: skip
+
+    @user_errors
     def result_as_query(self, photo: str | None, box: str | None, request: gr.Request | None = None) -> Image.Image:
         """'Search with the selected result': the clicked result becomes the query."""
         return self.page.result_as_query(photo, box, session_of(request))
@@ -214,6 +225,9 @@ def render(page: SearchPage, *, explained: bool = False) -> SearchTab:
             gr.Markdown(broken_notice(page.broken), elem_id="broken-indexes")
         status = gr.Markdown(elem_id="search-status")
         gallery = gr.Gallery(label="Most similar", columns=6, height="auto", elem_id="results")
+        match_caption = gr.Markdown(visible=False, elem_id="matches-caption")
+        matches = gr.Image(label="Why this matches: the keypoints that agree on one geometry", type="pil",
+                           visible=False, interactive=False, format="jpeg", elem_id="matches")  # fmt: skip
         with gr.Row():
             use_result = gr.Button("Search with the selected result", elem_id="use-result", size="sm")
             previous = gr.Button("← Previous query", elem_id="previous-query", size="sm")
@@ -235,6 +249,11 @@ def render(page: SearchPage, *, explained: bool = False) -> SearchTab:
     # A new photo (uploaded, an example, a result searched with) starts without a box.
     photo.change(None, js="() => { if (window.cbirClearQueryBox) window.cbirClearQueryBox(); }")
     gallery.select(handlers.select_result, None, None, api_visibility="private")
+    # Drawing the match is an event of its own: 'search with the selected result' need not wait for it.
+    gallery.select(handlers.explain_result, None, [matches, match_caption], api_visibility="private")
+    # New results: the drawing of an old one goes.
+    gallery.change(lambda: (gr.update(value=None, visible=False), gr.update(value="", visible=False)), None,
+                   [matches, match_caption], api_visibility="private")  # fmt: skip
     use_result.click(
         handlers.result_as_query, inputs=[photo, box], outputs=[photo], js=BOX_FROM_PAGE, api_visibility="private"
     ).success(handlers.search_photo, inputs=search_inputs, outputs=[gallery, status], api_visibility="private",
