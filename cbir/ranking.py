@@ -47,6 +47,8 @@ class Ranking:
     # Spatial verification's inlier count per row, in the same order (-1: not verified); None when
     # no verification ran (cbir.verification).
     inliers: np.ndarray | None = None
+    # The first `verified` rows passed spatial verification: they lead, most inliers first.
+    verified: int = 0
 
 
 class Reranker(Protocol):
@@ -97,6 +99,10 @@ class AlphaQueryExpansion:
     by similarity^α, make a new query, which is searched again at the first ranking's depth.
 
     The re-search uses the exact scan if the first ranking did, the index's store otherwise.
+    After spatial verification, only the verified rows expand the query (up to `n` of them; none
+    verified, no expansion), as Chum et al. ("Total recall", ICCV 2007) expand with verified results
+    only: an unverified neighbour of a query whose global vector knows little is mostly another
+    scene. The verified rows keep their lead (`rank`).
     """
 
     n: int = QUERY_EXPANSION_NEIGHBOURS
@@ -118,7 +124,8 @@ class AlphaQueryExpansion:
         return self.n
 
     def __call__(self, index: LoadedIndex, query: np.ndarray, metric: Metric, ranking: Ranking) -> Ranking:
-        top = np.asarray(ranking.rows[: self.n])
+        expanding = self.n if ranking.inliers is None else min(self.n, ranking.verified)
+        top = np.asarray(ranking.rows[:expanding])
         if len(top) == 0:
             return ranking
         expanded = expand_query(query, np.asarray(index.descriptors[np.sort(top)]), metric, self.alpha)
@@ -203,8 +210,23 @@ def rank(
     found: Neighbours = index.search(query, metric, depth, exact=exact, candidates=candidates)
     ranking = Ranking(found.rows, found.distances, exact or k is None or index.store_is_exact)
     for reranker in rerankers:
-        ranking = reranker(index, query, metric, ranking)
+        ranking = keep_verified_lead(ranking, reranker(index, query, metric, ranking))
     if k is not None and len(ranking.rows) > k:
         inliers = None if ranking.inliers is None else ranking.inliers[:k]
-        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact, inliers)
+        ranking = Ranking(ranking.rows[:k], ranking.distances[:k], ranking.exact, inliers, min(ranking.verified, k))
     return ranking
+
+
+def keep_verified_lead(before: Ranking, after: Ranking) -> Ranking:
+    """`after` (a re-ranker's output) with the rows spatial verification proved in `before` put
+    back ahead, in their order: geometry is stronger evidence than any re-ordering of global
+    vectors (αQE, diffusion), which keep the order of the rest. Each row keeps its inlier count."""
+    if before.verified == 0 or after.verified > 0:
+        return after
+    lead = np.asarray(before.rows[: before.verified])
+    rest = ~np.isin(after.rows, lead)
+    rows = np.concatenate([lead, np.asarray(after.rows)[rest]])
+    distances = np.concatenate([np.asarray(before.distances[: before.verified]), np.asarray(after.distances)[rest]])
+    counted = dict(zip(np.asarray(before.rows).tolist(), np.asarray(before.inliers).tolist()))
+    inliers = np.array([counted.get(row, -1) for row in rows.tolist()], dtype=np.int64)
+    return Ranking(rows, distances, after.exact, inliers, before.verified)

@@ -236,4 +236,5 @@ class SpatialVerification:
         verified = verified[np.argsort(-inliers[verified], kind="stable")]  # ties keep the global order
         rest = np.setdiff1d(np.arange(len(rows)), verified, assume_unique=True)
         order = np.concatenate([verified, rest]).astype(np.intp)
-        return Ranking(rows[order], np.asarray(ranking.distances)[order], ranking.exact, inliers=inliers[order])
+        return Ranking(rows[order], np.asarray(ranking.distances)[order], ranking.exact, inliers=inliers[order],
+                       verified=len(verified))  # fmt: skip

@@ -354,3 +354,44 @@ def test_rank_refuses_fewer_than_one_result():
     with pytest.raises(ValueError) as raised:
         rank(SearchedIndex(FOUR_ROWS), unit(1, 0, 0), Metric.COSINE, 0)
     assert str(raised.value) == "k must be at least 1"
+
+
+# Verification first, then αQE or diffusion: what was verified expands the query and keeps its lead.
+VERIFIED_FIRST = Ranking(np.array([2, 0, 1, 3]), np.array([0.9, 0.1, 0.4, 1.5]), True,
+                         inliers=np.array([40, 3, -1, -1]), verified=1)  # fmt: skip
+
+
+def test_query_expansion_after_verification_expands_with_the_verified_rows_only():
+    index = RecordingIndex(FOUR_ROWS)
+    query = unit(1, 0, 0)
+    again = AlphaQueryExpansion(n=3, alpha=1)(index, query, Metric.COSINE, VERIFIED_FIRST)
+    by_row_2_alone = expand_query(query, FOUR_ROWS[[2]], Metric.COSINE, 1)
+    assert again.distances == approx(np.sort(exact_distances(FOUR_ROWS, by_row_2_alone, Metric.COSINE)), abs=1e-6)
+
+
+def test_query_expansion_after_a_verification_that_verified_nothing_leaves_the_ranking():
+    nothing = Ranking(np.array([0, 1]), np.array([0.1, 0.4]), True, inliers=np.array([3, 2]), verified=0)
+    index = RecordingIndex(FOUR_ROWS)
+    assert AlphaQueryExpansion(n=2)(index, unit(1, 0, 0), Metric.COSINE, nothing) is nothing
+    assert index.searches == []
+
+
+def test_a_reranker_after_verification_reorders_only_what_follows_the_verified_rows():
+    def verify(index, query, metric, ranking):
+        return VERIFIED_FIRST
+
+    def reverse(index, query, metric, ranking):
+        return Ranking(ranking.rows[::-1], ranking.distances[::-1], False)
+
+    ranking = rank(SearchedIndex(FOUR_ROWS), unit(1, 0, 0), Metric.COSINE, 3, exact=True, rerankers=[verify, reverse])
+    assert ranking.rows.tolist() == [2, 3, 1]  # row 2 kept first; the rest in the reversed order
+    assert ranking.inliers.tolist() == [40, -1, -1]  # each row's own count
+    assert ranking.distances.tolist() == [0.9, 1.5, 0.4]
+    assert ranking.verified == 1 and ranking.exact is False
+
+
+def test_rank_cut_to_fewer_rows_than_were_verified_keeps_the_count_right():
+    two_verified = Ranking(np.array([2, 0, 1]), np.zeros(3), True, inliers=np.array([40, 30, 3]), verified=2)
+    ranking = rank(SearchedIndex(FOUR_ROWS), unit(1, 0, 0), Metric.COSINE, 1, exact=True,
+                   rerankers=[lambda *_: two_verified])  # fmt: skip
+    assert ranking.rows.tolist() == [2] and ranking.verified == 1
