@@ -136,8 +136,6 @@ def evaluate_recipe(
     paths, ambiguous = _query_paths(loaded, record)
     rerankings = settings.rerankings()
     verifying = any(isinstance(r, SpatialVerification) for _, rerankers in rerankings for r in rerankers)
-    if verifying:
-        _check_local_features(loaded, record.name, recipe)
     runs: dict[RowKey, list[QueryRun]] = {
         RowKey(recipe, p.name, m.value, q.value, label): []
         for label, _ in rerankings
@@ -297,7 +295,7 @@ def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | Non
         raise IndexLoadError(f"nothing is built for {settings.collection}. Build it: {build_command(settings.collection)}")
     if not record.images_found:
         raise EvaluationError(record.missing_images_message())
-    if settings.verification is not None:  # before any query is described
+    if settings.verification is not None:  # every recipe, before any query is described
         for recipe in recipes:
             _check_local_features(engine.index(settings.collection, recipe), settings.collection, recipe)
     rows, curves, per_query = [], [], []
