@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from fractions import Fraction as F
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class RecordingEngine(StubbedEngine):
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
+def built_scene(tmp_path_factory):
     """A collection of six photos with local features, one query (a.jpg, boxed), hand-placed descriptors."""
     root = tmp_path_factory.mktemp("scene")
     photos = root / "photos"
@@ -92,6 +93,14 @@ def scene(tmp_path_factory):
     write_index(IndexLayout(index_dir).index_dir("scene", RECIPE.key), rows, manifest, local_features=local)
     query = wide([1.0, 0.0])[0]
     return index_dir, {("a", True): query, ("a", False): query}
+
+
+@pytest.fixture
+def scene(built_scene, tmp_path):
+    """The scene's index folder, a copy per test (each evaluation merges its rows into the results)."""
+    index_dir, described = built_scene
+    shutil.copytree(index_dir, tmp_path / "indexes")
+    return tmp_path / "indexes", described
 
 
 def evaluate(scene, **options) -> tuple[Results, RecordingEngine]:
@@ -211,3 +220,25 @@ def test_the_command_line_asks_for_verification_with_its_defaults():
     arguments = cli.parse(["evaluate", "--verify", "--diffusion"])
     assert arguments.verify and arguments.diffusion
     assert not cli.parse(["evaluate"]).verify
+
+
+def test_the_evaluation_tab_shows_the_re_ranked_rows_with_their_added_cost(scene):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from cbir_ui.evaluation_tab import RERANKING_HEADERS, collection_results
+
+    verification = SpatialVerification()
+    evaluate(scene, query_expansion=None, verification=verification)
+    with gr.Blocks() as page:
+        collection_results(SimpleNamespace(index_root=scene[0]), "scene")
+    [table] = [block for block in page.blocks.values()
+               if isinstance(block, gr.Dataframe) and list(block.headers) == RERANKING_HEADERS]  # fmt: skip
+    shown = table.value["data"]
+    assert [row[1] for row in shown] == [verification.label] * 4  # 2 protocols x 2 query modes
+    assert all(row[-1] > 0 for row in shown)
+    assert {(row[2], row[4], row[5], row[6]) for row in shown} == {
+        (protocol, mode, 1.0 if protocol == "good-only" else round(11 / 12, 3), round(11 / 30 if protocol == "good-only" else 0.5, 3))
+        for protocol in ("standard", "good-only") for mode in ("cropped", "full")
+    }  # fmt: skip
