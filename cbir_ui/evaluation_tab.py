@@ -3,6 +3,7 @@ protocols, or self-retrieval) beside what the study reported."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
@@ -38,7 +39,7 @@ def reranking_rows(lines: list[RerankingLine]) -> list[list[Any]]:
     return [
         [line.recipe + (" (untrained)" if line.untrained else ""), line.reranking, line.protocol, line.metric,
          line.query_mode, round(line.map, 3), round(line.plain_map, 3), round(line.map_change, 3),
-         "-" if line.added_seconds != line.added_seconds else round(1000 * line.added_seconds, 1)]  # fmt: skip
+         "-" if math.isnan(line.added_seconds) else round(1000 * line.added_seconds, 1)]  # fmt: skip
         for line in lines
     ]
 

@@ -213,7 +213,7 @@ def test_an_index_without_local_features_is_refused_with_the_command_that_builds
                      RECIPE.key, "--verify", "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
-    assert "--verify cannot re-rank it" in err and f"--force --local-features" in err
+    assert "--verify cannot re-rank it" in err and "--force --local-features" in err
 
 
 def test_the_command_line_asks_for_verification_with_its_defaults():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cbir.evaluation.results import Results
@@ -69,7 +70,7 @@ def reranking_table(results: Results) -> list[RerankingLine]:
 
 
 def _milliseconds(seconds: float) -> str:
-    return "-" if seconds != seconds else f"{1000 * seconds:.1f}"  # NaN: not measured (rows of older files)
+    return "-" if math.isnan(seconds) else f"{1000 * seconds:.1f}"  # NaN: not measured (rows of older files)
 
 
 def format_summary(results: Results) -> str:
