@@ -330,6 +330,8 @@ def evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qe-alpha", type=float, default=QUERY_EXPANSION_ALPHA, help="αQE: weight = similarity^α")
     parser.add_argument("--diffusion", action="store_true", help="also rows re-ranked by diffusion over the "
                         "collection's k-NN graph, alone and after αQE (the graph is built once per index)")  # fmt: skip
+    parser.add_argument("--verify", action="store_true", help="also rows re-ranked by spatial verification of the top "
+                        "100 with local features: alone, followed by αQE, and by diffusion (needs --local-features indexes)")  # fmt: skip
     parser.add_argument("--self-queries", type=count, default=DEFAULT_QUERIES,
                         help="collections without ground truth: images edited into queries (self-retrieval)")  # fmt: skip
 

@@ -139,6 +139,7 @@ def run_evaluate(arguments: argparse.Namespace) -> int:
     from cbir.protocols import get_protocol
     from cbir.ranking import AlphaQueryExpansion
     from cbir.search import SearchEngine
+    from cbir.verification import SpatialVerification
 
     engine = SearchEngine(arguments.index_dir)
     collection = arguments.collection
@@ -165,6 +166,7 @@ def run_evaluate(arguments: argparse.Namespace) -> int:
         progress=arguments.progress,
         query_expansion=None if arguments.no_query_expansion else AlphaQueryExpansion(arguments.qe_n, arguments.qe_alpha),
         diffusion=Diffusion() if arguments.diffusion else None,
+        verification=SpatialVerification() if arguments.verify else None,
     )
     print(evaluate_built(settings, engine, self_queries=arguments.self_queries))
     return 0

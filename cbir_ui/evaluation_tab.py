@@ -3,11 +3,16 @@ protocols, or self-retrieval) beside what the study reported."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import gradio as gr
 
 from cbir.evaluation import (
     STUDY_MEASURE_NOTE,
+    RerankingLine,
     load_results,
+    reranking_table,
     results_folder,
     revisited_table,
     study_reported,
@@ -23,6 +28,20 @@ from cbir_ui.formatting import (
     revisited_rows,
     self_retrieval_rows,
 )
+
+
+RERANKING_HEADERS = ["recipe", "re-ranking", "protocol", "metric", "queries", "mAP", "plain mAP", "change",
+                     "added ms / query"]  # fmt: skip
+
+
+def reranking_rows(lines: list[RerankingLine]) -> list[list[Any]]:
+    """The re-ranked rows beside their plain ranking ("-": a cost not measured, rows of older files)."""
+    return [
+        [line.recipe + (" (untrained)" if line.untrained else ""), line.reranking, line.protocol, line.metric,
+         line.query_mode, round(line.map, 3), round(line.plain_map, 3), round(line.map_change, 3),
+         "-" if math.isnan(line.added_seconds) else round(1000 * line.added_seconds, 1)]  # fmt: skip
+        for line in lines
+    ]
 
 
 def render(page: SearchPage) -> None:
@@ -63,6 +82,14 @@ def collection_results(page: SearchPage, collection: str) -> None:
             )
             gr.Dataframe(value=revisited_rows(revisited), headers=REVISITED_HEADERS, interactive=False, wrap=True)
         gr.Dataframe(value=measured_table(results), headers=MEASURED_HEADERS, interactive=False, wrap=True)
+        reranked = reranking_table(results)
+        if reranked:
+            gr.Markdown(
+                "**Re-rankings** beside the plain ranking they start from: mAP, its change, and what each adds per "
+                "query (the query's local description when verified, plus the re-rankers' own time in a top-100 "
+                "search). docs/evaluation.md says how to read them."
+            )
+            gr.Dataframe(value=reranking_rows(reranked), headers=RERANKING_HEADERS, interactive=False, wrap=True)
         curves = results_folder(page.index_root, collection) / results.files["pr_curves"]
         if curves.is_file():
             gr.Image(value=str(curves), label="Mean 11-point precision / recall", interactive=False)

@@ -18,22 +18,32 @@ from cbir.evaluation.results import (
     results_folder,
     study_reported,
 )
-from cbir.evaluation.loop import EvaluationError, EvaluationSettings, evaluate_collection
-from cbir.evaluation.tables import REVISITED_PROTOCOLS, RevisitedRow, format_summary, revisited_table
+from cbir.evaluation.loop import EvaluationError, EvaluationSettings, MissingLocalFeatures, evaluate_collection
+from cbir.evaluation.tables import (
+    REVISITED_PROTOCOLS,
+    RerankingLine,
+    RevisitedRow,
+    format_summary,
+    reranking_table,
+    revisited_table,
+)
 
 __all__ = [
     "REVISITED_PROTOCOLS",
     "STUDY_MEASURE_NOTE",
     "EvaluationError",
     "EvaluationSettings",
+    "MissingLocalFeatures",
     "PrCurve",
     "ResultRow",
+    "RerankingLine",
     "Results",
     "RevisitedRow",
     "RowKey",
     "evaluate_collection",
     "format_summary",
     "load_results",
+    "reranking_table",
     "results_folder",
     "revisited_table",
     "study_reported",

@@ -3,7 +3,11 @@ x metric x query mode ("cropped" to the ground-truth box, the standard protocol;
 whole query image, as a user uploading a photo would), ranked over the whole collection by exact
 search (AP needs the full ranking) with the same `rank` the search uses, and scored under every
 protocol the ground truth speaks (`cbir.protocols`); the top 100 returned by the index's store are
-scored too, so the cost of approximate search is visible."""
+scored too, so the cost of approximate search is visible.
+
+Each re-ranking the settings ask for (αQE, diffusion, spatial verification and their combinations:
+`EvaluationSettings.rerankings`) gives rows of its own, with the added cost per query: the query's
+local description when it is verified, plus the re-rankers' own time in the top-100 search."""
 
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ from cbir.layout import CollectionRecord, IndexLoadError, build_command
 from cbir.metrics import average_precision, interpolated_precision_11, mean_scores, score_query
 from cbir.protocols import Protocol, QueryMode, protocols_for
 from cbir.diffusion import Diffusion
-from cbir.ranking import AlphaQueryExpansion, Reranker
+from cbir.ranking import AlphaQueryExpansion, Ranking, Reranker
 from cbir.search import SearchEngine
+from cbir.verification import SpatialVerification
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,10 @@ STORE_DEPTH = 100
 
 class EvaluationError(CbirError):
     """A collection or index that cannot be evaluated as asked; the message says what to do."""
+
+
+class MissingLocalFeatures(EvaluationError):
+    """Spatial verification was asked of an index built without local features."""
 
 
 @dataclass
@@ -51,6 +60,9 @@ class EvaluationSettings:
     query_expansion: AlphaQueryExpansion | None = field(default_factory=AlphaQueryExpansion)
     # Rows re-ranked by diffusion too: alone, and after αQE when that is on (None: no such rows).
     diffusion: Diffusion | None = None
+    # Rows re-ranked by spatial verification too: alone, then αQE from the verified ranking, and
+    # diffusion seeded by it when diffusion is on (None: no such rows; the index needs local features).
+    verification: SpatialVerification | None = None
 
     def __post_init__(self) -> None:
         self.metrics = [Metric.parse(metric) for metric in self.metrics]
@@ -65,7 +77,41 @@ class EvaluationSettings:
             found.append((self.diffusion.label, (self.diffusion,)))
         if self.query_expansion and self.diffusion:
             found.append((f"{self.query_expansion.label} + {self.diffusion.label}", (self.query_expansion, self.diffusion)))
+        if self.verification:
+            # Verification first: what it verifies is what αQE expands with and diffusion starts from.
+            found.append((self.verification.label, (self.verification,)))
+            for then in (self.query_expansion, self.diffusion):
+                if then:
+                    found.append((f"{self.verification.label} + {then.label}", (self.verification, then)))
         return found
+
+
+@dataclass
+class _TimedReranker:
+    """A re-ranker that adds the time it takes to `seconds`, so the evaluation measures a re-ranking
+    inside the one `rank` path rather than by subtracting two noisy timings."""
+
+    reranker: Reranker
+    seconds: float = 0.0
+
+    @property
+    def depth(self) -> int:
+        return getattr(self.reranker, "depth", 0)
+
+    def __call__(self, index: LoadedIndex, query: np.ndarray, metric: Metric, ranking: Ranking) -> Ranking:
+        started = time.perf_counter()
+        try:
+            return self.reranker(index, query, metric, ranking)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def _check_local_features(loaded: LoadedIndex, collection: str, recipe: str) -> None:
+    if not loaded.has_local_features:
+        raise MissingLocalFeatures(
+            f"{collection}/{recipe} has no local features, so --verify cannot re-rank it. Build them: "
+            f"{loaded.manifest.rebuild_command(loaded.folder)} --local-features"
+        )
 
 
 def _query_paths(loaded: LoadedIndex, record: CollectionRecord) -> tuple[dict[str, str], frozenset[str]]:
@@ -89,6 +135,7 @@ def evaluate_recipe(
     ids = [image_id(relpath) for relpath in loaded.manifest.images]
     paths, ambiguous = _query_paths(loaded, record)
     rerankings = settings.rerankings()
+    verifying = any(isinstance(r, SpatialVerification) for _, rerankers in rerankings for r in rerankers)
     runs: dict[RowKey, list[QueryRun]] = {
         RowKey(recipe, p.name, m.value, q.value, label): []
         for label, _ in rerankings
@@ -119,17 +166,29 @@ def evaluate_recipe(
                 name=paths[query.image],
             )
             describe_seconds = time.perf_counter() - started
+            features, local_seconds = None, 0.0
+            if verifying:
+                started = time.perf_counter()
+                features = engine.describe_locally(record.root / paths[query.image], collection=record.name, recipe=recipe,
+                                                   box=query.box if mode is QueryMode.CROPPED else None,
+                                                   name=paths[query.image])  # fmt: skip
+                local_seconds = time.perf_counter() - started
             exported = export is not None and mode is QueryMode.CROPPED
             if exported:
                 export.descriptors.append(np.asarray(descriptor, np.float32))
             for metric, (reranking, rerankers) in itertools.product(settings.metrics, rerankings):
+                rerankers = tuple(r.for_query(features) if isinstance(r, SpatialVerification) else r for r in rerankers)
                 started = time.perf_counter()
                 full = engine.rank(loaded, descriptor, metric, None, rerankers=rerankers)
                 exact_seconds = time.perf_counter() - started
+                # The added cost is timed in the top-100 search, the one a user of the page waits for.
+                timed = [_TimedReranker(r) for r in rerankers]
                 started = time.perf_counter()
                 depth = min(STORE_DEPTH, len(loaded))
-                top = engine.rank(loaded, descriptor, metric, depth, exact=False, rerankers=rerankers)
+                top = engine.rank(loaded, descriptor, metric, depth, exact=False, rerankers=timed)
                 store_seconds = time.perf_counter() - started
+                uses_features = any(isinstance(r, SpatialVerification) for r in rerankers)
+                added_seconds = (local_seconds if uses_features else 0.0) + sum(t.seconds for t in timed)
                 ranking = [ids[row] for row in full.rows]
                 top_ranking = [ids[row] for row in top.rows]
                 if exported and metric is Metric.COSINE and not reranking:
@@ -142,7 +201,8 @@ def evaluate_recipe(
                         ap_at_100 = average_precision(top_ranking, positives, ignored)
                         eleven = interpolated_precision_11(ranking, positives, ignored)
                     runs[RowKey(recipe, protocol.name, metric.value, mode.value, reranking)].append(
-                        QueryRun(query.name, scores, ap_at_100, describe_seconds, exact_seconds, store_seconds, eleven)
+                        QueryRun(query.name, scores, ap_at_100, describe_seconds, exact_seconds, store_seconds, eleven,
+                                 local_seconds if uses_features else 0.0, added_seconds)  # fmt: skip
                     )
             if bar is not None:
                 bar.update(1)
@@ -160,6 +220,7 @@ def summarise(key: RowKey, loaded: LoadedIndex, runs: list[QueryRun]) -> ResultR
     manifest = loaded.manifest
     means = mean_scores([run.scores for run in runs])
     describe = _mean([run.describe_seconds for run in runs])
+    local_describe = _mean([run.local_describe_seconds for run in runs])
     store_search = _mean([run.store_seconds for run in runs])
     return ResultRow(
         recipe=key.recipe,
@@ -183,10 +244,12 @@ def summarise(key: RowKey, loaded: LoadedIndex, runs: list[QueryRun]) -> ResultR
         reranking=key.reranking,
         study_map=means["study_ap"],
         study_map_11point=means["study_ap_11point"],
-        mean_query_seconds=describe + store_search,
+        mean_query_seconds=describe + local_describe + store_search,
         mean_describe_seconds=describe,
         mean_exact_search_seconds=_mean([run.exact_seconds for run in runs]),
         mean_store_search_seconds=store_search,
+        mean_local_describe_seconds=local_describe,
+        mean_added_seconds=_mean([run.added_seconds for run in runs]),
         n_queries=means["n_queries"],
         n_skipped=means["n_skipped"],
         n_images=len(manifest.images),
@@ -232,6 +295,9 @@ def evaluate_collection(settings: EvaluationSettings, engine: SearchEngine | Non
         raise IndexLoadError(f"nothing is built for {settings.collection}. Build it: {build_command(settings.collection)}")
     if not record.images_found:
         raise EvaluationError(record.missing_images_message())
+    if settings.verification is not None:  # every recipe, before any query is described
+        for recipe in recipes:
+            _check_local_features(engine.index(settings.collection, recipe), settings.collection, recipe)
     rows, curves, per_query = [], [], []
     exports: dict[str, RankingExport] = {}
     for recipe in recipes:

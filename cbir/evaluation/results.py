@@ -58,6 +58,9 @@ class QueryRun:
     exact_seconds: float
     store_seconds: float
     eleven_point: np.ndarray | None  # interpolated precision at recall 0.0 .. 1.0
+    local_describe_seconds: float = 0.0  # the query's local features, for spatial verification
+    # What re-ranking added: the local description (if verified) and the re-rankers' time in the top-100 search.
+    added_seconds: float = 0.0
 
 
 def _from_known_fields(cls, data: dict[str, Any]):
@@ -121,6 +124,11 @@ class ResultRow:
     scales: str = "1"
     whitening: str = ""  # "paris6k, 512-d"; "" for none; "(same collection)" when learned on itself
     dim: int = 0
+    # What the re-ranking added per query over the plain ranking (0 for a plain row): the query's
+    # local description when verified, and the re-rankers' own time in the top-100 search. Rows
+    # written before these were measured read as NaN (not measured).
+    mean_added_seconds: float = float("nan")
+    mean_local_describe_seconds: float = float("nan")
 
     @property
     def key(self) -> RowKey:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cbir.evaluation.results import Results
@@ -24,6 +25,25 @@ class RevisitedRow:
 REVISITED_PROTOCOLS = ("easy", "medium", "hard")
 
 
+@dataclass(frozen=True)
+class RerankingLine:
+    """One re-ranked row beside the plain row it re-ranks: what the re-ranking gains and costs."""
+
+    recipe: str
+    protocol: str
+    metric: str
+    query_mode: str
+    reranking: str
+    untrained: bool
+    map: float  # non-interpolated mAP over the full ranking
+    plain_map: float  # the same, without re-ranking (NaN when that row is not in the results)
+    added_seconds: float  # per query: local description (verification) + the re-rankers' time; NaN: not measured
+
+    @property
+    def map_change(self) -> float:
+        return self.map - self.plain_map
+
+
 def revisited_table(results: Results) -> list[RevisitedRow]:
     """The results of a revisited collection as papers print them (empty for other collections)."""
     lines: dict[tuple[str, str, str, str], RevisitedRow] = {}
@@ -35,6 +55,22 @@ def revisited_table(results: Results) -> list[RevisitedRow]:
         line.map[row.protocol] = row.map_oxford
         line.mp_at_10[row.protocol] = row.mp_at_10_revisitop
     return list(lines.values())
+
+
+def reranking_table(results: Results) -> list[RerankingLine]:
+    """Every re-ranked row of the results with the mAP of its plain ranking, in the results' order."""
+    plain = {(r.recipe, r.protocol, r.metric, r.query_mode): r.map for r in results.rows if not r.reranking}
+    return [
+        RerankingLine(row.recipe, row.protocol, row.metric, row.query_mode, row.reranking, row.untrained, row.map,
+                      plain.get((row.recipe, row.protocol, row.metric, row.query_mode), float("nan")),
+                      row.mean_added_seconds)  # fmt: skip
+        for row in results.rows
+        if row.reranking
+    ]
+
+
+def _milliseconds(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{1000 * seconds:.1f}"  # NaN: not measured (rows of older files)
 
 
 def format_summary(results: Results) -> str:
@@ -57,6 +93,15 @@ def format_summary(results: Results) -> str:
     if any(row.untrained for row in results.rows):
         lines.append("* untrained (random) weights: these numbers measure nothing but the code path")
     lines.append("mAP@100S: mAP of the top 100 returned by the index's store (Annoy by default)")
+    reranked = reranking_table(results)
+    if reranked:
+        lines.append("")
+        lines.append("Re-rankings against the plain ranking: mAP, its change, and the time each adds per query")
+        lines.append("(the query's local description when verified + the re-rankers' own time in a top-100 search)")
+        for line in reranked:
+            name = f"{line.recipe}{'*' if line.untrained else ''} + {line.reranking}"
+            lines.append(f"  {name}  {line.protocol} {line.metric} {line.query_mode}: mAP {line.map:.3f} "
+                         f"({line.map_change:+.3f}), +{_milliseconds(line.added_seconds)} ms/query")  # fmt: skip
     revisited = revisited_table(results)
     if revisited:
         lines.append("")

@@ -32,7 +32,7 @@ PER_QUERY_COLUMNS = [
     "recipe", "protocol", "metric", "query_mode", "reranking", "query", "n_positives", "ap_oxford", "ap",
     "ap_11point", "ap_at_100_store", "p_at_1", "p_at_5", "p_at_10", "p_at_1_revisitop", "p_at_5_revisitop",
     "p_at_10_revisitop", "study_ap", "study_ap_11point",
-    "describe_seconds", "exact_search_seconds", "store_search_seconds",
+    "describe_seconds", "exact_search_seconds", "store_search_seconds", "local_describe_seconds", "added_seconds",
 ]  # fmt: skip
 
 
@@ -65,6 +65,8 @@ def per_query_rows(key: RowKey, runs: list[QueryRun]) -> list[dict[str, Any]]:
                 "describe_seconds": run.describe_seconds,
                 "exact_search_seconds": run.exact_seconds,
                 "store_search_seconds": run.store_seconds,
+                "local_describe_seconds": run.local_describe_seconds,
+                "added_seconds": run.added_seconds,
             }
         )
     return rows
