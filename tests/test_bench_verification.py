@@ -1,0 +1,36 @@
+"""bench/verification.py runs and writes what verification cost and where the time went, with the
+machine it ran on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("read rows", "unpack to float", "descriptor products", "matching", "RANSAC")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_costs_of_both_sizes_and_their_steps(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "verification.py"), "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "verification.json").read_text())
+    assert report["cpu"] and report["cores"] >= 1 and report["load_average_end"] >= 0
+    assert report["settings"] == {"method": "rootsift", "max_side": 512, "max_keypoints": 500}
+    small, large = report["files"]
+    assert small["rows"] == 300 and large["rows"] == 3000
+    assert 100 * 136 < small["bytes_per_image"] < 500 * 140  # keypoints of 136 bytes, at most 500 of them
+    assert report["query_describe_median_ms"] > 0
+    as_index, other, cold = report["rows"]
+    assert as_index["features"].endswith("(as the index reads them)") and cold["rows"] == 3000
+    for row in (as_index, other):
+        assert row["own_picture_first"] == "3 / 3" and row["verify_top_100_median_ms"] > 0
+        # The steps are parts of the whole (the whole also sorts; the machine is shared: a margin).
+        assert 0 < sum(row[f"{step}_median_ms"] for step in STEPS) < 2 * row["verify_top_100_median_ms"]
+    assert cold["own_picture_most_inliers"] == "3 / 3" and cold["cold_total_median_ms"] > 0
+    assert report["cpu"] in (tmp_path / "verification.md").read_text()
