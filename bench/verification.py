@@ -6,8 +6,8 @@ and where the time goes.
 
 The collection: synthetic textured 1024 x 768 JPEGs (tests/synthetic.py's `draw_textured_picture`:
 enough corners that the keypoint bound is reached, as on real photos), described at the default
-settings (cbir.local_features: 512 px, 500 keypoints). Describing 5,063 pictures would take most of
-an hour on a shared machine and verification's cost depends only on the keypoints per row, so
+settings (cbir.local_features: 512 px, 500 keypoints). Drawing and describing 5,063 pictures would
+take about half an hour on a shared machine and verification's cost depends only on the keypoints per row, so
 `--pictures` distinct pictures are described and their features repeated, row r holding picture
 r mod pictures; this is said in the report.
 
