@@ -1,5 +1,5 @@
-"""bench/verification.py runs and writes what verification cost and where the time went, with the
-machine it ran on."""
+"""bench/verification.py and bench/openblas_spin.py run and write what they measured, with the machine
+they ran on."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def test_quick_run_writes_the_costs_of_both_sizes_and_their_steps(tmp_path):
         assert 0 < sum(row[f"{step}_median_ms"] for step in STEPS) < 2 * row["verify_top_100_median_ms"]
     assert cold["own_picture_most_inliers"] == "3 / 3" and cold["cold_total_median_ms"] > 0
     assert report["cpu"] in (tmp_path / "verification.md").read_text()
+
+
+@pytest.mark.slow
+def test_openblas_spin_quick_run_writes_both_settings(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "openblas_spin.py"), "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "openblas_spin.json").read_text())
+    default, shortest = report["rows"]
+    assert (default["openblas_thread_timeout"], shortest["openblas_thread_timeout"]) == ("default", "4")
+    assert all(row["products_ms_median"] > 0 and row["cpu_ms_in_200_ms_after_median"] >= 0 for row in report["rows"])
+    assert report["cpu"] in (tmp_path / "openblas_spin.md").read_text()
