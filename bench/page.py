@@ -4,6 +4,7 @@ the search's own time (the handler's: decode, descriptor, search) for the same s
     python bench/page.py                          # 640 x 480, 1024 x 768, 4032 x 3024 photos, 10 each
     python bench/page.py --query-widths 4032 --searches 5
     python bench/page.py --quick                  # 96 px network, 3 searches, 40 photos
+    python bench/page.py --no-verify              # without the verified searches (and local features)
 
 The app runs in its own process, exactly as `python app.py` starts it, over a synthetic collection
 built with random weights (same arithmetic as ImageNet weights). Each search chooses a different
@@ -15,6 +16,13 @@ drawn; "driver" is the same from Playwright's click call), the handler's time (t
 received for the photo, the requests the page sent to /upload during the searches (0: nothing is
 re-sent), and the same searches through the API (gradio_client, `/search_photo`). A warm-up search
 first builds the network. Needs Debian's chromium (/usr/bin/chromium).
+
+The verified case (unless --no-verify): the collection is built with --local-features (default
+settings) from textured pictures (tests/synthetic.py's `draw_textured_picture`: keypoints up to
+the bound, as on real photos; the plain pictures have few), and the same number of searches per
+photo size are made with "Verify with local features" ticked, each query a collection picture
+drawn again at the query's size: the handler's time then includes the query's local description
+and the verification of the top 100 (rows "verified").
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--query-widths", default="640,1024,4032", help="widths of the uploaded photos (4:3)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-verify", action="store_true", help="skip the searches with verification")
     parser.add_argument("--name", default=None, help="results file stem (default page, or page-quick)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     arguments = parser.parse_args(argv)
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
     from served_app import launch_chromium, running_app
-    from synthetic import make_gallery
+    from synthetic import draw_textured_picture, make_gallery
 
     from bench.common import write_report
     from cbir.backbones import get_backbone
@@ -66,19 +75,35 @@ def main(argv: list[str] | None = None) -> int:
     from cbir.recipe import RecipeSettings
     from cbir.datasets import folder_collection
 
+    verify = not arguments.no_verify
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        make_gallery(scratch / "photos", arguments.photos, width=1024, height=768)
+        if verify:
+            (scratch / "photos").mkdir()
+            for seed in range(arguments.photos):
+                draw_textured_picture(seed, 1024, 768).save(scratch / "photos" / f"picture_{seed:03d}.jpg", quality=92)
+        else:
+            make_gallery(scratch / "photos", arguments.photos, width=1024, height=768)
         queries = {
             width: make_gallery(scratch / f"queries-{width}", arguments.searches, width=width, height=width * 3 // 4,
                                 start_seed=10_000 + width)  # fmt: skip
             for width in widths
         }
+        verified_queries = {}
+        if verify:
+            for width in widths:
+                (scratch / f"verified-{width}").mkdir()
+                verified_queries[width] = []
+                for number in range(arguments.searches):
+                    path = scratch / f"verified-{width}" / f"picture_{number:03d}.jpg"
+                    draw_textured_picture((7 * number) % arguments.photos, width, width * 3 // 4).save(path, quality=92)
+                    verified_queries[width].append(path)
         warm_up = make_gallery(scratch / "warm-up", 1, width=800, height=600, start_seed=9_999)[0]
         settings = BuildSettings(
             index_dir=scratch / "indexes",
             progress=False,
             recipe=RecipeSettings(weights=Weights.parse("none"), input_size=arguments.input_size),
+            local_features=verify,
         )
         build_indexes(folder_collection(scratch / "photos", "bench"), [get_backbone(arguments.backbone)], settings)
 
@@ -94,10 +119,13 @@ def main(argv: list[str] | None = None) -> int:
                 page.locator("#search-button").wait_for()
                 page.locator("input[type=range]").first.fill(str(arguments.k))
                 search(page, warm_up, arguments.k)  # builds and traces the network: set-up, not search time
-                for width in widths:
-                    runs = measured[width] = {"page": [], "driver": [], "handler": [], "upload": [],
-                                              "uploads_during": [], "uploaded_bytes": []}  # fmt: skip
-                    for number, query in enumerate(queries[width]):
+                cases = [(width, False) for width in widths] + [(width, True) for width in verified_queries]
+                for width, verified in cases:
+                    if verified:
+                        page.locator("#verify input[type=checkbox]").check()
+                    runs = measured[(width, verified)] = {"page": [], "driver": [], "handler": [], "upload": [],
+                                                          "uploads_during": [], "uploaded_bytes": []}  # fmt: skip
+                    for number, query in enumerate((verified_queries if verified else queries)[width]):
                         uploads.clear()
                         upload, elapsed, driver, handler, during = search(page, query, arguments.k, uploads)
                         # The file the server received (the page shows it from Gradio's cache).
@@ -107,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                         for key, value in (("page", elapsed), ("driver", driver), ("handler", handler),
                                            ("upload", upload), ("uploads_during", during)):  # fmt: skip
                             runs[key].append(value)
-                        print(f"{width} px, search {number}: page {1000 * elapsed:.0f} ms (driver {1000 * driver:.0f}), "
+                        print(f"{width} px{' verified' if verified else ''}, search {number}: page {1000 * elapsed:.0f} ms (driver {1000 * driver:.0f}), "
                               f"handler {1000 * handler:.0f}"
                               f" ms, upload when chosen {1000 * upload:.0f} ms, {during} uploads during the search",
                               flush=True)  # fmt: skip
@@ -116,28 +144,30 @@ def main(argv: list[str] | None = None) -> int:
             from gradio_client import Client, handle_file
 
             client = Client(url, verbose=False)
-            for width in widths:
-                measured[width]["api"] = []
-                for query in queries[width]:
+            for width, verified in measured:
+                measured[(width, verified)]["api"] = []
+                for query in (verified_queries if verified else queries)[width]:
                     height = width * 3 // 4
                     box = middle_box(width, height)
                     started = time.perf_counter()
                     client.predict(handle_file(str(query)), ",".join(map(str, box)), "bench", arguments.backbone,
-                                   "cosine", arguments.k, api_name="/search_photo")  # fmt: skip
-                    measured[width]["api"].append(time.perf_counter() - started)
-        file_sizes = {width: statistics.median(path.stat().st_size for path in queries[width]) for width in widths}
+                                   "cosine", arguments.k, verify=verified, api_name="/search_photo")  # fmt: skip
+                    measured[(width, verified)]["api"].append(time.perf_counter() - started)
+        file_sizes = {case: statistics.median(path.stat().st_size for path in (verified_queries if case[1] else queries)[case[0]])
+                      for case in measured}  # fmt: skip
 
     def median_ms(values: list[float]) -> float:
         return round(1000 * statistics.median(values), 1)
 
     rows, sizes = [], []
-    for width in widths:
-        runs = measured[width]
+    for width, verified in measured:
+        runs = measured[(width, verified)]
         page_ms, handler_ms = median_ms(runs["page"]), median_ms(runs["handler"])
         overheads = [page - handler for page, handler in zip(runs["page"], runs["handler"])]
         size = {
             "photo": f"{width} x {width * 3 // 4}",
-            "jpeg_bytes": int(file_sizes[width]),
+            "verified": verified,
+            "jpeg_bytes": int(file_sizes[(width, verified)]),
             "searches": len(runs["page"]),
             "page_median_ms": page_ms,
             "handler_median_ms": handler_ms,
@@ -156,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "handler_ms": [round(1000 * t, 1) for t in runs["handler"]],
         }
         sizes.append(size)
-        rows.append([size["photo"], f"{size['jpeg_bytes'] / 1e6:.2f} MB",
+        rows.append([size["photo"] + (", verified" if verified else ""), f"{size['jpeg_bytes'] / 1e6:.2f} MB",
                      f"{size['uploaded_bytes_median'] / 1e6:.2f} MB", size["searches"], page_ms, handler_ms,
                      size["page_minus_handler_median_ms"], size["page_over_handler"], size["driver_median_ms"],
                      size["uploads_during_searches"], size["upload_when_chosen_median_ms"], size["api_median_ms"]])  # fmt: skip
@@ -164,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "page",
         "command": command.strip(),
         "cores": os.cpu_count(),
+        "load_average_end": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d"),
         "backbone": arguments.backbone,
         "input_size": arguments.input_size or get_backbone(arguments.backbone).input_size,
         "k": arguments.k,
         "indexed_photos": arguments.photos,
+        "local_features": verify,
         "box": f"the middle {BOX_FRACTION:.0%} of each side, drawn with the mouse",
         "sizes": sizes,
     }
@@ -177,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         arguments.out, stem, report,
         f"Click to results in headless Chromium vs the handler's own time, medians of {arguments.searches} "
         f"(`{report['command']}`, {arguments.backbone} at {report['input_size']} px, {arguments.photos} photos, k "
-        f"{arguments.k}, a box drawn on each photo; {report['date']}, {report['cores']} cores)",
+        f"{arguments.k}, a box drawn on each photo; {report['date']}, {report['cores']} cores, load average "
+        f"{report['load_average_end']} at the end)"
+        + ("; rows \"verified\": the same with \"Verify with local features\" ticked (an index built with "
+           "--local-features, textured pictures)" if verify else ""),
         ["photo", "JPEG", "uploaded", "searches", "page ms", "handler ms", "page - handler ms", "page / handler",
          "driver ms", "uploads during searches", "upload when chosen ms", "API ms"],
         rows,

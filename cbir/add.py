@@ -50,7 +50,7 @@ from cbir.datasets.model import Collection, DatasetError
 from cbir.distances import Metric
 from cbir.digests import sha256_file
 from cbir.errors import SettingsError
-from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors
+from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, extract_descriptors, file_stamp
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, load_index, version_warnings, write_index
 from cbir.local_features import ImageFeatures, describe_images
@@ -84,6 +84,9 @@ class AddSettings:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     limits: ImageLimits = DEFAULT_LIMITS
     progress: bool = True
+    # Asked for local features (--local-features): an index without them is refused. The new images
+    # get them wherever the index has them either way (described as its manifest says).
+    local_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,14 @@ def add_images(
     # Recipes that describe images first, then whitened ones, then DBA: each is computed from the one before.
     manifests = sorted(((Manifest.read(folder), folder) for folder in folders),
                        key=lambda pair: (pair[0].recipe.dba is not None, pair[0].recipe.whitening is not None))  # fmt: skip
+    without = [manifest.key for manifest, _ in manifests if manifest.local_features is None]
+    if settings.local_features and without:
+        # Adding describes only the new images: the old rows' features would be missing.
+        raise SettingsError(
+            f"--local-features: {name}/{without[0]} has no local features, and adding describes only the new images. "
+            f"Build them for every image first: {build_command(name, without[0], force=True, images=root)} "
+            "--local-features; then add"
+        )
     extractors = extractors if extractors is not None else ExtractorCache()
     # Recorded first: a run killed after an index grew still has a later plain build keep the images.
     if not new_dir.is_relative_to(root.resolve()):
@@ -186,6 +197,7 @@ def _grow_described(
     for warning in version_warnings(manifest, keras_versions()):
         logger.warning("adding to an index built with other versions: %s", warning)
     old = load_index(folder, expected=manifest.recipe)
+    stamps = {relpath: file_stamp(root / relpath) for relpath in new}  # before reading, as the build stamps
     extractor = extractors.get(manifest.recipe)
     # Its own checkpoints: a build's checkpoints of the same recipe are left alone.
     checkpoint_dir = layout.checkpoint_dir(name, f"{manifest.key}.add")
@@ -198,7 +210,7 @@ def _grow_described(
     if manifest.local_features is not None:  # described as the index's own were
         new_features = describe_images(root, result.images, manifest.local_features, limits=settings.limits)
     outcome = _write_grown(folder, old, rows, result.images, result.skipped, started, manifest.derived_from,
-                           new_features=new_features)  # fmt: skip
+                           new_features=new_features, new_stamps=stamps)  # fmt: skip
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only once the grown index exists
     return outcome
 
@@ -282,9 +294,11 @@ def _write_grown(
     derived_from: dict[str, str] | None,
     note: str = "",
     new_features: Sequence[ImageFeatures] | None = None,
+    new_stamps: dict[str, tuple[int, int]] | None = None,
 ) -> AddOutcome:
     """Write `old`'s folder again with `rows` (old rows first) and its store grown or rebuilt; its
-    local features, if it has them, grown by `new_features` (one per new image)."""
+    local features, if it has them, grown by `new_features` (one per new image); its images' stamps
+    (cbir.build.changed_images), if it records them, by `new_stamps`."""
     manifest = old.manifest
     features = None
     if manifest.local_features is not None and new_features is not None:
@@ -297,6 +311,7 @@ def _write_grown(
         timings={**manifest.timings, "add_seconds": round(time.perf_counter() - started, 3)},
         created=manifest.created, whitening=manifest.whitening, derived_from=derived_from,
         local_features=manifest.local_features if features is not None else None,
+        image_stamps={**manifest.image_stamps, **(new_stamps or {})},
     )  # fmt: skip
     whitening = old.whitening
     old.close()  # a store holding the old files (a Milvus Lite file) lets go of them first

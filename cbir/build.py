@@ -34,7 +34,14 @@ from cbir.datasets import DATASETS, DownloadSettings, folder_collection, prepare
 from cbir.datasets.model import Collection, DatasetError
 from cbir.errors import SettingsError
 from cbir.digests import sha256_file
-from cbir.extract import DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_EVERY, ExtractionResult, Executor, extract_descriptors
+from cbir.extract import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT_EVERY,
+    ExtractionResult,
+    Executor,
+    extract_descriptors,
+    file_stamp,
+)
 from cbir.images import DEFAULT_LIMITS, ImageLimits
 from cbir.index import LoadedIndex, Manifest, StoreSpec, damage, load_index, write_index
 from cbir.local_features import LocalFeatureSettings, describe_images
@@ -136,6 +143,9 @@ def _why_rebuild(
         return "the collection's images changed"
     if root_changed:
         return "the collection's folder changed"
+    changed = changed_images(Path(collection.root), manifest)
+    if changed:
+        return f"{len(changed)} image{'s' if len(changed) > 1 else ''} changed since it was built (first: {changed[0]})"
     wanted = settings.store_spec(collection.name, recipe, len(manifest.images))
     if manifest.store.kind != wanted.kind or any(manifest.store.params.get(k) != v for k, v in wanted.params.items()):
         return "other store settings"
@@ -146,6 +156,16 @@ def _why_rebuild(
     if problems:
         return "damaged (" + "; ".join(problems) + ")"
     return None
+
+
+def image_stamps(root: Path, images: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Each image's (size, modification time): what tells a file replaced under the same name."""
+    return {image: file_stamp(Path(root) / image) for image in images}
+
+
+def changed_images(root: Path, manifest: Manifest) -> list[str]:
+    """The images recorded in the manifest whose file is not as the build found it, in name order."""
+    return sorted(image for image, stamp in manifest.image_stamps.items() if file_stamp(Path(root) / image) != stamp)
 
 
 def build_indexes(
@@ -374,6 +394,8 @@ def _build_one(
     on_progress: BuildProgress | None,
 ) -> BuildOutcome:
     started = time.perf_counter()
+    # Stamped before reading: a file replaced during the build is seen as changed by the next one.
+    stamps = image_stamps(Path(collection.root), collection.images)
     checkpoint_dir = layout.checkpoint_dir(collection.name, recipe.key)
     result, built = _extract(collection, recipe, settings, extractors, checkpoint_dir, on_progress)
     if not result.images:
@@ -393,6 +415,7 @@ def _build_one(
             "extraction_seconds": round(result.seconds, 3),
             "images_per_second": round(result.images_per_second, 2),
         },
+        image_stamps=stamps,
     )
     local_features = None
     if settings.local_features:

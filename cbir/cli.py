@@ -304,6 +304,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                      "DBA: recomputed)")  # fmt: skip
     new.add_argument("--add", dest="added_images", type=Path, metavar="NEW_DIR",
                      help="the same, as `python build_index.py --images DIR --name NAME --add NEW_DIR` spells it")  # fmt: skip
+    parser.add_argument("--local-features", action="store_true", help="the new images' RootSIFT keypoints are "
+                        "stored wherever the index has them, flag or not; with it, an index without them is refused")  # fmt: skip
 
 
 def evaluate_options(parser: argparse.ArgumentParser) -> None:

@@ -103,6 +103,10 @@ class Manifest:
     # How the rows' local features were made, when the folder has them (written only then, so
     # folders without them keep the manifest they always had).
     local_features: LocalFeatureSettings | None = None
+    # (size, modification time in ns) of each image of the collection (rows and skipped) as the
+    # build found it, so that a later build sees an image changed under the same name (cbir.build);
+    # empty in folders written before it and in derived ones (they follow their source's rows).
+    image_stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dim = self.dim or self.recipe.dim
@@ -140,6 +144,8 @@ class Manifest:
         }
         if self.local_features is not None:
             data["local_features"] = self.local_features.to_json()
+        if self.image_stamps:
+            data["image_stamps"] = {image: list(stamp) for image, stamp in self.image_stamps.items()}
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -162,6 +168,7 @@ class Manifest:
             whitening=WhiteningSource.from_json(data["whitening"]) if data.get("whitening") else None,
             derived_from=dict(data["derived_from"]) if data.get("derived_from") else None,
             local_features=LocalFeatureSettings.from_json(data["local_features"]) if data.get("local_features") else None,
+            image_stamps={image: (int(size), int(mtime)) for image, (size, mtime) in data.get("image_stamps", {}).items()},
         )
 
     @classmethod

@@ -68,9 +68,12 @@ def test_end_to_end_benchmark_quick_run_writes_results(tmp_path):
 def test_page_benchmark_quick_run_writes_results(tmp_path):
     run_bench("page.py", "--quick", "--query-widths", "320,2400", "--out", str(tmp_path))
     report = json.loads((tmp_path / "page-quick.json").read_text())
-    small, large = report["sizes"]
+    small, large, *verified = report["sizes"]
     assert (small["photo"], large["photo"]) == ("320 x 240", "2400 x 1800") and report["k"] == 12
-    for size in (small, large):
+    # The same sizes again with "Verify with local features" ticked (the index built with them).
+    assert [size["photo"] for size in verified] == ["320 x 240", "2400 x 1800"] and report["local_features"]
+    assert [size["verified"] for size in report["sizes"]] == [False, False, True, True]
+    for size in report["sizes"]:
         assert size["searches"] == 3 and len(size["page_ms"]) == 3
         # The page can never answer faster than the handler behind it.
         assert size["page_median_ms"] > size["handler_median_ms"] > 0 and size["api_median_ms"] > 0
@@ -78,7 +81,7 @@ def test_page_benchmark_quick_run_writes_results(tmp_path):
         assert size["uploads_during_searches"] == 0
     # Past 2,048 px the page sends a smaller copy; below, the photo as it is.
     assert large["uploaded_bytes_median"] < large["jpeg_bytes"] and small["uploaded_bytes_median"] == small["jpeg_bytes"]
-    assert (tmp_path / "page-quick.md").read_text().count("\n| ") == 3
+    assert (tmp_path / "page-quick.md").read_text().count("\n| ") == 5
 
 
 @pytest.mark.slow
