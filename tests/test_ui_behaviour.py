@@ -514,6 +514,8 @@ def test_top_k_left_out_is_twelve_and_a_box_reaches_the_search(site):
     assert "· plain · xception · Euclidean distance" in answer.status
     boxed = site.page.search_photo(str(site.plain / "p00.jpg"), "1,2,30,20", "plain", "xception", "cosine", 2.0)
     assert [hit.rank for hit in boxed.result.hits] == [1, 2]
+    with pytest.raises(CbirError, match="the selected region is 4 x 4 px; select at least 8 x 8 px"):  # the box is used
+        site.page.search_photo(str(site.plain / "p00.jpg"), "0,0,4,4", "plain", "xception", "cosine", 2)
 
 
 def test_re_rankings_are_named_on_the_first_line_in_the_order_they_ran(site):
@@ -538,6 +540,12 @@ def test_the_legacy_search_takes_an_editors_picture_and_searches_it_whole(site):
                               session="legacy")  # fmt: skip
     assert [hit.image for hit in answer.result.hits] == DEMO_RANKING[:2]
     assert answer.status.startswith("1 results in ")  # picture_005 is left out
+    expanded = site.page.search(picture, "plain", "xception", "cosine", 3, True, 4, 2.0, session="legacy")
+    assert expanded.status.endswith(" · re-ranked by αQE (n = 4, α = 2)")
+    site.page.select_result(1, "legacy")
+    shown = expanded.result.hits[1].image
+    assert np.array_equal(pixels(site.page.result_as_query(None, None, "legacy")), pixels(site.plain / shown))
+    assert behaviour.query_image(picture) is picture  # a picture given as it is
     with pytest.raises(PageError) as raised:
         site.page.search(None, "demo", "xception", "cosine", 2)
     assert str(raised.value) == "Add an image first: upload, paste or take a photo, then crop the part to search."
@@ -858,7 +866,7 @@ def test_a_bundles_example_is_cut_from_its_thumbnail_with_the_box_scaled_from_th
     record = layout.record_path("bundled")
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"schema_version": 2, "name": "bundled", "n_images": 2, "queries": [],
-                                  "thumbnails_only": True, "image_sizes": {"big": [1200, 900]},
+                                  "thumbnails_only": True, "image_sizes": {"big": [1200, 600]},
                                   "thumbnail_max_side": 320}))  # fmt: skip
     folder = layout.thumbnails_dir("bundled")
     folder.mkdir(parents=True)
@@ -867,8 +875,39 @@ def test_a_bundles_example_is_cut_from_its_thumbnail_with_the_box_scaled_from_th
         photo.convert("RGB").resize((160, 120)).save(folder / thumbnail_name("bundled", "small.jpg", 320), quality=95)
     page = SearchPage(SearchEngine(tmp_path / "bundle", extractors=FixedNetworks()), tmp_path / "bundle")
     thumbnail = pixels(folder / thumbnail_name("bundled", "big.jpg", 320))
-    cut = page.example_picture("bundled", "big.jpg", (300, 150, 900, 750))  # x 0.2667: (80, 40, 240, 200)
+    # The box is in the original's pixels: x scaled by 320 / 1200, y by 240 / 600 (the sizes recorded).
+    cut = page.example_picture("bundled", "big.jpg", (300, 100, 900, 500))  # on the thumbnail: (80, 40, 240, 200)
     assert cut.size == (160, 160) and np.array_equal(pixels(cut), thumbnail[40:200, 80:240])
     assert np.array_equal(pixels(page.example_picture("bundled", "big.jpg", None)), thumbnail)
     small = page.example_picture("bundled", "small.jpg", (10, 10, 50, 50))  # no size recorded: the whole thumbnail
     assert small.size == (160, 120)
+
+
+def test_the_log_says_which_thumbnails_hits_and_examples_the_page_could_not_show(site, tmp_path, caplog):
+    import logging
+
+    from cbir.datasets import Collection
+    from cbir.layout import IndexLayout
+
+    caplog.set_level(logging.WARNING, logger="cbir_ui.behaviour")
+    site.page.example_gallery("demo")
+    site.page.search_photo(str(site.photos / "picture_003.jpg"), "", "demo", "xception", "cosine", 3)
+    write_rows(tmp_path / "indexes", Collection("unrecorded", tmp_path, ("a.jpg",)), RECIPE, wide([1]))
+    IndexLayout(tmp_path / "indexes").record_path("unrecorded").unlink()  # the index stays, its record is gone
+    page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=FixedNetworks()), tmp_path / "indexes")
+    assert page.collections() == ["unrecorded"] and page.example_queries("unrecorded") == []
+    messages = [record.getMessage() for record in caplog.records]
+    assert "no thumbnail for demo/picture_005.jpg: picture_005.jpg: file not found" in messages
+    assert "demo: 1 hits not shown, first: LeftOut(image='picture_005.jpg', reason='file not found')" in messages
+    assert [m for m in messages if m.startswith("no examples for unrecorded: no collection 'unrecorded' under ")]
+
+
+def test_a_build_that_described_nothing_says_so(site, sent, tmp_path, monkeypatch):
+    import cbir.uploads
+
+    monkeypatch.setattr(cbir.uploads, "build_indexes", lambda *args, **kwargs: [])
+    page = uploads_page(site, tmp_path / "uploads")
+    added = page.add_photos([str(path) for path in sent], "mine", "xception", "me")
+    first, left_out = added.message.split("\n\n")
+    assert first.startswith("**mine**: 0 images described with xception in ")
+    assert left_out.splitlines()[0] == "Left out (2):"  # the files the upload itself refused
