@@ -575,7 +575,7 @@ def test_what_a_search_cannot_do_is_a_message_saying_what_to_do(site, tmp_path):
     )
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a picture")
-    with pytest.raises(CbirError, match="the uploaded image"):  # the visitor's file is named as they know it
+    with pytest.raises(CbirError, match="^the uploaded image: "):  # the visitor's file, not the server's path
         page.search_photo(str(broken), "", "demo", "xception", "cosine", 3)
 
 
@@ -709,19 +709,23 @@ def test_two_sessions_browse_apart(site, monkeypatch):
 
 def built_as_sent(collection, backbones, settings, extractors=None, on_progress=None):
     """Stands in for cbir.uploads' build_indexes: an index of the photos sent (those named broken*
-    skipped, as a build skips an unreadable file), with rows the test knows."""
+    skipped, as a build skips an unreadable file), with rows the test knows and local features."""
     from cbir.build import BuildOutcome, BuildStatus
     from cbir.index import Manifest, Skipped, StoreSpec, write_index
     from cbir.layout import IndexLayout, write_collection_record
+    from cbir.local_features import LocalFeatureSettings, describe_images
 
     assert [backbone.name for backbone in backbones] == ["xception"]
     layout = IndexLayout(settings.index_dir)
     write_collection_record(layout, collection)
     images = [image for image in collection.images if not image.startswith("broken")]
     skipped = [Skipped(image, "the file is damaged") for image in collection.images if image.startswith("broken")]
-    manifest = Manifest(collection=collection.name, recipe=RECIPE, images=images, store=StoreSpec("exact"), skipped=skipped)
+    features = LocalFeatureSettings(max_side=64, max_keypoints=50)
+    manifest = Manifest(collection=collection.name, recipe=RECIPE, images=images, store=StoreSpec("exact"), skipped=skipped,
+                        local_features=features)  # fmt: skip
     folder = layout.index_dir(collection.name, RECIPE.key)
-    write_index(folder, at_angle(*np.linspace(1.0, 0.5, len(images))), manifest)
+    write_index(folder, at_angle(*np.linspace(1.0, 0.5, len(images))), manifest,
+                local_features=describe_images(collection.root, images, features))  # fmt: skip
     if on_progress:
         on_progress(RECIPE.key, len(images), len(images))
     return [BuildOutcome(RECIPE, folder, BuildStatus.BUILT, len(images), len(skipped))]
@@ -770,6 +774,11 @@ def test_photos_added_become_the_sessions_own_collection_and_say_what_was_left_o
 
     assert page.recipe_choices("uploaded: mine", "me") == [("xception · 2048-d · UNTRAINED", "xception")]
     assert page.default_recipe("uploaded: mine", "me") == "xception"
+    assert page.can_verify("uploaded: mine", "xception", "me") and not page.can_verify("uploaded: mine", "xception", "you")
+    gallery = page.example_gallery("uploaded: mine", "me")
+    assert [caption for _, caption in gallery] == ["picture_001", "picture_003"]
+    assert gallery[1][0] == page.served("uploaded: mine", "picture_003.jpg", "me")
+    assert np.array_equal(pixels(gallery[1][0]), pixels(page.thumbnail("uploaded: mine", "picture_003.jpg", "me")))
     assert page.example_queries("uploaded: mine", "me") == [("picture_001.jpg", "picture_001", None),
                                                           ("picture_003.jpg", "picture_003", None)]  # fmt: skip
     answer = page.search_photo(str(first_photo), "", "uploaded: mine", "xception", "cosine", 2, session="me")
@@ -777,6 +786,9 @@ def test_photos_added_become_the_sessions_own_collection_and_say_what_was_left_o
     assert [caption for _, caption in answer.items] == ["#1 picture_001 · cos 1.000", "#2 picture_003 · cos 0.500"]
     own = page.uploads.folder("me") / "thumbnails" / "mine"
     assert all(Path(path).parent == own for path, _ in answer.items)  # beside the visitor's photos, no index folder
+    assert Path(gallery[0][0]).parent == own
+    page.select_result(1, "me")  # browsing by result in the visitor's own collection
+    assert np.array_equal(pixels(page.result_as_query(str(first_photo), "", "me")), pixels(sent[-1]))
     assert np.array_equal(pixels(page.example_chosen("uploaded: mine", 1, "me")), pixels(first_photo.with_name("picture_003.jpg")))
     for session in ("you", None):
         with pytest.raises(UploadError, match="that uploaded collection is gone"):
@@ -851,6 +863,7 @@ def test_the_page_serves_files_only_from_thumbnail_folders(site, tmp_path):
     assert behaviour.thumbnail_dirs(site.page.engine, private) == [str(folder.resolve()) for folder in thumbnails]
     kept = PrivateCollections(tmp_path / "a" / "kept", BuildSettings(), FixedNetworks(), keep=True)
     allowed = behaviour.thumbnail_dirs(site.page.engine, kept)
+    assert behaviour.thumbnail_dirs(site.page.engine, kept) == allowed  # again, as at the next start
     assert allowed[:3] == [str(folder.resolve()) for folder in thumbnails]
     assert allowed[3:] == [str((tmp_path / "a" / "kept" / "kept" / "thumbnails").resolve())]
     assert Path(allowed[3]).is_dir()
@@ -896,6 +909,12 @@ def test_the_log_says_which_thumbnails_hits_and_examples_the_page_could_not_show
     IndexLayout(tmp_path / "indexes").record_path("unrecorded").unlink()  # the index stays, its record is gone
     page = SearchPage(SearchEngine(tmp_path / "indexes", extractors=FixedNetworks()), tmp_path / "indexes")
     assert page.collections() == ["unrecorded"] and page.example_queries("unrecorded") == []
+    # A collection whose record stays but whose only index is gone (deleted, or damaged) offers no examples.
+    import shutil
+
+    write_rows(tmp_path / "indexes", Collection("unindexed", tmp_path, ("a.jpg",)), RECIPE, wide([1]))
+    shutil.rmtree(IndexLayout(tmp_path / "indexes").index_dir("unindexed", RECIPE.key))
+    assert page.example_queries("unindexed") == [] and page.recipe_choices("unindexed") == []
     messages = [record.getMessage() for record in caplog.records]
     assert "no thumbnail for demo/picture_005.jpg: picture_005.jpg: file not found" in messages
     assert "demo: 1 hits not shown, first: LeftOut(image='picture_005.jpg', reason='file not found')" in messages
