@@ -698,7 +698,17 @@ def test_a_run_folder_is_made_empty_under_the_process_id(tmp_path):
     assert run_folder(tmp_path / "not" / "yet") == tmp_path / "not" / "yet" / f"{RUN_FOLDER_PREFIX}{os.getpid()}"
 
 
-def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch):
+@pytest.fixture
+def running():
+    """A process of this test's own, standing for a running server (never this test's parent: a
+    broken sweep could signal the processes it looks at)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     other_user = 4_242_424  # above Linux's largest process id: no process; told below it is another user's
@@ -710,7 +720,7 @@ def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch):
 
     real_kill = os.kill
     monkeypatch.setattr(os, "kill", kill)
-    for pid in (dead.pid, os.getpid(), os.getppid(), other_user):
+    for pid in (dead.pid, os.getpid(), running, other_user):
         (tmp_path / f"{RUN_FOLDER_PREFIX}{pid}" / "uploads").mkdir(parents=True)
     (tmp_path / f"{RUN_FOLDER_PREFIX}notapid").mkdir()
     (tmp_path / f"{RUN_FOLDER_PREFIX}1234567").write_text("a file, not a run's folder")
@@ -722,6 +732,6 @@ def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch):
     # This process's own id: a leftover of an earlier run (a running server sweeps before making its folder).
     assert removed == sorted([tmp_path / f"{RUN_FOLDER_PREFIX}{dead.pid}", tmp_path / f"{RUN_FOLDER_PREFIX}{os.getpid()}"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{RUN_FOLDER_PREFIX}{pid}" for pid in (os.getppid(), other_user, "notapid", 1234567, 2345678)] + ["elsewhere"]
+        [f"{RUN_FOLDER_PREFIX}{pid}" for pid in (running, other_user, "notapid", 1234567, 2345678)] + ["elsewhere"]
     )
     assert (elsewhere / "photo.jpg").exists()
