@@ -191,7 +191,8 @@ def _safe_name(name: str) -> str:
     """A relative POSIX path of plain parts: no '..', no leading dots, no odd characters."""
     parts = [part for part in posixpath.normpath(name.replace("\\", "/")).split("/") if part not in ("", ".", "..")]
     parts = [re.sub(r"[^\w.\- ]", "_", part).lstrip(".") or "_" for part in parts]
-    return "/".join(parts[-3:]) or "image"
+    safe = "/".join(parts[-3:])
+    return safe or "image"  # pragma: no mutate (never used: a name that reaches here ends in an image suffix)
 
 
 def _unique(folder: Path, relative: str) -> str:

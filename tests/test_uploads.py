@@ -271,14 +271,16 @@ def test_a_damaged_zip_stream_and_too_many_collections_are_messages(photos, tmp_
     uploads.add("me", photos[1:2], "two", BACKBONES["xception"])  # replacing one is allowed
 
 
-def test_a_page_closed_while_its_photos_are_described_leaves_nothing(photos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("written_after", [False, True])
+def test_a_page_closed_while_its_photos_are_described_leaves_nothing(photos, tmp_path, monkeypatch, written_after):
     import cbir.uploads as uploads_module
 
     uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
 
     def build_then_close(collection, backbones, settings, **kwargs):  # the tab is closed while the network runs
         uploads.drop("me")
-        (settings.index_dir / collection.name).mkdir(parents=True)  # and the build goes on writing
+        if written_after:  # and the build went on writing
+            (settings.index_dir / collection.name).mkdir(parents=True)
         return []
 
     monkeypatch.setattr(uploads_module, "build_indexes", build_then_close)
@@ -579,6 +581,21 @@ def test_a_collection_whose_photos_cannot_be_described_is_not_offered(small_phot
     assert uploads.names("me") == [] and uploads.get("me", "mine") is None
     with pytest.raises(UploadError, match="that uploaded collection is gone"):
         served_collection(SearchEngine(tmp_path / "indexes"), uploads, "me", "mine", uploaded=True)
+    # A session's first upload failing the same way: the build's message, and nothing listed.
+    with pytest.raises(CbirError, match="none of the 1 images of theirs could be read"):
+        uploads.add("newcomer", [unreadable], "theirs", XCEPTION)
+    assert uploads.names("newcomer") == []
+
+
+def test_a_leftover_of_an_interrupted_upload_does_not_join_the_next_one(photos, tmp_path, monkeypatch):
+    built = fake_builds(monkeypatch)
+    uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache())
+    leftover = uploads.folder("me") / "images" / ".incoming-mine"  # the server stopped while unpacking
+    leftover.mkdir(parents=True)
+    (leftover / "stale.jpg").write_bytes(photos[5].read_bytes())
+    uploads.add("me", photos[:2], "mine", XCEPTION)
+    assert built[-1][0].images == (photos[0].name, photos[1].name)
+    assert files_under(uploads.folder("me") / "images") == [f"mine/{photos[0].name}", f"mine/{photos[1].name}"]
 
 
 def test_kept_collections_are_every_sessions_and_outlive_a_restart(small_photos, tmp_path, stand_in):
@@ -655,6 +672,7 @@ def test_a_closed_page_leaves_nothing_even_when_its_upload_was_refused_or_its_fi
     assert uploads.names("old") == [] and uploads.names("new") == ["mine"]
     uploads.close()
     assert not (tmp_path / "uploads").exists()
+    uploads.close()  # again, or after the run's folder went first: nothing left to remove, quietly
 
 
 def test_the_last_ten_thousand_closed_pages_are_remembered(photos, tmp_path, monkeypatch):
@@ -699,16 +717,17 @@ def test_a_run_folder_is_made_empty_under_the_process_id(tmp_path):
 
 
 @pytest.fixture
-def running():
+def running_process():
     """A process of this test's own, standing for a running server (never this test's parent: a
     broken sweep could signal the processes it looks at)."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process.pid
+    yield process
     process.kill()
     process.wait()
 
 
-def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running):
+def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running_process):
+    running = running_process.pid
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     other_user = 4_242_424  # above Linux's largest process id: no process; told below it is another user's
@@ -735,3 +754,4 @@ def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running
         [f"{RUN_FOLDER_PREFIX}{pid}" for pid in (running, other_user, "notapid", 1234567, 2345678)] + ["elsewhere"]
     )
     assert (elsewhere / "photo.jpg").exists()
+    assert running_process.poll() is None  # asked whether it runs, not disturbed
