@@ -446,9 +446,11 @@ def test_the_limits_are_reached_exactly_and_the_message_names_the_file_that_pass
     assert str(many.value) == f"too many images: at most 3 per upload ({photos[3].name} is one more)"
     with pytest.raises(UploadError) as large:
         gather_upload(photos[:3], tmp_path / "c", UploadLimits(max_bytes=sum(sizes) - 1))
-    assert str(large.value) == f"too large: at most 0 MB of images per upload, after unzipping (reached at {photos[2].name})"
+    assert str(large.value) == (f"too large: at most 0 MB of images per upload, after unzipping "
+                                f"(reached at {photos[2].name})")  # fmt: skip
     # A zip: as many members as allowed, and as many bytes as allowed, declared and written.
-    archive = zip_of(tmp_path / "two.zip", {"trip/": b"", "trip/a.jpg": photos[0].read_bytes(), "trip/b.jpg": photos[1].read_bytes()})
+    archive = zip_of(tmp_path / "two.zip",
+                     {"trip/": b"", "trip/a.jpg": photos[0].read_bytes(), "trip/b.jpg": photos[1].read_bytes()})  # fmt: skip
     fits = UploadLimits(max_zip_members=3, max_bytes=sizes[0] + sizes[1])
     assert gather_upload([archive], tmp_path / "d", fits).images == ["trip/a.jpg", "trip/b.jpg"]
     with pytest.raises(UploadError) as zipped:
@@ -489,8 +491,10 @@ def test_an_encrypted_zip_is_a_message_and_leaves_nothing(photos, tmp_path):
 
 
 def test_the_limits_are_described_as_the_page_shows_them():
-    assert UploadLimits().describe() == "up to 200 images or zips of them, 200 MB in all (after unzipping), 1,000 files per zip"
-    assert UploadLimits(5, 3 * 2**20, 12_345).describe() == "up to 5 images or zips of them, 3 MB in all (after unzipping), 12,345 files per zip"
+    assert UploadLimits().describe() == (
+        "up to 200 images or zips of them, 200 MB in all (after unzipping), 1,000 files per zip")
+    assert UploadLimits(5, 3 * 2**20, 12_345).describe() == (
+        "up to 5 images or zips of them, 3 MB in all (after unzipping), 12,345 files per zip")
 
 
 def test_a_collection_name_is_what_was_typed_made_a_folder_name():
@@ -554,7 +558,8 @@ def test_an_added_collection_is_built_searched_and_thumbnailed_with_what_it_was_
     assert manifest.images == [p.name for p in small_photos[:3]]
     assert [s.image for s in manifest.skipped] == ["big.jpg"]  # over the build's own image limits
     assert manifest.store.kind == "exact"
-    assert (manifest.recipe.backbone, manifest.recipe.input_size, manifest.recipe.weights) == ("xception", 80, Weights.parse("none"))
+    recipe = manifest.recipe
+    assert (recipe.backbone, recipe.input_size, recipe.weights) == ("xception", 80, Weights.parse("none"))
     # Searched by the session's own engine: a photo comes back first for itself.
     found = added.engine.search(small_photos[1], collection="Trip", recipe=outcome.key, k=1)
     assert found.hits[0].image == small_photos[1].name
@@ -652,7 +657,7 @@ def test_a_session_id_is_letters_digits_dashes_and_underscores(tmp_path):
             uploads.folder(wrong)
 
 
-def test_a_closed_page_leaves_nothing_even_when_its_upload_was_refused_or_its_files_are_gone(photos, tmp_path, monkeypatch):
+def test_a_closed_page_leaves_nothing_even_when_its_upload_was_refused_or_its_files_went(photos, tmp_path, monkeypatch):
     fake_builds(monkeypatch)
     uploads = PrivateCollections(tmp_path / "uploads", SETTINGS, ExtractorCache(), max_sessions=1)
     with pytest.raises(UploadError):
@@ -703,7 +708,8 @@ def test_a_request_without_a_collection_has_no_thumbnails_folder(tmp_path):
     assert (served.engine, served.name, served.thumbnails) == (shared, None, None)
     with pytest.raises(UploadError) as gone:
         served_collection(shared, None, "me", "mine", uploaded=True)
-    assert str(gone.value) == "that uploaded collection is gone (its browser session ended): add the photos again in 'Your photos'."
+    assert str(gone.value) == ("that uploaded collection is gone (its browser session ended): add the photos again "
+                               "in 'Your photos'.")  # fmt: skip
 
 
 # -- Run folders, and the leftovers of runs that ended without cleaning up -----------------------------
@@ -749,7 +755,7 @@ def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running
     (tmp_path / f"{RUN_FOLDER_PREFIX}2345678").symlink_to(elsewhere)  # a link is not followed
     removed = sweep_leftover_runs(tmp_path)
     # This process's own id: a leftover of an earlier run (a running server sweeps before making its folder).
-    assert removed == sorted([tmp_path / f"{RUN_FOLDER_PREFIX}{dead.pid}", tmp_path / f"{RUN_FOLDER_PREFIX}{os.getpid()}"])
+    assert removed == sorted(tmp_path / f"{RUN_FOLDER_PREFIX}{pid}" for pid in (dead.pid, os.getpid()))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"{RUN_FOLDER_PREFIX}{pid}" for pid in (running, other_user, "notapid", 1234567, 2345678)] + ["elsewhere"]
     )
