@@ -211,9 +211,17 @@ def test_the_parameters_given_are_the_ones_built_recorded_and_searched_with(tmp_
     assert all(isinstance(s, float) and 0 <= s < 60 and round(s, 3) == s for s in seconds.values())
     store = hnsw.KIND.open(tmp_path, rows, params)
     for metric in METRICS:
-        store.search(rows[0], metric, 5)
+        found = store.search(rows[0], metric, 5)
         graph = store.graph(metric)
         assert (graph.ef, graph.ef_construction, graph.M) == (37, 12, 6)  # ef: the index's own, none asked
+        # A query in double precision is answered as in single: the same rows, the same float32 distances.
+        wide_query = store.search(rows[0].astype(np.float64), metric, 5)
+        assert wide_query.rows.tolist() == found.rows.tolist() and wide_query.distances.dtype == np.float32
+        np.testing.assert_array_equal(wide_query.distances, found.distances)
+    # Parameters recorded without ef (as an older manifest): the default breadth.
+    unrecorded = hnsw.KIND.open(tmp_path, rows, {})
+    unrecorded.search(rows[0], Metric.COSINE, 5)
+    assert unrecorded.graph(Metric.COSINE).ef == hnsw.DEFAULT_EF
 
 
 @pytest.mark.parametrize("wrong", [{"M": 1}, {"ef_construction": 0}, {"ef": 0}])
@@ -280,3 +288,12 @@ def test_without_hnswlib_the_store_says_how_to_install_it(monkeypatch):
     with pytest.raises(SettingsError) as missing:
         hnsw.build_graphs(Path("unused"), clustered(5, 4), {})
     assert str(missing.value) == "the hnsw store needs hnswlib, which is not installed: pip install -r requirements-scale.txt"
+
+
+def test_graphs_of_no_rows_answer_no_rows(tmp_path):
+    rows = np.zeros((0, 4), np.float32)
+    store = hnsw.KIND.open(tmp_path, rows, hnsw.build_graphs(tmp_path, rows, {}))
+    for metric in METRICS:
+        found = store.search(np.ones(4, np.float32), metric, 5)
+        assert found.rows.shape == found.distances.shape == (0,)
+        assert (found.rows.dtype, found.distances.dtype) == (np.int64, np.float32)
