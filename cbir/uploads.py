@@ -191,7 +191,8 @@ def _safe_name(name: str) -> str:
     """A relative POSIX path of plain parts: no '..', no leading dots, no odd characters."""
     parts = [part for part in posixpath.normpath(name.replace("\\", "/")).split("/") if part not in ("", ".", "..")]
     parts = [re.sub(r"[^\w.\- ]", "_", part).lstrip(".") or "_" for part in parts]
-    return "/".join(parts[-3:]) or "image"
+    safe = "/".join(parts[-3:])
+    return safe or "image"  # pragma: no mutate (never used: a name that reaches here ends in an image suffix)
 
 
 def _unique(folder: Path, relative: str) -> str:
@@ -238,14 +239,14 @@ def add_collection(
     for old in (images, Path(index_dir) / name, Path(thumbnails_root) / name):
         shutil.rmtree(old, ignore_errors=True)
     incoming.rename(images)
-    gathered.folder = images
+    gathered.folder = images  # pragma: no mutate (only gathered.ignored is read after this line)
     build = BuildSettings(
         index_dir=Path(index_dir),
         recipe=settings.recipe,
         store="exact",  # a few hundred images: a scan is the fastest search
         progress=False,
         limits=settings.limits,
-        force=True,  # the images under this name are new ones
+        force=True,  # pragma: no mutate (new images; their index folder was just removed: new, forced or not)
         thumbnails=False,  # made below, away from the index folder (the page serves that folder alone)
     )
     report = (lambda _key, done, total: on_progress(done, total)) if on_progress else None
@@ -330,6 +331,8 @@ class PrivateCollections:
         if collection_name(name) not in held and len(held) >= self.max_collections and not self.keep:
             raise UploadError(f"at most {self.max_collections} collections at once: send one again under a name you "
                               f"already used ({', '.join(sorted(held))}) to replace it")  # fmt: skip
+        images = folder / "images" / collection_name(name)
+        before = _folder_identity(images)
         try:
             name, outcomes, ignored = add_collection(
                 files, name, backbone, images_root=folder / "images", index_dir=folder / "indexes",
@@ -337,9 +340,10 @@ class PrivateCollections:
                 settings=self.settings, extractors=self.extractors, limits=self.limits, on_progress=on_progress,
             )  # fmt: skip
         except Exception:
-            # Refused, or failed: if the collection of that name was replaced before the failure, it
-            # is gone, not left to mislead; if not (the upload was refused), it is as it was.
-            if not (folder / "images" / collection_name(name)).is_dir():
+            # Refused, or failed: if the collection of that name was replaced before the failure (its
+            # images folder is another one, or none), it is gone, not left to mislead; if not (the
+            # upload was refused), it is as it was.
+            if _folder_identity(images) != before:
                 with self._lock:
                     self._sessions.get(session, {}).pop(collection_name(name), None)
             raise
@@ -377,7 +381,7 @@ class PrivateCollections:
             return
         with self._lock:
             known = self._sessions.pop(session, None)
-            self._closed[session] = None
+            self._closed[session] = None  # pragma: no mutate (only whether a session is in it is read)
             while len(self._closed) > 10_000:
                 self._closed.popitem(last=False)
         if known is not None or self.folder(session).exists():
@@ -390,6 +394,15 @@ class PrivateCollections:
         with self._lock:
             self._sessions.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder is at `folder` (device and inode), or None: a folder renamed into its place is another."""
+    try:
+        found = folder.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 # A server's own temporary folders are named after its process id, so that a later start can tell

@@ -5,6 +5,9 @@ and the build's choice of store by collection size."""
 from __future__ import annotations
 
 import json
+import sys
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ need("hnswlib")
 from cbir import build
 from cbir.datasets import Collection
 from cbir.distances import Metric
+from cbir.errors import SettingsError
 from cbir.index import IndexLoadError, Manifest, StoreSpec, load_index, write_index
 from cbir.recipe import Recipe
 from cbir.stores import hnsw
@@ -191,3 +195,105 @@ def test_the_command_line_takes_store_and_its_alias_index(monkeypatch, tmp_path)
     assert (given.store, given.milvus_uri) == ("milvus", "m.db")
     with pytest.raises(SystemExit):
         build_index.parse_arguments(["--images", str(tmp_path), "--store", "milvus"])  # no URI: told at once
+
+
+# -- Small graphs, built in each test (mutation testing maps a function to the tests that call it) ----
+
+
+def test_the_parameters_given_are_the_ones_built_recorded_and_searched_with(tmp_path):
+    rows = clustered(300, 16)
+    given = {"M": 6, "ef_construction": 12, "ef": 37, "seed": 7}
+    params = hnsw.build_graphs(tmp_path, rows, given)
+    assert {name: params[name] for name in given} == given
+    assert params["library"] == f"hnswlib {metadata.version('hnswlib')}"
+    seconds = params["build_seconds"]
+    assert set(seconds) == {"cosine", "euclidean"}
+    assert all(isinstance(s, float) and 0 <= s < 60 and round(s, 3) == s for s in seconds.values())
+    store = hnsw.KIND.open(tmp_path, rows, params)
+    for metric in METRICS:
+        found = store.search(rows[0], metric, 5)
+        graph = store.graph(metric)
+        assert (graph.ef, graph.ef_construction, graph.M) == (37, 12, 6)  # ef: the index's own, none asked
+        # A query in double precision is answered as in single: the same rows, the same float32 distances.
+        wide_query = store.search(rows[0].astype(np.float64), metric, 5)
+        assert wide_query.rows.tolist() == found.rows.tolist() and wide_query.distances.dtype == np.float32
+        np.testing.assert_array_equal(wide_query.distances, found.distances)
+    # Parameters recorded without ef (as an older manifest): the default breadth.
+    unrecorded = hnsw.KIND.open(tmp_path, rows, {})
+    unrecorded.search(rows[0], Metric.COSINE, 5)
+    assert unrecorded.graph(Metric.COSINE).ef == hnsw.DEFAULT_EF
+
+
+@pytest.mark.parametrize("wrong", [{"M": 1}, {"ef_construction": 0}, {"ef": 0}])
+def test_parameters_below_their_least_are_refused(tmp_path, wrong):
+    least = {"M": 2, "ef_construction": 1, "ef": 1}
+    assert {name: hnsw.build_graphs(tmp_path, clustered(20, 4), least)[name] for name in least} == least
+    with pytest.raises(SettingsError) as refused:
+        hnsw.build_graphs(tmp_path, clustered(20, 4), least | wrong)
+    settings = {**least, **wrong, "seed": hnsw.DEFAULT_SEED}
+    assert str(refused.value) == f"HNSW needs M >= 2, ef_construction >= 1 and ef >= 1, not {settings}"
+
+
+def test_rows_added_go_into_a_copy_while_the_current_graphs_stay_searchable(tmp_path):
+    current, grown = tmp_path / "current", tmp_path / "grown"
+    current.mkdir()
+    grown.mkdir()
+    old, new = clustered(200, 16), clustered(20, 16, seed=5) + 5.0
+    params = hnsw.build_graphs(current, old, {})
+    before = {metric: (current / hnsw.file_name(metric)).read_bytes() for metric in METRICS}
+    rows = np.concatenate([old, new]).astype(np.float64)  # as read back from a file, widened
+    recorded = hnsw.KIND.add(current, grown, rows, len(old), params)
+    assert {metric: (current / hnsw.file_name(metric)).read_bytes() for metric in METRICS} == before
+    assert set(recorded["add_seconds"]) == {"cosine", "euclidean"}
+    assert all(isinstance(s, float) and 0 <= s < 60 and round(s, 3) == s for s in recorded["add_seconds"].values())
+    assert {name: recorded[name] for name in params} == params
+    store = hnsw.KIND.open(grown, rows.astype(np.float32), recorded)
+    for metric in METRICS:
+        for offset, query in enumerate(new):
+            assert store.search(query, metric, 1).rows.tolist() == [len(old) + offset]
+    with pytest.raises(IndexLoadError, match=r"cosine\.hnsw holds 220 rows, not 200$"):
+        hnsw.add_rows(grown, new, len(old), recorded)  # the graphs already hold them
+
+
+def test_a_graph_that_reaches_fewer_rows_than_asked_returns_every_row_it_reaches(tmp_path):
+    # Two links a node and no breadth when building: the graph falls apart, and hnswlib cannot
+    # return as many rows as the collection holds.
+    rows = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    params = hnsw.build_graphs(tmp_path, rows, {"M": 2, "ef_construction": 1, "seed": 0})
+    store = hnsw.KIND.open(tmp_path, rows, params)
+    for metric in METRICS:
+        found = store.search(rows[3], metric, len(rows))
+        reached = len(found.rows)
+        assert 0 < reached < len(rows) and len(set(found.rows.tolist())) == reached
+        assert found.rows.dtype == np.int64  # as the exact scan's
+        assert np.all(np.diff(found.distances) >= 0)
+        # Every row it can reach: asking for one more gives the same rows, asking for that many too.
+        for asked in (reached + 1, reached):
+            assert store.search(rows[3], metric, asked).rows.tolist() == found.rows.tolist()
+
+
+def test_a_graph_file_that_cannot_be_read_is_a_message_naming_it(tmp_path):
+    rows = clustered(20, 4)
+    params = hnsw.build_graphs(tmp_path, rows, {})
+    (tmp_path / hnsw.file_name(Metric.COSINE)).write_bytes(b"not a graph")
+    store = hnsw.KIND.open(tmp_path, rows, params)
+    with pytest.raises(IndexLoadError, match=r"^cannot load .*cosine\.hnsw \(.+\)\.$"):
+        store.search(rows[0], Metric.COSINE, 3)
+    assert store.search(rows[0], Metric.EUCLIDEAN, 1).rows.tolist() == [0]
+
+
+def test_without_hnswlib_the_store_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hnswlib", None)  # import hnswlib now fails
+    assert not hnsw.available()
+    with pytest.raises(SettingsError) as missing:
+        hnsw.build_graphs(Path("unused"), clustered(5, 4), {})
+    assert str(missing.value) == "the hnsw store needs hnswlib, which is not installed: pip install -r requirements-scale.txt"
+
+
+def test_graphs_of_no_rows_answer_no_rows(tmp_path):
+    rows = np.zeros((0, 4), np.float32)
+    store = hnsw.KIND.open(tmp_path, rows, hnsw.build_graphs(tmp_path, rows, {}))
+    for metric in METRICS:
+        found = store.search(np.ones(4, np.float32), metric, 5)
+        assert found.rows.shape == found.distances.shape == (0,)
+        assert (found.rows.dtype, found.distances.dtype) == (np.int64, np.float32)

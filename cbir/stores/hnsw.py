@@ -117,7 +117,7 @@ def _fewer(graph, query: np.ndarray, k: int) -> np.ndarray:
             return graph.knn_query(query, k=smaller, num_threads=1)[0]
         except RuntimeError:
             continue
-    return np.empty((1, 0), dtype=np.int64)
+    return np.empty((1, 0), dtype=np.int64)  # pragma: no mutate (never reached: hnswlib answers k=1 with its entry point)
 
 
 def _settings(params: dict[str, Any]) -> dict[str, int]:
