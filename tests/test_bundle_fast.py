@@ -193,7 +193,9 @@ def test_progress_bars_show_only_when_asked(built, tmp_path, capsys):
     assert capsys.readouterr().err == ""
     export_bundle(built["index_dir"], "demo", tmp_path / "loud.tar")
     shown = capsys.readouterr().err
-    assert "thumbnails" in shown and "checksums" in shown and f"{len(IMAGES)}/{len(IMAGES)}" in shown
+    n_files = len(read_bundle_manifest(tmp_path / "loud.tar").members)
+    assert f"thumbnails: 100%" in shown and f" {len(IMAGES)}/{len(IMAGES)} [" in shown
+    assert f"checksums: 100%" in shown and f" {n_files}/{n_files} [" in shown and "file/s]" in shown
 
 
 def test_exporting_what_is_not_built_names_the_build(built, tmp_path):
@@ -222,7 +224,7 @@ def test_a_bundle_is_written_into_a_new_folder_or_refused_with_a_message(built, 
     export_bundle(built["index_dir"], "demo", dest, progress=False)
     assert read_bundle_manifest(dest).collection == "demo"
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(BundleError, match=f"^cannot write the bundle to {re.escape(str(tmp_path / 'a-file' / 'demo.tar'))}: "):
+    with pytest.raises(BundleError, match=f"^cannot write the bundle to {re.escape(str(tmp_path / 'a-file' / 'demo.tar'))}: File exists$"):
         export_bundle(built["index_dir"], "demo", tmp_path / "a-file" / "demo.tar", progress=False)
 
 
@@ -397,6 +399,18 @@ def test_an_unlisted_member_or_a_missing_one_is_refused_by_name(built, tmp_path)
     bad = rewritten(built["bundle"], tmp_path / "demo.tar", add)
     refused_and_nothing_kept(bad, tmp_path / "cache", re.escape(f"the bundle {bad} does not hold what it lists (extra: "
                              "['indexes/demo/evil.py'], missing: ['indexes/demo/evaluation/results.json'])"))  # fmt: skip
+
+
+def test_many_unlisted_members_are_named_three_at_most(built, tmp_path):
+    def add(info, data):
+        out = [(info, data)]
+        if info.name == BUNDLE_MANIFEST:
+            out += [(tarfile.TarInfo(f"indexes/demo/extra-{n}.py"), b"x") for n in range(4)]
+        return out
+
+    bad = rewritten(built["bundle"], tmp_path / "demo.tar", add)
+    names = [f"indexes/demo/extra-{n}.py" for n in range(3)]
+    refused_and_nothing_kept(bad, tmp_path / "cache", re.escape(f"(extra: {names}, missing: [])"))
 
 
 def test_a_link_inside_the_bundle_that_it_does_not_list_is_refused(built, tmp_path):

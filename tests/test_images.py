@@ -6,6 +6,7 @@ All images are drawn here with Pillow/numpy, in tmp_path or in memory.
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import zlib
@@ -838,3 +839,146 @@ def test_running_out_of_memory_while_decoding_is_said_plainly(tmp_path, monkeypa
     monkeypatch.setattr(PillowImageFile.ImageFile, "load", no_memory)
     with pytest.raises(ImageError, match=r"^.*huge\.png: not enough memory to decode the image$"):
         load_image(path)
+
+
+# --- every kind of source: its name in messages, the caller's limits and draft ---------------------
+
+
+def test_a_pil_image_is_named_by_its_file_or_as_an_upload_and_obeys_the_limits(tmp_path):
+    path = tmp_path / "tiny.png"
+    solid(RED, (5, 30)).save(path)
+    too_small = "image is 5 x 30 px; images must be at least 8 x 8 px$"
+    with Image.open(path) as opened, pytest.raises(ImageError, match=f"^{re.escape(str(path))}: {too_small}"):
+        load_image(opened)
+    with Image.open(path) as opened, pytest.raises(ImageError, match=f"^holiday.png: {too_small}"):
+        load_image(opened, name="holiday.png")
+    with pytest.raises(ImageError, match=f"^the uploaded image: {too_small}"):
+        load_image(solid(RED, (5, 30)))
+    assert load_image(solid(RED, (5, 30)), limits=ImageLimits(min_side=4)).size == (5, 30)
+
+
+def test_an_array_is_named_as_asked_and_obeys_the_limits():
+    pixels = np.zeros((30, 5, 3), np.uint8)
+    with pytest.raises(ImageError, match="^holiday.png: image is 5 x 30 px"):
+        load_image(pixels, name="holiday.png")
+    assert load_image(pixels, limits=ImageLimits(min_side=4)).size == (5, 30)
+
+
+def jpeg_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    smooth_picture(width, height).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_bytes_and_streams_obey_the_name_the_limits_and_the_draft(tmp_path):
+    data = jpeg_bytes(1024, 768)
+    assert load_image(data, draft_size=224).size == (512, 384)
+    assert load_image(memoryview(data), draft_size=224).size == (512, 384)
+    assert load_image(io.BytesIO(data), draft_size=224).size == (512, 384)
+    tiny = io.BytesIO()
+    solid(RED, (5, 30)).save(tiny, "PNG")
+    with pytest.raises(ImageError, match="^holiday.png: image is 5 x 30 px"):
+        load_image(tiny.getvalue(), name="holiday.png")
+    with pytest.raises(ImageError, match="^holiday.png: image is 5 x 30 px"):
+        load_image(io.BytesIO(tiny.getvalue()), name="holiday.png")
+    assert load_image(tiny.getvalue(), limits=ImageLimits(min_side=4)).size == (5, 30)
+    assert load_image(io.BytesIO(tiny.getvalue()), limits=ImageLimits(min_side=4)).size == (5, 30)
+    path = tmp_path / "tiny.png"
+    path.write_bytes(tiny.getvalue())
+    with open(path, "rb") as stream, pytest.raises(ImageError, match=f"^{re.escape(str(path))}: image is 5 x 30 px"):
+        load_image(stream)  # a file's stream is named by its path
+    with open(os.open(path, os.O_RDONLY), "rb") as stream, pytest.raises(ImageError, match="^the uploaded image: image is 5 x 30"):
+        load_image(stream)  # opened from a descriptor: its name is a number
+
+
+def test_anything_with_a_read_method_is_a_stream():
+    buffer = io.BytesIO()
+    solid(BLUE, (30, 20)).save(buffer, "PNG")
+
+    class Reader:  # no seek, no seekable: a socket-like object
+        def __init__(self, payload: bytes):
+            self.payload = payload
+
+        def read(self, size: int = -1) -> bytes:
+            chunk, self.payload = (self.payload, b"") if size < 0 else (self.payload[:size], self.payload[size:])
+            return chunk
+
+    assert load_image(Reader(buffer.getvalue())).getpixel((5, 5)) == BLUE
+
+
+def test_a_closed_or_text_stream_is_refused_with_a_reason(tmp_path):
+    path = tmp_path / "photo.png"
+    solid(BLUE, (30, 20)).save(path)
+    closed = io.BytesIO(path.read_bytes())
+    closed.close()
+    with pytest.raises(ImageError, match=r"^the uploaded image: cannot read the data \(I/O operation on closed file\.?\)$"):
+        load_image(closed)
+    with open(path, encoding="latin-1") as text, pytest.raises(
+        ImageError, match=f"^{re.escape(str(path))}: the stream is open in text mode; images must be read as bytes$"
+    ):
+        load_image(text)
+
+
+def test_other_sources_are_refused_naming_their_type():
+    with pytest.raises(ImageError, match="^the uploaded image: cannot read an image from a int$"):
+        load_image(42)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match="^holiday.png: cannot read an image from a list$"):
+        load_image([1, 2], name="holiday.png")  # type: ignore[arg-type]
+
+
+def test_a_file_that_cannot_be_opened_says_why(tmp_path, monkeypatch):
+    import cbir.images
+
+    with pytest.raises(ImageError, match=f"^{re.escape(str(tmp_path / 'gone.jpg'))}: file not found$"):
+        load_image(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match=f"^{re.escape(str(tmp_path))}: is a folder, not an image file$"):
+        load_image(tmp_path)
+    long_name = tmp_path / ("x" * 300 + ".jpg")
+    with pytest.raises(ImageError, match=r"x\.jpg: cannot open the file \(File name too long\)$"):
+        load_image(long_name)
+
+    def refused(path, mode="r"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cbir.images, "open", refused, raising=False)  # root reads any file: pretend
+    with pytest.raises(ImageError, match=r"^secret\.jpg: cannot read the file \(permission denied\)$"):
+        load_image(tmp_path / "secret.jpg", name="secret.jpg")
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((41, 30), "image is 41 x 30 px; the largest side allowed is 40 px"),
+        ((30, 41), "image is 30 x 41 px; the largest side allowed is 40 px"),
+        ((40, 31), "image is 40 x 31 px (1,240 pixels); at most 1,200 pixels are allowed"),
+        ((7, 10), "image is 7 x 10 px; images must be at least 8 x 8 px"),
+        ((10, 7), "image is 10 x 7 px; images must be at least 8 x 8 px"),
+    ],
+)
+def test_sizes_are_refused_one_pixel_past_each_limit(size, message):
+    limits = ImageLimits(max_pixels=1200, max_side=40, min_side=8)
+    for allowed in ((40, 30), (30, 40), (8, 8)):
+        assert load_image(solid(RED, allowed), limits=limits).size == allowed
+    with pytest.raises(ImageError, match=f"^the uploaded image: {re.escape(message)}$"):
+        load_image(solid(RED, size), limits=limits)
+
+
+def test_an_rgb_png_with_a_transparent_colour_shows_it_white(tmp_path):
+    picture = solid(BLUE, (20, 20))
+    ImageDraw.Draw(picture).rectangle((0, 0, 9, 19), fill=RED)
+    path = tmp_path / "keyed.png"
+    picture.save(path, transparency=RED)
+    loaded = load_image(path)
+    assert loaded.getpixel((5, 5)) == WHITE and loaded.getpixel((15, 5)) == BLUE
+
+
+def test_a_damaged_exif_block_keeps_the_photo_unrotated(tmp_path, monkeypatch, caplog):
+    from PIL import ImageOps
+
+    def broken(image):
+        raise SyntaxError("not a TIFF file")
+
+    path = tmp_path / "photo.jpg"
+    solid(BLUE, (40, 20)).save(path)
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    assert load_image(path).size == (40, 20)
