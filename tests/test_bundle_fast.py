@@ -64,8 +64,10 @@ def make_collection(root: Path) -> tuple[Path, Path]:
     return photos, index_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def built(tmp_path_factory):
+    # One export per test (a fraction of a second), not per module: mutation testing runs only the
+    # tests that call the mutated function, so each test must export its own bundle.
     root = tmp_path_factory.mktemp("fast-bundle")
     photos, index_dir = make_collection(root)
     bundle = root / "served" / "demo.tar"
