@@ -205,7 +205,7 @@ def _bundle_record(collection: str, record, max_side: int, images: Sequence[str]
             "image_sizes": sizes,
             "queries": [query.to_json() for query in record.queries],
         },
-        indent=1,
+        indent=1,  # pragma: no mutate (the layout of the JSON only: readers parse it)
     )
 
 

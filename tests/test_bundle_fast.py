@@ -260,7 +260,7 @@ def test_a_second_open_reuses_the_checked_extraction(built, tmp_path, monkeypatc
     with caplog.at_level(logging.INFO, logger="cbir.bundle"):
         root = open_bundle(str(built["bundle"]), cache)
     assert root == cache / "bundles" / "demo" / "indexes" and (root / "demo" / "collection.json").is_file()
-    assert f"using the bundle already checked and extracted in {cache / 'bundles' / 'demo'}" in caplog.text
+    assert f"using the bundle already checked and extracted in {cache / 'bundles' / 'demo'}" in caplog.messages
 
 
 def test_a_bundle_path_with_a_tilde_is_the_home_folders(built, tmp_path, monkeypatch):
@@ -413,6 +413,16 @@ def test_many_unlisted_members_are_named_three_at_most(built, tmp_path):
     bad = rewritten(built["bundle"], tmp_path / "demo.tar", add)
     names = [f"indexes/demo/extra-{n}.py" for n in range(3)]
     refused_and_nothing_kept(bad, tmp_path / "cache", re.escape(f"(extra: {names}, missing: [])"))
+
+
+def test_many_missing_members_are_named_three_at_most(built, tmp_path):
+    def drop_thumbnails(info, data):
+        return [] if "/thumbnails/" in info.name else [(info, data)]
+
+    bad = rewritten(built["bundle"], tmp_path / "demo.tar", drop_thumbnails)
+    missing = sorted(name for name in read_bundle_manifest(bad).members if "/thumbnails/" in name)
+    assert len(missing) == 4
+    refused_and_nothing_kept(bad, tmp_path / "cache", re.escape(f"(extra: [], missing: {missing[:3]})"))
 
 
 def test_a_link_inside_the_bundle_that_it_does_not_list_is_refused(built, tmp_path):
