@@ -682,7 +682,7 @@ def test_16_bit_grey_rounds_to_the_nearest_of_v_over_257():
 
 
 def test_32_bit_grey_outside_the_16_bit_range_is_clipped_not_wrapped():
-    image = Image.fromarray(row([-100, 70000, 65535, -1, 0], np.int32))
+    image = Image.fromarray(row([-1000, 70000, 65535, -1, 0], np.int32))
     assert image.mode == "I"
     assert grey_levels(image)[:5] == [0, 255, 255, 0, 0]
 
@@ -750,6 +750,14 @@ def test_a_region_of_no_width_says_how_big_a_box_must_be(tmp_path):
     smooth_picture(800, 800).save(path, quality=90)
     with pytest.raises(ImageError, match=r"photo\.jpg: the selected region is 0 x 40 px; select at least 8 x 8 px$"):
         load_region(path, (100, 100, 100, 140), min_side=100)
+
+
+def test_a_region_of_a_file_cut_short_is_refused_under_the_callers_name(tmp_path):
+    path = tmp_path / "upload_0x1f.tmp"
+    data = noisy_jpeg_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header is whole: the pixels are cut
+    with pytest.raises(ImageError, match=r"^holiday\.jpg: image data is truncated or corrupt"):
+        load_region(path, (0, 0, 100, 100), min_side=50, name="holiday.jpg")
 
 
 def test_a_region_obeys_the_callers_limits_and_name(tmp_path):
