@@ -990,3 +990,35 @@ def test_a_damaged_exif_block_keeps_the_photo_unrotated(tmp_path, monkeypatch, c
     solid(BLUE, (40, 20)).save(path)
     monkeypatch.setattr(ImageOps, "exif_transpose", broken)
     assert load_image(path).size == (40, 20)
+
+
+# --- boxes at the image's edges --------------------------------------------------------------------
+
+OUTSIDE = " (the box lies outside the 100 x 80 px image)"
+
+
+@pytest.mark.parametrize(
+    ("box", "region", "where"),
+    [
+        ((-20, 10, 0, 30), "0 x 20", OUTSIDE),  # ends at the left edge
+        ((-20, 10, 1, 30), "1 x 20", ""),  # one column inside
+        ((10, -20, 30, 0), "20 x 0", OUTSIDE),  # ends at the top edge
+        ((10, -20, 30, 1), "20 x 1", ""),
+        ((100, 10, 120, 30), "0 x 20", OUTSIDE),  # starts at the right edge
+        ((99, 10, 120, 30), "1 x 20", ""),
+        ((10, 80, 30, 100), "20 x 0", OUTSIDE),  # starts at the bottom edge
+        ((10, 79, 30, 100), "20 x 1", ""),
+        ((-40, -40, -20, -20), "0 x 0", OUTSIDE),
+    ],
+)
+def test_a_box_at_an_edge_says_its_size_and_whether_it_misses_the_image(gradient, box, region, where):
+    with pytest.raises(ImageError, match=f"^the image: the selected region is {region} px{re.escape(where)}; select at least 8 x 8 px$"):
+        crop_box(gradient, box)
+
+
+def test_a_box_of_exactly_the_smallest_side_is_enough(gradient):
+    assert crop_box(gradient, (0, 0, 8, 8)).size == (8, 8)
+    assert crop_box(gradient, (92, 72, 100, 80)).size == (8, 8)
+    for box in ((0, 0, 7, 8), (0, 0, 8, 7)):
+        with pytest.raises(ImageError, match="select at least 8 x 8 px"):
+            crop_box(gradient, box)
