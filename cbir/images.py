@@ -271,7 +271,7 @@ def _load_stream(stream: IO[bytes], label: str, limits: ImageLimits, draft_size:
     try:
         stream = _seekable(stream)
         start = stream.tell()
-        head = stream.read(16)
+        head = stream.read(16)  # pragma: no mutate (the signatures need at most 16 bytes: reading more finds the same)
         stream.seek(start)
     except (OSError, ValueError) as error:
         raise ImageError(f"{label}: cannot read the data ({error})") from None
