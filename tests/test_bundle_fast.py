@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_datasets import ServerBehaviour, serve_directory
 from PIL import Image
+from stubs import RECIPE, write_collection
 
 import cbir.bundle
 from cbir.bundle import (
@@ -37,8 +39,6 @@ from cbir.index import Manifest, StoreSpec, write_index
 from cbir.layout import IndexLayout
 from cbir.recipe import Recipe
 from cbir.thumbnails import thumbnail_name
-from fake_datasets import ServerBehaviour, serve_directory
-from stubs import RECIPE, write_collection
 
 IMAGES = ("a.png", "b.png", "c.jpg", "sub/d.png")
 SIZES = {"a.png": (40, 30), "b.png": (24, 36), "c.jpg": (30, 30), "sub/d.png": (20, 50)}
@@ -196,8 +196,8 @@ def test_progress_bars_show_only_when_asked(built, tmp_path, capsys):
     export_bundle(built["index_dir"], "demo", tmp_path / "loud.tar")
     shown = capsys.readouterr().err
     n_files = len(read_bundle_manifest(tmp_path / "loud.tar").members)
-    assert f"thumbnails: 100%" in shown and f" {len(IMAGES)}/{len(IMAGES)} [" in shown
-    assert f"checksums: 100%" in shown and f" {n_files}/{n_files} [" in shown and "file/s]" in shown
+    assert "thumbnails: 100%" in shown and f" {len(IMAGES)}/{len(IMAGES)} [" in shown
+    assert "checksums: 100%" in shown and f" {n_files}/{n_files} [" in shown and "file/s]" in shown
 
 
 def test_exporting_what_is_not_built_names_the_build(built, tmp_path):
@@ -208,7 +208,7 @@ def test_exporting_what_is_not_built_names_the_build(built, tmp_path):
 def test_exporting_without_the_images_says_where_they_should_be(tmp_path):
     photos, index_dir = make_collection(tmp_path)
     photos.rename(tmp_path / "moved")
-    with pytest.raises(BundleError, match=f"the images of demo are not at .*photos .*Put them back, or rebuild"):
+    with pytest.raises(BundleError, match="the images of demo are not at .*photos .*Put them back, or rebuild"):
         export_bundle(index_dir, "demo", tmp_path / "x.tar", progress=False)
     assert not (tmp_path / "x.tar").exists()
 

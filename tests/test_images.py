@@ -813,7 +813,10 @@ def test_a_collection_photo_reaches_the_network_with_the_pixels_a_query_of_it_ge
 
     path = tmp_path / "photo.jpg"
     smooth_picture(1024, 768).save(path, quality=90)
-    shape = lambda width, height: (width // 4, height // 4)  # noqa: E731 - a recipe's network_shape
+
+    def shape(width: int, height: int) -> tuple[int, int]:  # as a recipe's network_shape
+        return width // 4, height // 4
+
     query = load_image(path, draft_size=224)
     assert np.array_equal(load_for_network(path, 224, shape=shape), resize_for_network(query, *shape(*query.size)))
     assert load_for_network(path, 224, shape=shape).shape == (96, 128, 3)  # 512 x 384 at 1/2, then / 4
