@@ -180,7 +180,7 @@ def export_bundle(
     try:
         atomic.write_file(Path(dest), write)
     finally:
-        record_file.unlink(missing_ok=True)
+        record_file.unlink(missing_ok=True)  # pragma: no mutate (the scratch record always exists here: it is written above)
     return manifest
 
 
@@ -205,7 +205,7 @@ def _bundle_record(collection: str, record, max_side: int, images: Sequence[str]
             "image_sizes": sizes,
             "queries": [query.to_json() for query in record.queries],
         },
-        indent=1,
+        indent=1,  # pragma: no mutate (the layout of the JSON only: readers parse it)
     )
 
 
@@ -229,7 +229,7 @@ def open_bundle(location: str, cache_dir: Path, http: HttpSettings | None = None
         # One folder per URL: two bundles of the same file name from two places are two downloads.
         archive = cache_dir / "downloads" / hashlib.sha256(location.encode()).hexdigest()[:16] / name
         if not archive.is_file():
-            logger.info("downloading the bundle %s", location)
+            logger.info("downloading the bundle %s", location)  # pragma: no mutate (a log line)
             download(location, archive, http)
     else:
         archive = Path(location.removeprefix("file://")).expanduser()
@@ -259,7 +259,7 @@ def _extract_checked(archive: Path, target: Path, stamp: dict) -> None:
         raise BundleError(f"{archive.name} would unpack to {total:,} bytes in {len(manifest.members)} files: over the limits")
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing_folder(target) as staging:
-        logger.info("extracting and checking %s (%d files, %.0f MB)", archive.name, len(manifest.members), total / 2**20)
+        logger.info("extracting and checking %s (%d files, %.0f MB)", archive.name, len(manifest.members), total / 2**20)  # pragma: no mutate (a log line)
         try:
             safe_extract(archive, staging)
         except ArchiveError as error:

@@ -6,6 +6,8 @@ All images are drawn here with Pillow/numpy, in tmp_path or in memory.
 from __future__ import annotations
 
 import io
+import os
+import re
 import struct
 import zlib
 
@@ -563,3 +565,463 @@ def test_to_network_input_accepts_other_modes():
 def test_image_suffixes_are_lower_case_with_a_dot():
     assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"} == IMAGE_SUFFIXES
     assert all(suffix == suffix.lower() and suffix.startswith(".") for suffix in IMAGE_SUFFIXES)
+
+
+# --- limits, by hand ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["max_pixels", "max_side", "min_side"])
+def test_each_limit_must_be_at_least_one(field):
+    with pytest.raises(ValueError, match=rf"^image limits must be positive: ImageLimits\(.*{field}=0"):
+        ImageLimits(**{field: 0})
+    ImageLimits(**{field: 1}, **({"min_side": 1} if field == "max_side" else {}))  # one is allowed
+
+
+def test_the_smallest_side_may_equal_the_largest_but_not_exceed_it():
+    assert ImageLimits(max_pixels=1, max_side=1, min_side=1).max_side == 1
+    assert ImageLimits(min_side=50, max_side=50).min_side == 50
+    with pytest.raises(ValueError, match=r"^min_side \(51\) is larger than max_side \(50\)$"):
+        ImageLimits(min_side=51, max_side=50)
+
+
+# --- the header alone (what runs before an upload is decoded) ---------------------------------
+
+
+def test_check_header_gives_the_size_of_a_file_or_of_bytes_without_decoding(tmp_path):
+    from cbir.images import check_header
+
+    path = tmp_path / "liar.png"
+    path.write_bytes(png_with_claimed_size(300, 200))  # the pixels could not be decoded
+    assert check_header(path) == (300, 200)
+    assert check_header(str(path)) == (300, 200)
+    assert check_header(png_with_claimed_size(30, 20)) == (30, 20)
+
+
+@pytest.mark.parametrize("size", [(10, 20000), (20000, 10)], ids=["tall", "wide"])
+def test_check_header_refuses_a_tall_or_wide_header_naming_the_file_or_the_upload(tmp_path, size):
+    from cbir.images import check_header
+
+    path = tmp_path / "liar.png"
+    path.write_bytes(png_with_claimed_size(*size))
+    expected = f"image is {size[0]} x {size[1]} px; the largest side allowed is 16384 px$"
+    with pytest.raises(ImageError, match=f"^{re.escape(str(path))}: {expected}"):
+        check_header(path)
+    with pytest.raises(ImageError, match=f"^the uploaded image: {expected}"):
+        check_header(path.read_bytes())
+    with pytest.raises(ImageError, match=f"^holiday.png: {expected}"):
+        check_header(path, name="holiday.png")
+    assert check_header(path, limits=ImageLimits(max_side=20000)) == size
+
+
+def test_check_header_says_why_a_file_is_unusable(tmp_path):
+    from cbir.images import check_header
+
+    with pytest.raises(ImageError, match=f"^{re.escape(str(tmp_path / 'gone.png'))}: cannot open the file \\(No such file or directory\\)$"):
+        check_header(tmp_path / "gone.png")
+    with pytest.raises(ImageError, match="^the uploaded image: file is empty$"):
+        check_header(b"")
+    (tmp_path / "notes.png").write_text("hello, this is not a picture\n")
+    with pytest.raises(ImageError, match=r"notes\.png: not an image file Pillow can read$"):
+        check_header(tmp_path / "notes.png")
+    with pytest.raises(ImageError, match=r"^the uploaded image: image data is truncated or corrupt \(a JPEG file whose header cannot be read\)$"):
+        check_header(noisy_jpeg_bytes()[:20])
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\nshowpage\n"  # never handed to Ghostscript
+    with pytest.raises(ImageError, match="^the uploaded image: not an image file Pillow can read$"):
+        check_header(eps)
+    with pytest.raises(ImageError, match=r"^the uploaded image: image is 5 x 30 px; images must be at least 8 x 8 px$"):
+        check_header(png_with_claimed_size(5, 30))
+
+
+def test_a_header_over_twice_pillows_limit_says_the_smaller_of_both_limits(tmp_path):
+    from cbir.images import check_header
+
+    data = png_with_claimed_size(16000, 16000)  # > 2 x Pillow's limit: refused in Image.open
+    pillows = f"{Image.MAX_IMAGE_PIXELS:,}"
+    with pytest.raises(ImageError, match=f"^the uploaded image: image is too large; at most {pillows} pixels are allowed$"):
+        check_header(data, limits=ImageLimits(max_pixels=10**9))
+    with pytest.raises(ImageError, match="^bomb.png: image is too large; at most 1,000 pixels are allowed$"):
+        check_header(data, name="bomb.png", limits=ImageLimits(max_pixels=1000))
+    with pytest.raises(ImageError, match=f"^the uploaded image: image is too large; at most {pillows} pixels are allowed$"):
+        load_image(data, limits=ImageLimits(max_pixels=10**9))
+
+
+def test_a_header_just_over_pillows_limit_is_refused_too_when_its_warning_is_an_error(tmp_path):
+    import warnings
+
+    data = png_with_claimed_size(10000, 10000)  # between Pillow's limit and twice it: a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ImageError, match="^the uploaded image: image is too large to decode safely \\(Image size"):
+            load_image(data, limits=ImageLimits(max_pixels=10**9))
+
+
+# --- wide grey, worked out by hand ---------------------------------------------------------------
+
+
+def grey_levels(image: Image.Image) -> list[int]:
+    """The first row's grey levels of a loaded (RGB) image, checking that it is grey."""
+    pixels = np.asarray(load_image(image))[0]
+    assert (pixels == pixels[:, :1]).all()
+    return pixels[:, 0].tolist()
+
+
+def row(values, dtype, width: int = 8) -> np.ndarray:
+    """An 8-row image whose rows are `values`, padded to `width` with the first value."""
+    values = list(values) + [values[0]] * (width - len(values))
+    return np.tile(np.asarray(values, dtype), (8, 1))
+
+
+def test_16_bit_grey_rounds_to_the_nearest_of_v_over_257():
+    # 128 / 257 = 0.498 -> 0; 129 / 257 = 0.502 -> 1; 385 / 257 = 1.498 -> 1; 386 -> 2;
+    # 65406 / 257 = 254.498 -> 254; 65535 -> 255.
+    values = [0, 128, 129, 385, 386, 32768, 65406, 65535]
+    expected = [0, 0, 1, 1, 2, 128, 254, 255]
+    assert grey_levels(Image.fromarray(row(values, np.uint16))) == expected  # mode I;16
+    assert grey_levels(Image.fromarray(row(values, np.int32))) == expected  # mode I
+    assert grey_levels(row(values, np.uint16)) == expected  # a numpy array
+
+
+def test_32_bit_grey_outside_the_16_bit_range_is_clipped_not_wrapped():
+    image = Image.fromarray(row([-1000, 70000, 65535, -1, 0], np.int32))
+    assert image.mode == "I"
+    assert grey_levels(image)[:5] == [0, 255, 255, 0, 0]
+
+
+def test_float_grey_in_0_1_is_scaled_to_255_and_anything_else_read_on_pillows_0_255_scale():
+    def levels(values):
+        image = Image.fromarray(row(values, np.float32))
+        assert image.mode == "F"
+        return grey_levels(image)[: len(values)]
+
+    # In [0, 1] (1.0 included): x 255, rounded. 0.6 * 255 = 153 (not 0.6 * 256 = 153.6).
+    assert levels([0.0, 0.6, 1.0, 0.5]) == [0, 153, 255, 128]
+    # NaN and -inf are black and leave a [0, 1] image on its scale; +inf is white (255 on Pillow's scale).
+    assert levels([0.6, np.nan, -np.inf]) == [153, 0, 0]
+    assert levels([100.0, np.inf, np.nan, -np.inf]) == [100, 255, 0, 0]
+    # Above 1: already on the 0-255 scale, clipped to it (a dark 0-2 image stays dark).
+    assert levels([2.0, 1.0, 0.0]) == [2, 1, 0]
+    assert levels([-5.0, 100.0, 300.0, 255.0]) == [0, 100, 255, 255]
+    assert levels([-0.5, 0.5]) == [0, 128]
+
+
+# --- numpy arrays, worked out by hand ------------------------------------------------------------
+
+
+def test_float_arrays_in_0_1_are_scaled_by_255_and_a_hair_outside_is_clipped():
+    tolerance = 1e-3  # rounding in the caller's arithmetic
+    assert grey_levels(row([0.0, 0.6, 1.0, 0.5], np.float32))[:4] == [0, 153, 255, 128]
+    assert grey_levels(row([-tolerance, 1.0 + tolerance, 0.6], np.float64))[:3] == [0, 255, 153]
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 1.5), (-0.01, 1.0), (0.0, 1.0011)])
+def test_float_arrays_beyond_the_tolerance_are_refused_with_their_range(low, high):
+    with pytest.raises(ImageError, match=rf"^the uploaded image: float pixels must lie in \[0, 1\], these range from {low:g} to {high:g}$"):
+        load_image(row([low, high], np.float64))
+
+
+def test_a_boolean_array_is_black_and_white():
+    assert grey_levels(row([False, True], bool))[:2] == [0, 255]
+
+
+# --- regions of files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("box", "size"),
+    [
+        # 800 x 800 JPEG, network input 100: the scale is the smallest that keeps the box's shorter
+        # side >= 100 px. 400 px at 1/4 is exactly 100: 1/4; one pixel less would need 1/2.
+        ((0, 0, 400, 400), (100, 100)),
+        ((200, 0, 600, 800), (100, 200)),  # shorter side across: 400 -> 1/4
+        ((0, 200, 800, 600), (200, 100)),  # shorter side down: 400 -> 1/4
+        ((400, 400, 800, 800), (100, 100)),
+        ((0, 0, 200, 800), (100, 400)),  # 200 -> 1/2
+        ((100, 100, 180, 300), (80, 200)),  # under 100 px: the full-resolution pixels
+    ],
+)
+def test_a_region_is_decoded_at_the_smallest_scale_that_keeps_its_shorter_side_for_the_network(tmp_path, box, size):
+    path = tmp_path / "photo.jpg"
+    smooth_picture(800, 800).save(path, quality=90)
+    assert load_region(path, box, min_side=100).size == size
+
+
+def test_a_region_of_no_width_says_how_big_a_box_must_be(tmp_path):
+    path = tmp_path / "photo.jpg"
+    smooth_picture(800, 800).save(path, quality=90)
+    with pytest.raises(ImageError, match=r"photo\.jpg: the selected region is 0 x 40 px; select at least 8 x 8 px$"):
+        load_region(path, (100, 100, 100, 140), min_side=100)
+
+
+def test_a_region_of_a_file_cut_short_is_refused_under_the_callers_name(tmp_path):
+    path = tmp_path / "upload_0x1f.tmp"
+    data = noisy_jpeg_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header is whole: the pixels are cut
+    with pytest.raises(ImageError, match=r"^holiday\.jpg: image data is truncated or corrupt"):
+        load_region(path, (0, 0, 100, 100), min_side=50, name="holiday.jpg")
+
+
+def test_a_region_obeys_the_callers_limits_and_name(tmp_path):
+    path = tmp_path / "upload_0x1f.tmp"
+    solid(RED, (5, 30)).save(path, "PNG")
+    assert load_region(path, (0, 0, 5, 30), min_side=4, limits=ImageLimits(min_side=4)).size == (5, 30)
+    with pytest.raises(ImageError, match=r"^holiday\.png: image is 5 x 30 px; images must be at least 8 x 8 px$"):
+        load_region(path, (0, 0, 5, 30), min_side=4, name="holiday.png")
+    liar = tmp_path / "liar.png"
+    liar.write_bytes(png_with_claimed_size(20000, 10))
+    with pytest.raises(ImageError, match=r"^holiday\.png: image is 20000 x 10 px; the largest side"):
+        load_region(liar, (0, 0, 5, 5), min_side=4, name="holiday.png")
+
+
+# --- network input ---------------------------------------------------------------------------------
+
+
+def test_network_input_is_the_bilinear_average_worked_out_by_hand():
+    # A step from 0 to 255 halfway, shrunk from 4 to 2 columns: the bilinear kernel, widened to two
+    # source pixels, weighs the pixels at distance 0.5 by 0.75 and at 1.5 by 0.25 (the one at 2.5
+    # is outside): 255 x 0.25 / 1.75 = 36.4 -> 36, and 255 - 36 = 219 on the other side.
+    step = Image.fromarray(np.tile(np.array([0, 0, 255, 255], np.uint8), (4, 1))).convert("RGB")
+    pixels = to_network_input(step, 2)
+    assert pixels.dtype == np.uint8 and pixels.flags.c_contiguous
+    assert pixels[:, :, 0].tolist() == [[36, 219], [36, 219]]
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 10), (10, 0), (-1, -1)])
+def test_a_network_input_of_no_pixels_is_refused(width, height):
+    from cbir.images import resize_for_network
+
+    with pytest.raises(ValueError, match=rf"^network input size must be positive, got {width} x {height}$"):
+        resize_for_network(solid(RED), width, height)
+
+
+def test_the_smallest_network_input_is_one_pixel():
+    from cbir.images import resize_for_network
+
+    assert resize_for_network(solid(RED), 1, 1).tolist() == [[list(RED)]]
+    assert resize_for_network(solid(RED), 3, 1).shape == (1, 3, 3)
+    assert resize_for_network(solid(RED), 1, 3).shape == (3, 1, 3)
+
+
+def test_an_image_of_an_unusable_colour_mode_is_named_in_the_message():
+    with pytest.raises(ImageError, match="^the image: colour mode La is not supported$"):
+        to_network_input(Image.new("La", (10, 10)), 4)
+
+
+def test_a_collection_photo_reaches_the_network_with_the_pixels_a_query_of_it_gets(tmp_path):
+    # The search engine decodes a whole query file at the network's input size (JPEG draft) so a
+    # collection photo used as a query matches its own row: batch extraction must do the same.
+    from cbir.images import resize_for_network
+
+    path = tmp_path / "photo.jpg"
+    smooth_picture(1024, 768).save(path, quality=90)
+
+    def shape(width: int, height: int) -> tuple[int, int]:  # as a recipe's network_shape
+        return width // 4, height // 4
+
+    query = load_image(path, draft_size=224)
+    assert np.array_equal(load_for_network(path, 224, shape=shape), resize_for_network(query, *shape(*query.size)))
+    assert load_for_network(path, 224, shape=shape).shape == (96, 128, 3)  # 512 x 384 at 1/2, then / 4
+
+
+def test_load_for_network_obeys_the_callers_limits_and_name(tmp_path):
+    path = tmp_path / "upload_0x1f.tmp"
+    solid(RED, (5, 30)).save(path, "PNG")
+    assert load_for_network(path, 4, limits=ImageLimits(min_side=4)).shape == (4, 4, 3)
+    with pytest.raises(ImageError, match=r"^holiday/beach\.png: image is 5 x 30 px"):
+        load_for_network(path, 4, name="holiday/beach.png")
+
+
+# --- plain reasons -------------------------------------------------------------------------------
+
+
+def test_a_truncated_file_names_pillows_detail_after_the_plain_reason(tmp_path):
+    data = noisy_jpeg_bytes()
+    with pytest.raises(ImageError, match=r"^cut\.jpg: image data is truncated or corrupt \(OSError: image file is truncated"):
+        load_image(data[: len(data) // 2], name="cut.jpg")
+
+
+def test_running_out_of_memory_while_decoding_is_said_plainly(tmp_path, monkeypatch):
+    from PIL import ImageFile as PillowImageFile
+
+    def no_memory(self):
+        raise MemoryError
+
+    path = tmp_path / "huge.png"
+    solid(RED).save(path)
+    monkeypatch.setattr(PillowImageFile.ImageFile, "load", no_memory)
+    with pytest.raises(ImageError, match=r"^.*huge\.png: not enough memory to decode the image$"):
+        load_image(path)
+
+
+# --- every kind of source: its name in messages, the caller's limits and draft ---------------------
+
+
+def test_a_pil_image_is_named_by_its_file_or_as_an_upload_and_obeys_the_limits(tmp_path):
+    path = tmp_path / "tiny.png"
+    solid(RED, (5, 30)).save(path)
+    too_small = "image is 5 x 30 px; images must be at least 8 x 8 px$"
+    with Image.open(path) as opened, pytest.raises(ImageError, match=f"^{re.escape(str(path))}: {too_small}"):
+        load_image(opened)
+    with Image.open(path) as opened, pytest.raises(ImageError, match=f"^holiday.png: {too_small}"):
+        load_image(opened, name="holiday.png")
+    with pytest.raises(ImageError, match=f"^the uploaded image: {too_small}"):
+        load_image(solid(RED, (5, 30)))
+    assert load_image(solid(RED, (5, 30)), limits=ImageLimits(min_side=4)).size == (5, 30)
+
+
+def test_an_array_is_named_as_asked_and_obeys_the_limits():
+    pixels = np.zeros((30, 5, 3), np.uint8)
+    with pytest.raises(ImageError, match="^holiday.png: image is 5 x 30 px"):
+        load_image(pixels, name="holiday.png")
+    assert load_image(pixels, limits=ImageLimits(min_side=4)).size == (5, 30)
+
+
+def jpeg_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    smooth_picture(width, height).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_bytes_and_streams_obey_the_name_the_limits_and_the_draft(tmp_path):
+    data = jpeg_bytes(1024, 768)
+    assert load_image(data, draft_size=224).size == (512, 384)
+    assert load_image(memoryview(data), draft_size=224).size == (512, 384)
+    assert load_image(io.BytesIO(data), draft_size=224).size == (512, 384)
+    tiny = io.BytesIO()
+    solid(RED, (5, 30)).save(tiny, "PNG")
+    with pytest.raises(ImageError, match="^holiday.png: image is 5 x 30 px"):
+        load_image(tiny.getvalue(), name="holiday.png")
+    with pytest.raises(ImageError, match="^holiday.png: image is 5 x 30 px"):
+        load_image(io.BytesIO(tiny.getvalue()), name="holiday.png")
+    assert load_image(tiny.getvalue(), limits=ImageLimits(min_side=4)).size == (5, 30)
+    assert load_image(io.BytesIO(tiny.getvalue()), limits=ImageLimits(min_side=4)).size == (5, 30)
+    path = tmp_path / "tiny.png"
+    path.write_bytes(tiny.getvalue())
+    with open(path, "rb") as stream, pytest.raises(ImageError, match=f"^{re.escape(str(path))}: image is 5 x 30 px"):
+        load_image(stream)  # a file's stream is named by its path
+    with open(os.open(path, os.O_RDONLY), "rb") as stream, pytest.raises(ImageError, match="^the uploaded image: image is 5 x 30"):
+        load_image(stream)  # opened from a descriptor: its name is a number
+
+
+def test_anything_with_a_read_method_is_a_stream():
+    buffer = io.BytesIO()
+    solid(BLUE, (30, 20)).save(buffer, "PNG")
+
+    class Reader:  # no seek, no seekable: a socket-like object
+        def __init__(self, payload: bytes):
+            self.payload = payload
+
+        def read(self, size: int = -1) -> bytes:
+            chunk, self.payload = (self.payload, b"") if size < 0 else (self.payload[:size], self.payload[size:])
+            return chunk
+
+    assert load_image(Reader(buffer.getvalue())).getpixel((5, 5)) == BLUE
+
+
+def test_a_closed_or_text_stream_is_refused_with_a_reason(tmp_path):
+    path = tmp_path / "photo.png"
+    solid(BLUE, (30, 20)).save(path)
+    closed = io.BytesIO(path.read_bytes())
+    closed.close()
+    with pytest.raises(ImageError, match=r"^the uploaded image: cannot read the data \(I/O operation on closed file\.?\)$"):
+        load_image(closed)
+    with open(path, encoding="latin-1") as text, pytest.raises(
+        ImageError, match=f"^{re.escape(str(path))}: the stream is open in text mode; images must be read as bytes$"
+    ):
+        load_image(text)
+
+
+def test_other_sources_are_refused_naming_their_type():
+    with pytest.raises(ImageError, match="^the uploaded image: cannot read an image from a int$"):
+        load_image(42)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match="^holiday.png: cannot read an image from a list$"):
+        load_image([1, 2], name="holiday.png")  # type: ignore[arg-type]
+
+
+def test_a_file_that_cannot_be_opened_says_why(tmp_path, monkeypatch):
+    import cbir.images
+
+    with pytest.raises(ImageError, match=f"^{re.escape(str(tmp_path / 'gone.jpg'))}: file not found$"):
+        load_image(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match=f"^{re.escape(str(tmp_path))}: is a folder, not an image file$"):
+        load_image(tmp_path)
+    long_name = tmp_path / ("x" * 300 + ".jpg")
+    with pytest.raises(ImageError, match=r"x\.jpg: cannot open the file \(File name too long\)$"):
+        load_image(long_name)
+
+    def refused(path, mode="r"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cbir.images, "open", refused, raising=False)  # root reads any file: pretend
+    with pytest.raises(ImageError, match=r"^secret\.jpg: cannot read the file \(permission denied\)$"):
+        load_image(tmp_path / "secret.jpg", name="secret.jpg")
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((41, 30), "image is 41 x 30 px; the largest side allowed is 40 px"),
+        ((30, 41), "image is 30 x 41 px; the largest side allowed is 40 px"),
+        ((40, 31), "image is 40 x 31 px (1,240 pixels); at most 1,200 pixels are allowed"),
+        ((7, 10), "image is 7 x 10 px; images must be at least 8 x 8 px"),
+        ((10, 7), "image is 10 x 7 px; images must be at least 8 x 8 px"),
+    ],
+)
+def test_sizes_are_refused_one_pixel_past_each_limit(size, message):
+    limits = ImageLimits(max_pixels=1200, max_side=40, min_side=8)
+    for allowed in ((40, 30), (30, 40), (8, 8)):
+        assert load_image(solid(RED, allowed), limits=limits).size == allowed
+    with pytest.raises(ImageError, match=f"^the uploaded image: {re.escape(message)}$"):
+        load_image(solid(RED, size), limits=limits)
+
+
+def test_an_rgb_png_with_a_transparent_colour_shows_it_white(tmp_path):
+    picture = solid(BLUE, (20, 20))
+    ImageDraw.Draw(picture).rectangle((0, 0, 9, 19), fill=RED)
+    path = tmp_path / "keyed.png"
+    picture.save(path, transparency=RED)
+    loaded = load_image(path)
+    assert loaded.getpixel((5, 5)) == WHITE and loaded.getpixel((15, 5)) == BLUE
+
+
+def test_a_damaged_exif_block_keeps_the_photo_unrotated(tmp_path, monkeypatch, caplog):
+    from PIL import ImageOps
+
+    def broken(image):
+        raise SyntaxError("not a TIFF file")
+
+    path = tmp_path / "photo.jpg"
+    solid(BLUE, (40, 20)).save(path)
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    assert load_image(path).size == (40, 20)
+
+
+# --- boxes at the image's edges --------------------------------------------------------------------
+
+OUTSIDE = " (the box lies outside the 100 x 80 px image)"
+
+
+@pytest.mark.parametrize(
+    ("box", "region", "where"),
+    [
+        ((-20, 10, 0, 30), "0 x 20", OUTSIDE),  # ends at the left edge
+        ((-20, 10, 1, 30), "1 x 20", ""),  # one column inside
+        ((10, -20, 30, 0), "20 x 0", OUTSIDE),  # ends at the top edge
+        ((10, -20, 30, 1), "20 x 1", ""),
+        ((100, 10, 120, 30), "0 x 20", OUTSIDE),  # starts at the right edge
+        ((99, 10, 120, 30), "1 x 20", ""),
+        ((10, 80, 30, 100), "20 x 0", OUTSIDE),  # starts at the bottom edge
+        ((10, 79, 30, 100), "20 x 1", ""),
+        ((-40, -40, -20, -20), "0 x 0", OUTSIDE),
+    ],
+)
+def test_a_box_at_an_edge_says_its_size_and_whether_it_misses_the_image(gradient, box, region, where):
+    with pytest.raises(ImageError, match=f"^the image: the selected region is {region} px{re.escape(where)}; select at least 8 x 8 px$"):
+        crop_box(gradient, box)
+
+
+def test_a_box_of_exactly_the_smallest_side_is_enough(gradient):
+    assert crop_box(gradient, (0, 0, 8, 8)).size == (8, 8)
+    assert crop_box(gradient, (92, 72, 100, 80)).size == (8, 8)
+    for box in ((0, 0, 7, 8), (0, 0, 8, 7)):
+        with pytest.raises(ImageError, match="select at least 8 x 8 px"):
+            crop_box(gradient, box)
