@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         LocalFeatureSettings,
         describe_image,
         describe_picture,
+        picture_as_described,
     )
-    from cbir.match_drawing import draw_match, picture_as_described
+    from cbir.match_drawing import draw_match
     from cbir.verification import MIN_INLIERS, verify_pair
     from cbir_ui.behaviour import SearchPage
 

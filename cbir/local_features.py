@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from cbir import atomic
-from cbir.images import DEFAULT_LIMITS, ImageError, ImageLimits, ImageSource, load_image
+from cbir.images import DEFAULT_LIMITS, Box, ImageError, ImageLimits, ImageSource, crop_box, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,23 @@ def describe_picture(picture: Image.Image, settings: LocalFeatureSettings = Loca
     )
 
 
+def picture_as_described(
+    source: ImageSource,
+    settings: LocalFeatureSettings,
+    box: Box | None = None,
+    *,
+    name: str | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> Image.Image:
+    """An image loaded as its local features are made from it, for a build's collection file
+    (`describe_image`) and a search's query (SearchEngine.describe_locally) alike: a file without a
+    box decoded at the reduced JPEG scale that keeps `max_side` pixels, then cut to `box`. The
+    points of a verification's `Match` are in this picture's pixels (cbir.match_drawing)."""
+    draft = settings.max_side if isinstance(source, (str, Path)) and box is None else None
+    picture = load_image(source, name=name, limits=limits, draft_size=draft)
+    return crop_box(picture, box, limits=limits, name=name or "the image") if box is not None else picture
+
+
 def describe_image(
     source: ImageSource,
     settings: LocalFeatureSettings = LocalFeatureSettings(),
@@ -163,8 +180,7 @@ def describe_image(
 ) -> ImageFeatures:
     """The local features of an image file (or bytes, PIL image, array), loaded by cbir.images with
     its checks; a JPEG is decoded at the smallest scale that keeps its shorter side >= max_side."""
-    draft = settings.max_side if isinstance(source, (str, Path)) else None
-    return describe_picture(load_image(source, name=name, limits=limits, draft_size=draft), settings)
+    return describe_picture(picture_as_described(source, settings, name=name, limits=limits), settings)
 
 
 def describe_images(

@@ -4,7 +4,7 @@ query's outline carried onto the result by the fitted transform.
 
 Frames: a `Match`'s points are in pixels of each image *as its local features were made from it*
 (cbir.local_features: loaded by cbir.images, a JPEG file decoded at a reduced scale when that still
-leaves `max_side` pixels, the query cut to its box). `picture_as_described` loads a picture in
+leaves `max_side` pixels, the query cut to its box). `cbir.local_features.picture_as_described` loads a picture in
 exactly that frame; a picture of another size (a bundle's thumbnail) is drawn with `frame` giving
 the size the points refer to.
 """
@@ -14,20 +14,10 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cbir.images import (
-    DEFAULT_LIMITS,
-    Box,
-    ImageLimits,
-    ImageSource,
-    crop_box,
-    load_image,
-)
-from cbir.local_features import LocalFeatureSettings
 from cbir.verification import MIN_INLIERS, Match
 
 MAX_HEIGHT = 480  # the two pictures share one height, at most this
@@ -124,24 +114,6 @@ def draw_match(
         for x, y in (start, end):
             draw.ellipse((x - MARK_RADIUS, y - MARK_RADIUS, x + MARK_RADIUS, y + MARK_RADIUS), fill=line_colour(index))
     return canvas
-
-
-def picture_as_described(
-    source: ImageSource,
-    settings: LocalFeatureSettings,
-    box: Box | None = None,
-    *,
-    name: str | None = None,
-    limits: ImageLimits = DEFAULT_LIMITS,
-) -> Image.Image:
-    """An image loaded as its local features were made from it: as a build describes a collection
-    file (cbir.local_features.describe_image) and a search its query (SearchEngine.describe_locally),
-    a file without a box decoded at the reduced JPEG scale that keeps `max_side` pixels, then cut to
-    `box`. The points of a `Match` are in this picture's pixels."""
-    is_file = isinstance(source, (str, Path))
-    draft = settings.max_side if is_file and box is None else None
-    picture = load_image(source, name=name, limits=limits, draft_size=draft)
-    return crop_box(picture, box, limits=limits, name=name or "the image") if box is not None else picture
 
 
 def _scaled(picture: Image.Image, size: Size) -> Image.Image:

@@ -24,7 +24,7 @@ from cbir.images import DEFAULT_LIMITS, ImageLimits, crop_box, load_image, load_
 from cbir.index import LoadedIndex, load_index, version_warnings
 from cbir.catalogue import BrokenIndex, IndexInfo, scan_indexes
 from cbir.layout import CollectionRecord, IndexLayout, IndexLoadError, read_collection_record
-from cbir.local_features import ImageFeatures, describe_picture
+from cbir.local_features import ImageFeatures, describe_picture, picture_as_described
 from cbir.ranking import Ranking, Reranker, rank
 from cbir.verification import SpatialVerification
 
@@ -171,11 +171,7 @@ class SearchEngine:
             raise IndexLoadError(f"{collection}/{recipe} has no local features to verify with. Build them: "
                                  f"{loaded.manifest.rebuild_command(loaded.folder)} --local-features")  # fmt: skip
         settings = loaded.manifest.local_features
-        is_file = isinstance(image, (str, Path))
-        draft = settings.max_side if is_file and box is None else None
-        picture = load_image(image, name=name, limits=self.limits, draft_size=draft)
-        picture = crop_box(picture, box, limits=self.limits, name=name or "the image")
-        return describe_picture(picture, settings)
+        return describe_picture(picture_as_described(image, settings, box, name=name, limits=self.limits), settings)
 
     def rank(
         self,

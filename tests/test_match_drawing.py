@@ -15,7 +15,7 @@ from synthetic import draw_textured_picture, make_gallery
 from cbir.datasets import folder_collection
 from cbir.index import Manifest, StoreSpec, write_index
 from cbir.layout import IndexLayout, write_collection_record
-from cbir.local_features import LocalFeatureSettings, describe_image, describe_picture
+from cbir.local_features import LocalFeatureSettings, describe_image, describe_picture, picture_as_described
 from cbir.match_drawing import (
     BACKGROUND,
     GAP,
@@ -27,7 +27,6 @@ from cbir.match_drawing import (
     draw_match,
     layout,
     line_colour,
-    picture_as_described,
 )
 from cbir.verification import MIN_INLIERS, NO_MATCH, Match, verify_pair
 from cbir_ui.behaviour import PageError, SearchPage
@@ -323,7 +322,6 @@ def test_a_bundles_thumbnail_is_drawn_with_the_points_scaled_onto_it(page_with_f
 
 @pytest.mark.slow
 def test_a_visitors_own_collection_says_it_has_no_matches_to_draw(tmp_path):
-    from cbir.backbones import BACKBONES
     from cbir.build import BuildSettings
     from cbir.recipe import RecipeSettings
     from cbir.search import SearchEngine
