@@ -28,8 +28,7 @@ from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 from cbir.uploads import PrivateCollections as Uploads
 from cbir.uploads import ServedCollection, served_collection
-from cbir.local_features import ImageFeatures, LocalFeatureSettings
-from cbir.local_features import picture_as_described
+from cbir.local_features import ImageFeatures, LocalFeatureSettings, picture_as_described
 from cbir.match_drawing import draw_match
 from cbir.verification import Match, SpatialVerification, verify_pair
 from cbir_ui.formatting import LeftOut, gallery_items, readable, recipe_label, status_line
