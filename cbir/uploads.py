@@ -239,7 +239,6 @@ def add_collection(
     for old in (images, Path(index_dir) / name, Path(thumbnails_root) / name):
         shutil.rmtree(old, ignore_errors=True)
     incoming.rename(images)
-    gathered.folder = images  # pragma: no mutate (only gathered.ignored is read after this line)
     build = BuildSettings(
         index_dir=Path(index_dir),
         recipe=settings.recipe,
