@@ -395,3 +395,22 @@ def test_rank_cut_to_fewer_rows_than_were_verified_keeps_the_count_right():
     ranking = rank(SearchedIndex(FOUR_ROWS), unit(1, 0, 0), Metric.COSINE, 1, exact=True,
                    rerankers=[lambda *_: two_verified])  # fmt: skip
     assert ranking.rows.tolist() == [2] and ranking.verified == 1
+
+
+def test_a_row_the_verified_ranking_never_held_comes_after_the_lead_unverified():
+    # αQE's new search can bring rows the first ranking did not reach: they carry no inlier count.
+    first = Ranking(np.array([2, 0]), np.array([0.9, 0.1]), True, inliers=np.array([40, 3]), verified=1)
+    reranked = Ranking(np.array([3, 0, 2]), np.array([0.2, 0.3, 0.5]), True)
+    ranking = rank(SearchedIndex(FOUR_ROWS), unit(1, 0, 0), Metric.COSINE, None,
+                   rerankers=[lambda *_: first, lambda *_: reranked])  # fmt: skip
+    assert ranking.rows.tolist() == [2, 3, 0]  # each row once
+    assert ranking.inliers.tolist() == [40, -1, 3]
+    assert ranking.distances.tolist() == [0.9, 0.2, 0.3]
+
+
+def test_a_second_verification_orders_the_ranking_itself():
+    first = Ranking(np.array([2, 0, 1]), np.zeros(3), True, inliers=np.array([40, 30, 3]), verified=2)
+    again = Ranking(np.array([1, 2, 0]), np.zeros(3), True, inliers=np.array([20, 5, 4]), verified=1)
+    ranking = rank(SearchedIndex(FOUR_ROWS), unit(1, 0, 0), Metric.COSINE, None,
+                   rerankers=[lambda *_: first, lambda *_: again])  # fmt: skip
+    assert ranking.rows.tolist() == [1, 2, 0] and ranking.verified == 1
