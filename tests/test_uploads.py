@@ -738,7 +738,10 @@ def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running
     dead.wait()
     other_user = 4_242_424  # above Linux's largest process id: no process; told below it is another user's
 
+    signals = []
+
     def kill(pid, signal_number):
+        signals.append(signal_number)
         if pid == other_user:
             raise PermissionError(pid)
         return real_kill(pid, signal_number)
@@ -761,3 +764,4 @@ def test_the_sweep_removes_dead_runs_folders_only(tmp_path, monkeypatch, running
     )
     assert (elsewhere / "photo.jpg").exists()
     assert running_process.poll() is None  # asked whether it runs, not disturbed
+    assert signals and set(signals) == {0}  # signal 0 asks; any other would hit a live process
