@@ -25,6 +25,7 @@ from cbir.match_drawing import (
     NO_MATCH_COLOUR,
     OUTLINE_COLOUR,
     draw_match,
+    _mapped_outline,
     layout,
     line_colour,
 )
@@ -338,3 +339,37 @@ def test_a_visitors_own_collection_says_it_has_no_matches_to_draw(tmp_path):
     explained = page.explain_result(0, "alice")
     assert explained.picture is None
     assert explained.caption == "photos added on the page have no local features: no matches to draw"
+
+
+def test_the_layout_by_hand_when_both_fit_and_when_the_width_lowers_them():
+    fits = layout((40, 40), (40, 20), max_height=100, max_width=1000)
+    # One height of 100: the query scaled 2.5 (100 wide), the result 5 (200 wide), GAP between.
+    assert (fits.query_scale, fits.result_scale, fits.result_offset) == (2.5, 5.0, 100 + GAP)
+    assert fits.size == (100 + GAP + 200, 100)
+    assert fits.query_point(np.array([[10.0, 20.0]])).tolist() == [[25.0, 50.0]]
+    assert fits.result_point(np.array([[10.0, 20.0]])).tolist() == [[50.0 + 100 + GAP, 100.0]]
+    # 3 pixels wide a pixel of height together: 480 high would be 1,440 + GAP wide, over 1,400.
+    lowered = layout((200, 100), (100, 100), max_height=480, max_width=1400)
+    height = (1400 - GAP) / 3
+    assert lowered.query_scale == pytest.approx(height / 100) and lowered.result_scale == pytest.approx(height / 100)
+    assert lowered.size == (round(2 * height) + GAP + round(height), round(height))
+
+
+def test_the_outline_is_the_frames_corners_sent_by_the_transform():
+    assert _mapped_outline(np.eye(3), (40, 30)).tolist() == [[0, 0], [40, 0], [40, 30], [0, 30]]
+    stretch = np.array([[2.0, 0, 5], [0, 3, 7], [0, 0, 1]])
+    assert _mapped_outline(stretch, (40, 30)).tolist() == [[5, 7], [85, 7], [85, 97], [5, 97]]
+    halved = np.diag([1.0, 1.0, 2.0])  # homogeneous coordinates: divided by the third
+    assert _mapped_outline(halved, (40, 30)).tolist() == [[0, 0], [20, 0], [20, 15], [0, 15]]
+
+
+def test_line_colours_are_bright_and_a_golden_angle_apart():
+    import colorsys
+
+    colours = [line_colour(index) for index in range(6)]
+    assert len(set(colours)) == 6
+    assert colours[0] == (255, 38, 38)  # hue 0, saturation 0.85, value 1
+    for index, colour in enumerate(colours):
+        hue, saturation, value = colorsys.rgb_to_hsv(*(channel / 255 for channel in colour))
+        assert value == 1.0 and saturation == pytest.approx(0.85, abs=0.01)
+        assert hue == pytest.approx((index * 0.6180339887) % 1.0, abs=0.01)
