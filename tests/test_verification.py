@@ -250,3 +250,34 @@ def test_searching_with_verification_an_index_without_local_features_names_the_b
     with pytest.raises(IndexLoadError, match="no local features.*--local-features"):
         engine.search(tmp_path / "photos" / "picture_000.jpg", collection="photos", recipe=RECIPE.key,
                       rerankers=(SpatialVerification(),))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("transform", "plausible"),
+    [
+        (np.eye(3), True),
+        (np.diag([5.0, 5.0, 1.0]), True),  # area x 25: a closer view
+        (np.diag([6.0, 6.0, 1.0]), False),  # area x 36: beyond MAX_AREA_CHANGE (30)
+        (np.diag([1 / 5, 1 / 5, 1.0]), True),
+        (np.diag([1 / 6, 1 / 6, 1.0]), False),
+        (np.diag([-1.0, 1.0, 1.0]), False),  # a mirror image folds the picture
+        (np.diag([2.0, 2.0, 0.25]), False),  # homogeneous: the linear part is diag(8, 8), area x 64
+        (np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1e-13]]), False),  # the whole plane sent to infinity
+        (np.array([[np.nan, 0, 0], [0, 1, 0], [0, 0, 1]]), False),
+        (np.array([[np.inf, 0, 0], [0, 1, 0], [0, 0, 1]]), False),
+    ],
+)
+def test_a_fit_that_folds_squashes_or_leaves_the_plane_is_refused(transform, plausible):
+    assert verification._plausible(transform) is plausible
+
+
+def test_the_re_ranker_fits_the_model_it_was_given():
+    picture = draw_textured_picture(4, 640, 480)
+    true = np.vstack([cv2.getRotationMatrix2D((320, 240), 30, 0.8), [0, 0, 1]])
+    reranker = SpatialVerification(model=GeometricModel.SIMILARITY).for_query(describe_picture(picture))
+    (found,) = reranker.verify([describe_picture(warp(picture, true))])
+    linear = found.transform[:2, :2]
+    # A similarity: no perspective, a rotation times one scale (a homography fit has neither exactly).
+    assert found.transform[2].tolist() == [0.0, 0.0, 1.0]
+    assert linear[0, 0] == pytest.approx(linear[1, 1], abs=1e-9) and linear[0, 1] == pytest.approx(-linear[1, 0], abs=1e-9)
+    assert corner_error(found.transform, true, 640, 480) < 2.0
