@@ -28,9 +28,7 @@ from cbir.search import SearchEngine, SearchResult
 from cbir.thumbnails import DEFAULT_MAX_SIDE, ThumbnailFolder
 from cbir.uploads import PrivateCollections as Uploads
 from cbir.uploads import ServedCollection, served_collection
-from cbir.local_features import ImageFeatures, LocalFeatureSettings, picture_as_described
-from cbir.match_drawing import draw_match
-from cbir.verification import Match, SpatialVerification, verify_pair
+from cbir_ui.explanations import MatchExplanation, PageError, RememberingVerification, SearchedQuery, explain
 from cbir_ui.formatting import LeftOut, gallery_items, readable, recipe_label, status_line
 
 logger = logging.getLogger(__name__)
@@ -45,10 +43,6 @@ REMEMBERED_SESSIONS = 1000  # browser sessions whose last results are kept (a fe
 MAX_HISTORY = 10  # previous queries kept per session for "previous query"
 HISTORY_SIDE = 1024  # ... each at most this many pixels a side (the networks read at most 480)
 SELECT_GRACE_SECONDS = 3.0
-
-
-class PageError(CbirError):
-    """A request the page cannot answer as asked; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -445,63 +439,15 @@ class SearchPage:
         self.uploads.drop(session)
 
     def explain_result(self, index: int | None, session: str | None = None) -> MatchExplanation | None:
-        """Why the result at `index` (gallery order) of the session's last search matches: the inlier
-        pairs of spatial verification between the query (cut to its box) and that result, drawn side
-        by side (cbir.match_drawing), and a one-line caption. None when there is nothing to explain
-        (no search with a photo in this session, or no such result). The result's picture is read
-        from the indexed image the session was shown, never from a path a client sent."""
+        """Why the result at `index` (gallery order) of the session's last search matches
+        (cbir_ui.explanations). None when there is nothing to explain (no search with a photo in
+        this session, or no such result). The result's picture is read from the indexed image the
+        session was shown, never from a path a client sent."""
         browsing = self.sessions.get(session)
         searched = None if browsing is None else browsing.query
         if searched is None or searched.photo is None or index is None or not 0 <= index < len(browsing.shown):
             return None
-        image = browsing.shown[index]
-        name = Path(image).name
-        source = self.source(searched.collection, session)
-        loaded = source.engine.index(source.name, searched.recipe)
-        if not loaded.has_local_features and searched.collection.startswith(UPLOADED):
-            return MatchExplanation(None, "photos added on the page have no local features: no matches to draw")
-        if not loaded.has_local_features:
-            return MatchExplanation(None, "this index has no local features: build them with "
-                                          f"{loaded.manifest.rebuild_command(loaded.folder)} --local-features")  # fmt: skip
-        if not Path(searched.photo).is_file():
-            raise PageError("The photo searched is no longer on the server: upload it again and search.")
-        settings, limits = loaded.manifest.local_features, source.engine.limits
-        if searched.features is None:  # made once per search (kept when the search verified)
-            searched.features = source.engine.describe_locally(searched.photo, collection=source.name, recipe=searched.recipe,
-                                                               box=searched.box, name=QUERY_NAME)  # fmt: skip
-        result_features = loaded.local_features.image(loaded.manifest.images.index(image))
-        verification = SpatialVerification()
-        match = verify_pair(searched.features, result_features, model=verification.model, ratio=verification.ratio,
-                            min_matches=verification.min_inliers)  # fmt: skip
-        query_picture = picture_as_described(searched.photo, settings, searched.box, name=QUERY_NAME, limits=limits)
-        try:
-            result_picture, frame = self._result_as_described(searched.collection, image, settings, result_features.shrink,
-                                                              session)  # fmt: skip
-        except ImageError as error:
-            return MatchExplanation(None, f"{name} cannot be read ({str(error).removeprefix(f'{image}: ')})", match)
-        drawing = draw_match(query_picture, result_picture, match, min_inliers=verification.min_inliers, result_frame=frame)
-        query = "your photo's box" if searched.box else "your photo"
-        if match.inliers >= verification.min_inliers:
-            return MatchExplanation(drawing, f"{match.inliers} inliers ({verification.model.value}) between {query} and {name}",
-                                    match)  # fmt: skip
-        fewer = f" ({match.inliers} inliers, fewer than the {verification.min_inliers} a match needs)" if match.inliers else ""
-        return MatchExplanation(drawing, f"no geometric match with {name}{fewer}", match)
-
-    def _result_as_described(
-        self, collection: str, image: str, settings: LocalFeatureSettings, shrink: float, session: str | None
-    ) -> tuple[Image.Image, tuple[int, int] | None]:
-        """An indexed image as its local features were made from it, and the size their points refer
-        to when that is not the picture's (a bundle has thumbnails only: the features were made from
-        the original, whose longer side was `shrink` x max_side, or the thumbnail's own if not
-        shrunk). Raises ImageError."""
-        source = self.source(collection, session)
-        record = source.engine.record(source.name)
-        if not record.thumbnails_only:
-            return picture_as_described(record.root / image, settings, name=image, limits=source.engine.limits), None
-        picture = load_image(self.thumbnail(collection, image, session))
-        longer = shrink * settings.max_side if shrink > 1 else max(picture.size)
-        scale = longer / max(picture.size)
-        return picture, (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        return explain(self, searched, browsing.shown[index], session, visitors=searched.collection.startswith(UPLOADED))
 
 
 def query_image(editor: dict | Image.Image | None) -> Image.Image | None:
@@ -550,45 +496,3 @@ def thumbnail_dirs(engine: SearchEngine, uploads: Uploads | None = None) -> list
         kept.mkdir(parents=True, exist_ok=True)
         folders.append(str(kept.resolve()))
     return folders
-
-
-QUERY_NAME = "the uploaded image"
-
-
-@dataclass
-class SearchedQuery:
-    """A session's last query, for drawing why a result matches: the photo file searched and its
-    box (kept as the reference the page sent, not as pixels), where, and the query's local features
-    once made (a few tens of KB; one query per session)."""
-
-    photo: str | None  # None: a picture sent whole (the `/search` API), not kept
-    box: tuple[float, float, float, float] | None
-    collection: str
-    recipe: str
-    features: ImageFeatures | None = field(default=None, repr=False)
-
-    def remember(self, features: ImageFeatures) -> None:
-        self.features = features
-
-
-@dataclass(frozen=True)
-class RememberingVerification(SpatialVerification):
-    """The search's spatial verification, handing the query's local features to `remember` when the
-    search has made them (so drawing a match does not describe the query again)."""
-
-    remember: Callable[[ImageFeatures], None] | None = field(default=None, repr=False, compare=False)
-
-    def for_query(self, features: ImageFeatures) -> SpatialVerification:
-        if self.remember is not None:
-            self.remember(features)
-        return super().for_query(features)
-
-
-@dataclass(frozen=True)
-class MatchExplanation:
-    """Why a result matches: the drawing (None when there is nothing to draw), its caption, and the
-    verification's finding (None when none was made)."""
-
-    picture: Image.Image | None
-    caption: str
-    match: Match | None = None
