@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benches import run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_quick_run_writes_costs_and_whether_the_crops_verified(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "local_features.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_bench("local_features.py", "--quick", "--out", str(tmp_path), timeout=300)
     report = json.loads((tmp_path / "local_features.json").read_text())
     assert report["cpu"] and report["cores"] >= 1
     (row,) = report["rows"]

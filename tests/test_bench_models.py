@@ -6,27 +6,14 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
+from benches import run_bench
 from optional import need
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_bench(script: str, *arguments: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), *arguments],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.mark.slow
@@ -224,11 +211,11 @@ def test_runtime_map_benchmark_quick_run_evaluates_each_runtime_s_own_index(tmp_
 def test_calibrated_weights_hold_the_pictures_batch_norm_statistics(tmp_path):
     """bench/calibrated.py: the benchmarks' stand-in for trained weights keeps activations in range."""
     import keras
+    from synthetic import draw_picture
 
     from cbir.backbones import get_backbone
-    from cbir.weights import Weights
     from cbir.trunks import build_trunk
-    from synthetic import draw_picture
+    from cbir.weights import Weights
 
     spec = importlib.util.spec_from_file_location("bench_calibrated", REPO / "bench" / "calibrated.py")
     calibrated = importlib.util.module_from_spec(spec)

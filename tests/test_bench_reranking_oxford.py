@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benches import run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 RERANKINGS = {"plain", "αQE", "verification", "verification + αQE", "diffusion", "αQE + diffusion",
@@ -16,9 +15,7 @@ RERANKINGS = {"plain", "αQE", "verification", "verification + αQE", "diffusion
 
 @pytest.mark.slow
 def test_quick_run_reports_each_re_ranking_per_protocol_and_mode(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "reranking_oxford.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_bench("reranking_oxford.py", "--quick", "--out", str(tmp_path))
     report = json.loads((tmp_path / "reranking-oxford-quick.json").read_text())
     assert report["cpu"] and report["command"].startswith("python bench/reranking_oxford.py --quick")
     rows = report["rows"]

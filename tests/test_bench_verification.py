@@ -4,11 +4,10 @@ they ran on."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benches import run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("read rows", "unpack to float", "descriptor products", "matching", "RANSAC")
@@ -16,9 +15,7 @@ STEPS = ("read rows", "unpack to float", "descriptor products", "matching", "RAN
 
 @pytest.mark.slow
 def test_quick_run_writes_the_costs_of_both_sizes_and_their_steps(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "verification.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_bench("verification.py", "--quick", "--out", str(tmp_path))
     report = json.loads((tmp_path / "verification.json").read_text())
     assert report["cpu"] and report["cores"] >= 1 and report["load_average_end"] >= 0
     assert report["settings"] == {"method": "rootsift", "max_side": 512, "max_keypoints": 500}
@@ -38,9 +35,7 @@ def test_quick_run_writes_the_costs_of_both_sizes_and_their_steps(tmp_path):
 
 @pytest.mark.slow
 def test_openblas_spin_quick_run_writes_both_settings(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "openblas_spin.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_bench("openblas_spin.py", "--quick", "--out", str(tmp_path), timeout=300)
     report = json.loads((tmp_path / "openblas_spin.json").read_text())
     default, shortest = report["rows"]
     assert (default["openblas_thread_timeout"], shortest["openblas_thread_timeout"]) == ("default", "4")

@@ -5,17 +5,23 @@ the benchmark's quick run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benches import run_bench
 from pytest import approx
 
 from cbir import diffusion
-from cbir.diffusion import GRAPH_FILE, Diffusion, Graph, build_graph, collection_graph, diffuse, query_vector
+from cbir.diffusion import (
+    GRAPH_FILE,
+    Diffusion,
+    Graph,
+    build_graph,
+    collection_graph,
+    diffuse,
+    query_vector,
+)
 from cbir.distances import Metric
 from cbir.errors import SettingsError
 from cbir.index import Manifest, StoreSpec, load_index, write_index
@@ -272,11 +278,7 @@ def test_diffusion_of_a_one_row_collection_keeps_it(tmp_path: Path) -> None:
 
 
 def test_diffusion_benchmark_quick_run(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "diffusion.py"), "--quick", "--out", str(tmp_path)],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_bench("diffusion.py", "--quick", "--out", str(tmp_path))
     report = json.loads((tmp_path / "diffusion.json").read_text())
     assert report["cpu"] and report["rows"] and report["large"]
     assert all(row["ms"] > 0 for row in report["rows"] + report["large"] if "bytes" not in row)
